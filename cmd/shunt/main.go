@@ -1,0 +1,118 @@
+// Command shunt sets up transparent traffic interception for service-mesh sidecars. `shunt iptables` is a
+// drop-in for Istio's istio-iptables.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shuntmesh/shunt/iptables"
+)
+
+// exitError carries a process exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		code := 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		fmt.Fprintf(os.Stderr, "shunt: %s\n", strings.ReplaceAll(err.Error(), "\n", "\nshunt: "))
+		os.Exit(code)
+	}
+}
+
+// run executes the command line args.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	root := &cobra.Command{
+		Use:           "shunt",
+		Short:         "Transparent traffic interception for service-mesh sidecars",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	env := osEnv{stdin: stdin, stdout: stdout, stderr: stderr}
+	root.AddCommand(newIptablesCmd(env), newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env))
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContext(ctx)
+}
+
+// osEnv is what commands reach of the process: standard streams and the environment.
+type osEnv struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+func (osEnv) getenv(name string) string { return os.Getenv(name) }
+
+// logger returns the slog logger for --log_output_level / --log_as_json.
+func (e osEnv) logger(level string, asJSON bool) *slog.Logger {
+	lvl := slog.LevelInfo
+	// Istio's form is scope:level[,scope:level]; the last level wins.
+	for _, part := range strings.Split(level, ",") {
+		if i := strings.LastIndex(part, ":"); i >= 0 {
+			part = part[i+1:]
+		}
+		switch strings.ToLower(strings.TrimSpace(part)) {
+		case "debug":
+			lvl = slog.LevelDebug
+		case "warn", "warning":
+			lvl = slog.LevelWarn
+		case "error", "fatal":
+			lvl = slog.LevelError
+		case "info", "":
+			lvl = slog.LevelInfo
+		}
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if asJSON {
+		return slog.New(slog.NewJSONHandler(e.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, opts))
+}
+
+// newProbeClientCmd is the validation's probe client, which runs as the proxy's uid.
+func newProbeClientCmd(env osEnv) *cobra.Command {
+	return &cobra.Command{
+		Use:    "__validate-client ADDRESS TIMEOUT",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			timeout, err := time.ParseDuration(args[1])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			answer, err := iptables.ProbeClient(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(env.stdout, answer)
+			return err
+		},
+	}
+}

@@ -1,0 +1,181 @@
+// Command echoserver plays the apps and the clients of the end-to-end tests.
+//
+//	echoserver serve -name NAME -tcp 8080,9090 -dns 53
+//
+// answers every TCP connection on the -tcp ports with one line
+// "app=NAME peer=IP:PORT local=IP:PORT" after reading one line, and every
+// DNS query (a UDP datagram, or a line over TCP) on the -dns ports with
+// "dns=NAME peer=IP:PORT". It listens on all addresses, IPv4 and IPv6, and
+// prints "ready" once every port is bound.
+//
+//	echoserver client -tcp ADDR | -udp ADDR
+//
+// sends one line (or datagram) to ADDR and prints what comes back: over TCP
+// everything up to the server's close, over UDP one datagram.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "echoserver:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("usage: echoserver serve|client [flags]")
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stdout)
+	case "client":
+		return client(args[1:], stdout)
+	}
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+const timeout = 5 * time.Second
+
+func serve(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	name := fs.String("name", "app", "name in every answer")
+	tcpPorts := fs.String("tcp", "", "comma-separated TCP app ports")
+	dnsPorts := fs.String("dns", "", "comma-separated DNS ports (UDP and TCP)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	errc := make(chan error)
+	var start []func()
+	for port := range ports(*tcpPorts) {
+		l, err := net.Listen("tcp", "[::]:"+port)
+		if err != nil {
+			return err
+		}
+		start = append(start, func() {
+			errc <- serveTCP(l, func(peer, local netip.AddrPort) string {
+				return fmt.Sprintf("app=%s peer=%s local=%s\n", *name, peer, local)
+			})
+		})
+	}
+	for port := range ports(*dnsPorts) {
+		l, err := net.Listen("tcp", "[::]:"+port)
+		if err != nil {
+			return err
+		}
+		pc, err := net.ListenPacket("udp", "[::]:"+port)
+		if err != nil {
+			return err
+		}
+		answer := func(peer, _ netip.AddrPort) string {
+			return fmt.Sprintf("dns=%s peer=%s\n", *name, peer)
+		}
+		start = append(start,
+			func() { errc <- serveTCP(l, answer) },
+			func() { errc <- serveUDP(pc, answer) })
+	}
+	if _, err := fmt.Fprintln(stdout, "ready"); err != nil {
+		return err
+	}
+	for _, f := range start {
+		go f()
+	}
+	return <-errc
+}
+
+func ports(list string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for p := range strings.SplitSeq(list, ",") {
+			if p != "" && !yield(p) {
+				return
+			}
+		}
+	}
+}
+
+func serveTCP(l net.Listener, answer func(peer, local netip.AddrPort) string) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(timeout))
+			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, answer(addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())))
+		}()
+	}
+}
+
+func serveUDP(pc net.PacketConn, answer func(peer, local netip.AddrPort) string) error {
+	buf := make([]byte, 64<<10)
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		_, _ = pc.WriteTo([]byte(answer(addrPort(from), netip.AddrPort{})), from)
+	}
+}
+
+func client(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	tcp := fs.String("tcp", "", "TCP address to query")
+	udp := fs.String("udp", "", "UDP address to query")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	network, addr := "tcp", *tcp
+	if *udp != "" {
+		network, addr = "udp", *udp
+	}
+	if (*tcp == "") == (*udp == "") {
+		return errors.New("client: want exactly one of -tcp and -udp")
+	}
+	c, err := net.DialTimeout(network, addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(c, "hello\n"); err != nil {
+		return err
+	}
+	var reply []byte
+	if network == "udp" {
+		buf := make([]byte, 64<<10)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		reply = buf[:n]
+	} else if reply, err = io.ReadAll(c); err != nil {
+		return fmt.Errorf("after %q: %w", reply, err)
+	}
+	_, err = stdout.Write(reply)
+	return err
+}
+
+// addrPort returns a's address and port with IPv4-mapped IPv6 unmapped.
+func addrPort(a net.Addr) netip.AddrPort {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.AddrPortFrom(netip.Addr{}, 0)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -1,0 +1,97 @@
+package testutil
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+var netnsSeq atomic.Int64
+
+// NetNS is a named network namespace (as `ip netns add` makes it) that is
+// deleted when the test that made it ends. Commands run inside it through
+// `ip netns exec`, so nothing touches the namespace the tests run in.
+type NetNS struct {
+	// Name is the namespace's name under /run/netns.
+	Name string
+	// LockFile is this namespace's own xtables lock (XTABLES_LOCKFILE): the
+	// legacy tables it guards are per namespace, and parallel tests must not
+	// fail on each other's lock.
+	LockFile string
+}
+
+// NewNetNS creates a fresh network namespace with lo up and deletes it when
+// t ends.
+func NewNetNS(t testing.TB) *NetNS {
+	t.Helper()
+	name := fmt.Sprintf("shunt-%d-%d", os.Getpid(), netnsSeq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	n := &NetNS{Name: name, LockFile: filepath.Join(t.TempDir(), "xtables.lock")}
+	n.Run(t, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+// Path returns the namespace's bind mount, for nsenter and setns(2).
+func (n *NetNS) Path() string { return filepath.Join("/run/netns", n.Name) }
+
+// Cred is the identity a process runs as: real and effective uid and gid,
+// and no supplementary groups.
+type Cred struct {
+	UID, GID int
+}
+
+func (c Cred) String() string { return fmt.Sprintf("uid %d gid %d", c.UID, c.GID) }
+
+// Command returns a command that runs argv inside n, as cred when cred is
+// not nil (root otherwise). Its environment is the test's plus
+// XTABLES_LOCKFILE; append to Env for more.
+func (n *NetNS) Command(cred *Cred, argv ...string) *exec.Cmd {
+	args := []string{"netns", "exec", n.Name}
+	if cred != nil {
+		args = append(args, "setpriv",
+			"--reuid="+strconv.Itoa(cred.UID), "--regid="+strconv.Itoa(cred.GID), "--clear-groups", "--")
+	}
+	cmd := exec.Command("ip", append(args, argv...)...)
+	cmd.Env = append(os.Environ(), "XTABLES_LOCKFILE="+n.LockFile)
+	return cmd
+}
+
+// Exec runs argv inside n as root with env added to the environment and
+// returns its standard output; a failure's error carries standard error.
+func (n *NetNS) Exec(env []string, argv ...string) ([]byte, error) {
+	cmd := n.Command(nil, argv...)
+	cmd.Env = append(cmd.Env, env...)
+	return output(cmd)
+}
+
+// Run is Exec without extra environment that fails t on error.
+func (n *NetNS) Run(t testing.TB, argv ...string) string {
+	t.Helper()
+	out, err := n.Exec(nil, argv...)
+	if err != nil {
+		t.Fatalf("in %s: %v", n.Name, err)
+	}
+	return string(out)
+}
+
+func output(cmd *exec.Cmd) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.Bytes(), nil
+}

@@ -1,0 +1,125 @@
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"strings"
+
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// Variant is an iptables implementation.
+type Variant string
+
+// Variants.
+const (
+	VariantNFT    Variant = "nft"
+	VariantLegacy Variant = "legacy"
+)
+
+// Options control Apply and Cleanup.
+type Options struct {
+	// Variant forces an iptables variant; empty detects it.
+	Variant Variant
+	// NetNS is the path of the network namespace to program; empty means the current one.
+	NetNS string
+	// Reconcile replaces differing rules of ours instead of failing.
+	Reconcile bool
+	// Force re-applies the rules even when they are in place.
+	Force bool
+	// Logger receives progress; nil discards.
+	Logger *slog.Logger
+
+	run runner // nil: exec
+}
+
+// ErrDrift is returned (wrapped) when rules of ours differ from the plan and Reconcile is off.
+var ErrDrift = errors.New("installed rules differ from this configuration")
+
+// runner runs a command with stdin and extra environment, returning its standard output.
+type runner interface {
+	Run(ctx context.Context, name string, args []string, stdin []byte, env []string) ([]byte, error)
+}
+
+type execRunner struct{}
+
+func (execRunner) Run(ctx context.Context, name string, args []string, stdin []byte, env []string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	if len(env) > 0 {
+		cmd.Env = append(cmd.Environ(), env...)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		return nil, fmt.Errorf("%s: %w: %s", name, err, msg)
+	}
+	return stdout.Bytes(), nil
+}
+
+func (o *Options) logger() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
+func (o *Options) runner() runner {
+	if o.run == nil {
+		return execRunner{}
+	}
+	return o.run
+}
+
+// familyTool names the binary of a tool ("restore", "save") for a variant and family, preferring the
+// variant-specific name (iptables-nft-restore) and falling back to the plain one.
+func familyTool(v Variant, fam redirect.Family, tool string) string {
+	base := "iptables"
+	if fam == redirect.IPv6 {
+		base = "ip6tables"
+	}
+	name := base + "-" + string(v) + "-" + tool
+	if _, err := exec.LookPath(name); err == nil {
+		return name
+	}
+	return base + "-" + tool
+}
+
+// readState returns our part of the rules of family fam in variant v; hasTables false skips the read
+// (the namespace holds no tables of that variant and family at all).
+func readState(ctx context.Context, r runner, v Variant, fam redirect.Family, hasTables bool) (State, error) {
+	if !hasTables {
+		return State{}, nil
+	}
+	out, err := r.Run(ctx, familyTool(v, fam, "save"), nil, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read %s rules: %w", fam, err)
+	}
+	tables, err := ParseSave(out)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s rules: %w", fam, err)
+	}
+	return OwnedState(tables), nil
+}
+
+// restore feeds input to the variant's restore tool with --noflush: one atomic transaction per table.
+func restore(ctx context.Context, r runner, v Variant, fam redirect.Family, input []byte, lockEnv []string) error {
+	args := []string{"--noflush"}
+	if v == VariantLegacy {
+		args = append(args, "--wait=30")
+	}
+	if _, err := r.Run(ctx, familyTool(v, fam, "restore"), args, input, lockEnv); err != nil {
+		return fmt.Errorf("program %s rules: %w", fam, err)
+	}
+	return nil
+}

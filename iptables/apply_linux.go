@@ -1,0 +1,337 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// inNetNS runs fn in the network namespace at path (the current one when path is empty), on a locked
+// OS thread, so that commands it starts and netlink sockets it opens belong to that namespace.
+func inNetNS(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	return ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() })
+}
+
+// tablesPresent reports, per family, whether the namespace holds tables of variant v. It costs no
+// command: legacy tables are listed in /proc, nft tables are asked for over netlink.
+func tablesPresent(v Variant) (v4, v6 bool) {
+	if v == VariantLegacy {
+		return procListNonEmpty("ip_tables_names"), procListNonEmpty("ip6_tables_names")
+	}
+	conn, err := nftables.New()
+	if err != nil {
+		return true, true // cannot tell: read the rules
+	}
+	t4, err4 := conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	t6, err6 := conn.ListTablesOfFamily(nftables.TableFamilyIPv6)
+	return err4 != nil || len(t4) > 0, err6 != nil || len(t6) > 0
+}
+
+func procListNonEmpty(name string) bool {
+	data, err := os.ReadFile(filepath.Join("/proc/thread-self/net", name))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist) // module not loaded: no legacy tables
+	}
+	return strings.TrimSpace(string(data)) != ""
+}
+
+// chooseVariant picks the iptables variant: the forced one, else the one already holding rules, else
+// nft when its tools are installed, else legacy. It says why.
+func chooseVariant(forced Variant) (Variant, string) {
+	if forced != "" {
+		return forced, "forced with --force-iptables-binary"
+	}
+	l4, l6 := tablesPresent(VariantLegacy)
+	n4, n6 := tablesPresent(VariantNFT)
+	legacy, nft := l4 || l6, n4 || n6
+	switch {
+	case nft && !legacy:
+		return VariantNFT, "the namespace already holds nft tables"
+	case legacy && !nft:
+		return VariantLegacy, "the namespace already holds legacy tables"
+	case legacy && nft:
+		return VariantNFT, "the namespace holds both nft and legacy tables; nft preferred"
+	}
+	if _, err := exec.LookPath("iptables-nft-restore"); err == nil {
+		return VariantNFT, "no tables yet; nft is the default"
+	}
+	if _, err := exec.LookPath("iptables-legacy-restore"); err == nil {
+		return VariantLegacy, "no tables yet and iptables-nft is not installed"
+	}
+	return VariantNFT, "no tables yet; no variant-specific tools found, using iptables-restore"
+}
+
+// lockEnv returns the environment of legacy iptables commands: a lock file of this namespace's own when
+// programming another namespace from the host's filesystem, so that pods do not queue on the host lock.
+func lockEnv(v Variant, netnsPath string) []string {
+	if v != VariantLegacy || netnsPath == "" {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(netnsPath, &st); err != nil {
+		return nil
+	}
+	return []string{fmt.Sprintf("XTABLES_LOCKFILE=%s", filepath.Join(os.TempDir(), fmt.Sprintf("shunt-xtables-%d-%d.lock", st.Dev, st.Ino)))}
+}
+
+// Apply programs plan: iptables rules per family with one iptables-restore each, then the TPROXY
+// routes and IPv6 loopback address. A second Apply of the same plan changes nothing. When rules of ours
+// differ from the plan, Apply fails naming the differences, unless opts.Reconcile, which replaces them in
+// one transaction per table. When a step fails, families installed by this call are removed again.
+func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
+	return inNetNS(opts.NetNS, func() error { return apply(ctx, plan, &opts) })
+}
+
+func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
+	log := opts.logger()
+	r := opts.runner()
+	v, why := chooseVariant(opts.Variant)
+	log.Info("iptables variant chosen", "variant", v, "reason", why)
+	env := lockEnv(v, opts.NetNS)
+	p4, p6 := tablesPresent(v)
+	var fresh []*redirect.FamilyPlan
+	rollback := func(cause error) error {
+		for _, fp := range fresh {
+			if err := restore(ctx, r, v, fp.Family, RenderReplace(PlanState(fp), nil, RenderOptions{}), env); err != nil {
+				return errors.Join(cause, fmt.Errorf("roll back %s rules: %w", fp.Family, err))
+			}
+		}
+		return cause
+	}
+	for i := range plan.Families {
+		fp := &plan.Families[i]
+		present := p4
+		if fp.Family == redirect.IPv6 {
+			present = p6
+		}
+		have, err := readState(ctx, r, v, fp.Family, present)
+		if err != nil {
+			return rollback(err)
+		}
+		var input []byte
+		switch diff := Diff(have, PlanState(fp)); {
+		case have.Empty():
+			input = Render(fp, RenderOptions{})
+			fresh = append(fresh, fp)
+		case len(diff) == 0 && !opts.Force:
+			log.Info("rules already in place", "family", fp.Family.String())
+			continue
+		case len(diff) > 0 && !opts.Reconcile && !opts.Force:
+			return rollback(fmt.Errorf("%s: %w (run with --reconcile to replace them):\n  %s",
+				fp.Family, ErrDrift, strings.Join(diff, "\n  ")))
+		default:
+			log.Info("replacing rules", "family", fp.Family.String(), "differences", len(diff))
+			input = RenderReplace(have, fp, RenderOptions{})
+		}
+		log.Debug("iptables-restore input", "family", fp.Family.String(), "input", string(input))
+		if err := restore(ctx, r, v, fp.Family, input, env); err != nil {
+			return rollback(err)
+		}
+		log.Info("rules programmed", "family", fp.Family.String())
+	}
+	if err := setupRoutes(plan); err != nil {
+		return rollback(err)
+	}
+	return nil
+}
+
+// Cleanup removes, from what the namespace holds rather than from any configuration, every chain of
+// ours and every rule of ours in built-in chains (in every variant present unless opts.Variant is set),
+// the TPROXY policy routing and the IPv6 passthrough address. Foreign chains and rules stay.
+func Cleanup(ctx context.Context, opts Options) error {
+	return inNetNS(opts.NetNS, func() error {
+		log := opts.logger()
+		r := opts.runner()
+		variants := []Variant{VariantNFT, VariantLegacy}
+		if opts.Variant != "" {
+			variants = []Variant{opts.Variant}
+		}
+		var errs []error
+		for _, v := range variants {
+			p4, p6 := tablesPresent(v)
+			for _, fam := range []struct {
+				f       redirect.Family
+				present bool
+			}{{redirect.IPv4, p4}, {redirect.IPv6, p6}} {
+				if !fam.present {
+					continue
+				}
+				if _, err := exec.LookPath(familyTool(v, fam.f, "save")); err != nil {
+					continue
+				}
+				have, err := readState(ctx, r, v, fam.f, true)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if have.Empty() {
+					continue
+				}
+				if err := restore(ctx, r, v, fam.f, RenderReplace(have, nil, RenderOptions{}), lockEnv(v, opts.NetNS)); err != nil {
+					errs = append(errs, fmt.Errorf("clean up %s %s: %w", v, fam.f, err))
+					continue
+				}
+				log.Info("rules removed", "variant", v, "family", fam.f.String())
+			}
+		}
+		if err := cleanupRoutes(); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// setupRoutes adds the TPROXY fwmark rule and local default route, and the IPv6 passthrough address.
+func setupRoutes(plan *redirect.Plan) error {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	for _, fp := range plan.Families {
+		family, all := unix.AF_INET, netip.MustParsePrefix("0.0.0.0/0")
+		if fp.Family == redirect.IPv6 {
+			family, all = unix.AF_INET6, netip.MustParsePrefix("::/0")
+		}
+		for _, a := range fp.LoopbackAddrs {
+			addr := &netlink.Addr{IPNet: prefixNet(a)}
+			if err := h.AddrAdd(lo, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("add %s to lo: %w", a, err)
+			}
+		}
+		if fp.TProxy == nil {
+			continue
+		}
+		// TPROXY delivers through lo: a local route needs it up (pods always have it up).
+		if lo.Attrs().Flags&net.FlagUp == 0 {
+			if err := h.LinkSetUp(lo); err != nil {
+				return fmt.Errorf("set lo up for TPROXY: %w", err)
+			}
+		}
+		rule := netlink.NewRule()
+		rule.Family = family
+		rule.Mark = fp.TProxy.Mark
+		rule.Table = int(fp.TProxy.Table)
+		if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add ip rule fwmark %d lookup %d: %w", rule.Mark, rule.Table, err)
+		}
+		route := &netlink.Route{Dst: prefixNet(all), Scope: netlink.SCOPE_HOST, Type: unix.RTN_LOCAL,
+			Table: int(fp.TProxy.Table), LinkIndex: lo.Attrs().Index}
+		if err := h.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add local default route in table %d: %w", fp.TProxy.Table, err)
+		}
+	}
+	return nil
+}
+
+// cleanupRoutes removes fwmark rules whose table holds only a local default route via lo (TPROXY's),
+// with those routes, and ::6/128 from lo.
+func cleanupRoutes() error {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	var errs []error
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		rules, err := h.RuleList(family)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list ip rules: %w", err))
+			continue
+		}
+		for _, rule := range rules {
+			if rule.Mark == 0 || rule.Table <= 0 || rule.Table >= 253 {
+				continue
+			}
+			routes, err := h.RouteListFiltered(family, &netlink.Route{Table: rule.Table}, netlink.RT_FILTER_TABLE)
+			if err != nil || len(routes) != 1 || !isTProxyRoute(&routes[0], lo.Attrs().Index) {
+				continue
+			}
+			r := rule
+			if err := h.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete ip rule fwmark %d lookup %d: %w", rule.Mark, rule.Table, err))
+			}
+			if err := h.RouteDel(&routes[0]); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("delete route of table %d: %w", rule.Table, err))
+			}
+		}
+	}
+	six := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(redirect.PassthroughV6, 128))}
+	if err := h.AddrDel(lo, six); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
+		errs = append(errs, fmt.Errorf("remove ::6 from lo: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func isTProxyRoute(r *netlink.Route, lo int) bool {
+	ones := 0
+	if r.Dst != nil {
+		ones, _ = r.Dst.Mask.Size()
+	}
+	return r.Type == unix.RTN_LOCAL && r.LinkIndex == lo && ones == 0
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// DetectIPv6 says whether the namespace at path (current when empty) is IPv6, as Istio decides: by its
+// first address that is neither loopback nor link-local, or with dualStack by any such IPv6 address.
+// A namespace without addresses is IPv4.
+func DetectIPv6(path string, dualStack bool) (bool, error) {
+	var v6 bool
+	err := inNetNS(path, func() error {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return fmt.Errorf("list addresses: %w", err)
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() {
+				continue
+			}
+			if !dualStack {
+				v6 = ip.Is6()
+				return nil
+			}
+			if ip.Is6() {
+				v6 = true
+				return nil
+			}
+		}
+		return nil
+	})
+	return v6, err
+}

@@ -1,0 +1,22 @@
+//go:build !linux
+
+package iptables
+
+import (
+	"context"
+	"errors"
+
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// ErrNotSupported is returned off Linux, where there is nothing to program; dry runs still work.
+var ErrNotSupported = errors.New("not supported on this operating system")
+
+// Apply is not supported off Linux.
+func Apply(context.Context, *redirect.Plan, Options) error { return ErrNotSupported }
+
+// Cleanup is not supported off Linux.
+func Cleanup(context.Context, Options) error { return ErrNotSupported }
+
+// DetectIPv6 reports IPv4 off Linux, so that dry runs default to it.
+func DetectIPv6(string, bool) (bool, error) { return false, nil }

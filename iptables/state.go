@@ -1,0 +1,310 @@
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// SavedTable is one table of iptables-save output.
+type SavedTable struct {
+	Name   string
+	Chains []string            // every chain, built-in and user-defined, in save order
+	Rules  map[string][]string // chain → rule specs (the text after "-A CHAIN ")
+}
+
+// ParseSave parses iptables-save output (counters, if any, are dropped).
+func ParseSave(data []byte) (map[string]*SavedTable, error) {
+	tables := make(map[string]*SavedTable)
+	var cur *SavedTable
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(nil, 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "" || line[0] == '#':
+		case line[0] == '*':
+			name := strings.TrimSpace(line[1:])
+			if name == "" {
+				return nil, fmt.Errorf("line %d: table without a name", n)
+			}
+			cur = &SavedTable{Name: name, Rules: make(map[string][]string)}
+			tables[name] = cur
+		case cur == nil:
+			return nil, fmt.Errorf("line %d: %q outside a table", n, line)
+		case line == "COMMIT":
+			cur = nil
+		case line[0] == ':':
+			fields := strings.Fields(line[1:])
+			if len(fields) == 0 {
+				return nil, fmt.Errorf("line %d: chain without a name", n)
+			}
+			if !slices.Contains(cur.Chains, fields[0]) {
+				cur.Chains = append(cur.Chains, fields[0])
+			}
+		case line[0] == '[':
+			// "[pkts:bytes] -A CHAIN ..." from iptables-save -c
+			i := strings.IndexByte(line, ']')
+			if i < 0 {
+				return nil, fmt.Errorf("line %d: unterminated counters", n)
+			}
+			line = strings.TrimSpace(line[i+1:])
+			fallthrough
+		default:
+			fields := strings.SplitN(line, " ", 3)
+			if len(fields) < 2 || fields[0] != "-A" {
+				return nil, fmt.Errorf("line %d: not a rule: %q", n, line)
+			}
+			spec := ""
+			if len(fields) == 3 {
+				spec = fields[2]
+			}
+			cur.Rules[fields[1]] = append(cur.Rules[fields[1]], spec)
+		}
+	}
+	return tables, sc.Err()
+}
+
+// State is the part of a family's ruleset that is ours, per table: our chains with all their rules,
+// and our rules in the built-in chains, in order.
+type State map[string]*TableState
+
+// TableState is our part of one table.
+type TableState struct {
+	Owned   map[string][]string // our chains → rule specs
+	Builtin map[string][]string // built-in chain → our rule specs, in order
+}
+
+// Empty reports whether nothing of ours is installed.
+func (s State) Empty() bool {
+	for _, t := range s {
+		if len(t.Owned) > 0 || len(t.Builtin) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ourBuiltinRule matches the rules the engine puts in built-in chains that are not jumps into our
+// chains (those are recognised by their target). Interface RETURNs are ours only when the table holds
+// our chains too.
+var ourBuiltinRule = []*regexp.Regexp{
+	regexp.MustCompile(`^-p tcp -m mark --mark 0x[0-9a-f]+ -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
+	regexp.MustCompile(`^-o lo -p tcp -m mark --mark 0x[0-9a-f]+ -j RETURN$`),
+	regexp.MustCompile(`^! -d \S+ -o lo -p tcp -m owner --[ug]id-owner \d+ -j MARK --set-xmark 0x53a/0xffffffff$`),
+	regexp.MustCompile(`^-p tcp -m connmark --mark 0x[0-9a-f]+ -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
+}
+
+var ifaceReturn = regexp.MustCompile(`^-[io] [A-Za-z0-9._+-]+ -j RETURN$`)
+
+// isOurs reports whether spec, a rule of a built-in chain, is one the engine installs.
+func isOurs(spec string, tableHasOurChains bool) bool {
+	if i := strings.LastIndex(spec, "-j "); i >= 0 {
+		target := strings.Fields(spec[i+3:])[0]
+		if redirect.IsOwned(target) {
+			return true
+		}
+	}
+	if tableHasOurChains && ifaceReturn.MatchString(spec) {
+		return true
+	}
+	for _, re := range ourBuiltinRule {
+		if re.MatchString(spec) {
+			return true
+		}
+	}
+	return false
+}
+
+// OwnedState extracts our part of parsed iptables-save output.
+func OwnedState(tables map[string]*SavedTable) State {
+	s := make(State)
+	for name, t := range tables {
+		ts := &TableState{Owned: map[string][]string{}, Builtin: map[string][]string{}}
+		for _, c := range t.Chains {
+			if redirect.IsOwned(c) {
+				ts.Owned[c] = append([]string{}, t.Rules[c]...)
+			}
+		}
+		has := len(ts.Owned) > 0
+		for _, c := range t.Chains {
+			if !redirect.IsBuiltin(c) {
+				continue
+			}
+			for _, spec := range t.Rules[c] {
+				if isOurs(spec, has) {
+					ts.Builtin[c] = append(ts.Builtin[c], spec)
+				}
+			}
+		}
+		if len(ts.Owned) > 0 || len(ts.Builtin) > 0 {
+			s[name] = ts
+		}
+	}
+	return s
+}
+
+// PlanState is the State the plan fp installs.
+func PlanState(fp *redirect.FamilyPlan) State {
+	s := make(State)
+	for _, t := range fp.Tables {
+		ts := &TableState{Owned: map[string][]string{}, Builtin: map[string][]string{}}
+		for _, c := range t.Chains {
+			specs := make([]string, 0, len(c.Rules))
+			for i := range c.Rules {
+				specs = append(specs, RuleSpec(&c.Rules[i], fp.Family))
+			}
+			if c.Builtin {
+				ts.Builtin[c.Name] = specs
+			} else {
+				ts.Owned[c.Name] = specs
+			}
+		}
+		s[t.Name] = ts
+	}
+	return s
+}
+
+// Diff lists how have differs from want, one line per difference; none when they are equal.
+func Diff(have, want State) []string {
+	var out []string
+	for _, table := range unionKeys(have, want) {
+		h, w := have[table], want[table]
+		if h == nil {
+			h = &TableState{}
+		}
+		if w == nil {
+			w = &TableState{}
+		}
+		for _, chain := range unionKeys(h.Owned, w.Owned) {
+			hr, hok := h.Owned[chain]
+			wr, wok := w.Owned[chain]
+			switch {
+			case !hok:
+				out = append(out, fmt.Sprintf("%s: chain %s is missing", table, chain))
+			case !wok:
+				out = append(out, fmt.Sprintf("%s: chain %s is not part of this configuration", table, chain))
+			default:
+				out = append(out, diffRules(table+"/"+chain, hr, wr)...)
+			}
+		}
+		for _, chain := range unionKeys(h.Builtin, w.Builtin) {
+			out = append(out, diffRules(table+"/"+chain, h.Builtin[chain], w.Builtin[chain])...)
+		}
+	}
+	return out
+}
+
+func diffRules(where string, have, want []string) []string {
+	var out []string
+	for i := 0; i < max(len(have), len(want)); i++ {
+		switch {
+		case i >= len(have):
+			out = append(out, fmt.Sprintf("%s: rule %d is missing: %s", where, i+1, want[i]))
+		case i >= len(want):
+			out = append(out, fmt.Sprintf("%s: rule %d is not part of this configuration: %s", where, i+1, have[i]))
+		case have[i] != want[i]:
+			out = append(out, fmt.Sprintf("%s: rule %d is %q, want %q", where, i+1, have[i], want[i]))
+		}
+	}
+	return out
+}
+
+func unionKeys[V any](a, b map[string]V) []string {
+	var keys []string
+	for k := range a {
+		keys = append(keys, k)
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// RenderReplace returns restore input that, in one transaction per table, removes everything of ours in
+// have and installs fp (when fp is nil: only removes, which is cleanup). Our chains are flushed by
+// declaring them, our rules in built-in chains deleted one by one, chains not in fp deleted.
+func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []byte {
+	var b bytes.Buffer
+	planned := map[string]*redirect.Table{}
+	if fp != nil {
+		for i := range fp.Tables {
+			planned[fp.Tables[i].Name] = &fp.Tables[i]
+		}
+	}
+	names := make([]string, 0, len(have)+len(planned))
+	for _, t := range redirect.Tables {
+		if have[t] != nil || planned[t] != nil {
+			names = append(names, t)
+		}
+	}
+	for t := range have {
+		if !slices.Contains(names, t) {
+			names = append(names, t)
+		}
+	}
+	for _, table := range names {
+		h, p := have[table], planned[table]
+		if h == nil {
+			h = &TableState{}
+		}
+		fmt.Fprintf(&b, "*%s\n", table)
+		declared := map[string]bool{}
+		for _, chain := range sortedKeys(h.Owned) {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", chain)
+			declared[chain] = true
+		}
+		if p != nil {
+			for _, c := range p.Chains {
+				if !c.Builtin && !declared[c.Name] {
+					fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+				}
+			}
+		}
+		for _, chain := range sortedKeys(h.Builtin) {
+			for _, spec := range h.Builtin[chain] {
+				fmt.Fprintf(&b, "-D %s %s\n", chain, spec)
+			}
+		}
+		for _, chain := range sortedKeys(h.Owned) {
+			if p == nil || p.Chain(chain) == nil {
+				fmt.Fprintf(&b, "-X %s\n", chain)
+			}
+		}
+		if p != nil {
+			writeRules(&b, fp.Family, p, opts)
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.Bytes()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// ExplainSetup describes, for --explain, what is programmed besides iptables rules.
+func ExplainSetup(fp *redirect.FamilyPlan) []string {
+	var out []string
+	if fp.TProxy != nil {
+		out = append(out, fmt.Sprintf("%s/%s: ip rule fwmark %d lookup %d; ip route add local default dev lo table %d (TPROXY delivery to the proxy)",
+			redirect.FlowInbound, fp.Family, fp.TProxy.Mark, fp.TProxy.Table, fp.TProxy.Table))
+	}
+	for _, a := range fp.LoopbackAddrs {
+		out = append(out, fmt.Sprintf("%s/%s: ip addr add %s dev lo (source of the proxy's inbound passthrough)", redirect.FlowInbound, redirect.FlowIPv6, a))
+	}
+	return out
+}
