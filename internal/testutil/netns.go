@@ -69,18 +69,20 @@ func (n *NetNS) Command(cred *Cred, argv ...string) *exec.Cmd {
 	return cmd
 }
 
-// Exec runs argv inside n as root with env added to the environment and
-// returns its standard output; a failure's error carries standard error.
-func (n *NetNS) Exec(env []string, argv ...string) ([]byte, error) {
-	cmd := n.Command(nil, argv...)
+// Exec runs argv inside n as cred (root when nil) with env added to the
+// environment and returns its standard output; a failure's error carries
+// standard error.
+func (n *NetNS) Exec(cred *Cred, env []string, argv ...string) ([]byte, error) {
+	cmd := n.Command(cred, argv...)
 	cmd.Env = append(cmd.Env, env...)
 	return output(cmd)
 }
 
-// Run is Exec without extra environment that fails t on error.
+// Run runs argv inside n as root and returns its standard output. It fails
+// t on error.
 func (n *NetNS) Run(t testing.TB, argv ...string) string {
 	t.Helper()
-	out, err := n.Exec(nil, argv...)
+	out, err := n.Exec(nil, nil, argv...)
 	if err != nil {
 		t.Fatalf("in %s: %v", n.Name, err)
 	}

@@ -1,0 +1,111 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
+)
+
+// TestFlows sends real connections along the flows F1–F6, F8 and F9 of
+// FLOWS.md through a pod captured with the sidecar injector's flags plus DNS
+// capture and IPv6, for each iptables variant and inbound mode.
+func TestFlows(t *testing.T) {
+	testutil.RequireRoot(t)
+	dnsServers := "--dns-servers=" + ipv4.remote.String() + "," + ipv6.remote.String()
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				p := newPod(t, variant)
+				p.capture(t, nil, append(injectorArgs(mode), "--redirect-dns", dnsServers, "--ipv6=true")...)
+				p.startProxy(t, mode)
+				for _, f := range families {
+					t.Run(f.name, func(t *testing.T) {
+						runProbes(t, p.flowProbes(f, mode))
+						t.Run("F9/conntrack_zones", func(t *testing.T) { p.checkDNSZones(t, f) })
+					})
+				}
+			})
+		}
+	}
+}
+
+// flowProbes are the probes of F1–F6 and F9 in family f (F8 is them in
+// ipv6).
+func (p *pod) flowProbes(f family, mode string) []probe {
+	podApp := addr(f.pod, appPort)
+	remoteApp := addr(f.remote, appPort)
+	remoteDNS := addr(f.remote, dnsPort)
+	// The peer the app sees on a connection the inbound listener passed on,
+	// from the remote (F1) and from the proxy's own outbound side (F4).
+	inboundPeer, hairpinPeer := f.passthrough, f.passthrough
+	if mode == "TPROXY" {
+		inboundPeer, hairpinPeer = f.remote, f.pod
+	}
+	probes := []probe{
+		{"F1/remote_to_app", p.remote, root, "tcp", podApp,
+			viaInbound(podApp) + app("pod", inboundPeer, podApp)},
+		{"F2/app_to_remote", p.ns, appUser, "tcp", remoteApp,
+			viaOutbound(remoteApp) + app("remote", f.pod, remoteApp)},
+		{"F2/app_to_remote_service", p.ns, appUser, "tcp", f.remoteVIP,
+			viaOutbound(f.remoteVIP) + app("remote", f.pod, remoteApp)},
+	}
+	for _, port := range []uint16{15020, 15021, 15090} {
+		probes = append(probes, probe{fmt.Sprintf("F3/remote_to_%d", port), p.remote, root, "tcp", addr(f.pod, port),
+			app("pod", f.remote, addr(f.pod, port))})
+	}
+	probes = append(probes,
+		probe{"F4/app_to_own_service", p.ns, appUser, "tcp", f.selfVIP,
+			viaOutbound(f.selfVIP) + viaInbound(podApp) + app("pod", hairpinPeer, podApp)},
+		probe{"F4/app_to_own_pod_ip", p.ns, appUser, "tcp", podApp,
+			app("pod", f.pod, podApp)},
+		probe{"F5/app_to_localhost", p.ns, appUser, "tcp", addr(f.localhost, appPort),
+			app("pod", f.localhost, addr(f.localhost, appPort))},
+		probe{"F6/uid_1337_to_remote", p.ns, proxyUID, "tcp", remoteApp,
+			app("remote", f.pod, remoteApp)},
+		probe{"F6/gid_1337_to_remote", p.ns, proxyGID, "tcp", remoteApp,
+			app("remote", f.pod, remoteApp)},
+		probe{"F6/proxy_to_localhost", p.ns, proxyUser, "tcp", addr(f.localhost, appPort),
+			app("pod", f.localhost, addr(f.localhost, appPort))},
+		probe{"F9/app_dns_udp", p.ns, appUser, "udp", remoteDNS,
+			"dns=proxy;" + dnsAnswer("remote", f.pod)},
+		probe{"F9/app_dns_tcp", p.ns, appUser, "tcp", remoteDNS,
+			fmt.Sprintf("dns=proxy orig=%s;", remoteDNS) + dnsAnswer("remote", f.pod)},
+		probe{"F9/proxy_dns_udp", p.ns, proxyUser, "udp", remoteDNS,
+			dnsAnswer("remote", f.pod)},
+		probe{"F9/proxy_dns_tcp", p.ns, proxyUser, "tcp", remoteDNS,
+			dnsAnswer("remote", f.pod)},
+		// Only the listed DNS servers are captured.
+		probe{"F9/app_dns_udp_unlisted_server", p.ns, appUser, "udp", addr(f.remote1, dnsPort),
+			dnsAnswer("remote", f.pod1)},
+	)
+	if mode == "REDIRECT" {
+		// 15008 is never captured inbound and never hairpinned.
+		probes = append(probes,
+			probe{"F3/remote_to_15008", p.remote, root, "tcp", addr(f.pod, 15008),
+				app("pod", f.remote, addr(f.pod, 15008))},
+			probe{"F4/proxy_to_own_15008", p.ns, proxyUser, "tcp", addr(f.pod, 15008),
+				app("pod", f.pod, addr(f.pod, 15008))})
+	}
+	return probes
+}
+
+// checkDNSZones checks, after the F9 probes, that conntrack kept the two
+// legs of a captured UDP query apart: the app's query, NATed to the DNS
+// proxy, in zone 2; the proxy's own query upstream in zone 1.
+func (p *pod) checkDNSZones(t *testing.T, f family) {
+	conntrack := func(zone string) string {
+		return p.ns.Run(t, "conntrack", "-L", "-f", f.name, "-p", "udp", "-w", zone, "--dport", "53")
+	}
+	app := fmt.Sprintf("src=%s dst=%s sport=", f.pod, f.remote)
+	proxyReply := fmt.Sprintf("src=%s dst=%s sport=15053", f.localhost, f.pod)
+	if z2 := conntrack("2"); !strings.Contains(z2, app) || !strings.Contains(z2, proxyReply) {
+		t.Errorf("zone 2 has no app query %q answered by %q:\n%s", app, proxyReply, z2)
+	}
+	upstream := fmt.Sprintf("dst=%s sport=", f.remote)
+	if z1 := conntrack("1"); !strings.Contains(z1, upstream) || strings.Contains(z1, "sport=15053") {
+		t.Errorf("zone 1 has no proxy query to %s (or holds the proxy's answer):\n%s", f.remote, z1)
+	}
+}

@@ -1,0 +1,287 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
+)
+
+// variants are the iptables binaries shunt is forced to use.
+var variants = []string{"nft", "legacy"}
+
+// modes are the inbound interception modes.
+var modes = []string{"REDIRECT", "TPROXY"}
+
+// family is one IP family's addresses in the test topology.
+type family struct {
+	name string
+	bits int // prefix length of the veth subnets
+	// pod and remote sit on eth0, the pod's primary interface; pod1 and
+	// remote1 on eth1, a second interface.
+	pod, remote, pod1, remote1 netip.Addr
+	// far sits on the remote's lo, reached through the pod's default route.
+	far    netip.Addr
+	farNet netip.Prefix
+	// localhost is 127.0.0.1 or ::1; passthrough the inbound passthrough
+	// source, 127.0.0.6 or ::6.
+	localhost, passthrough netip.Addr
+	// selfVIP is a service whose endpoint is the pod's own app (pod:8080),
+	// remoteVIP one whose endpoint is remote:8080.
+	selfVIP, remoteVIP netip.AddrPort
+}
+
+var (
+	ipv4 = family{
+		name: "ipv4", bits: 24,
+		pod: ip("10.213.0.1"), remote: ip("10.213.0.2"),
+		pod1: ip("10.215.0.1"), remote1: ip("10.215.0.2"),
+		far: ip("10.99.0.2"), farNet: netip.MustParsePrefix("10.99.0.0/16"),
+		localhost: ip("127.0.0.1"), passthrough: ip("127.0.0.6"),
+		selfVIP:   netip.MustParseAddrPort("10.96.0.10:80"),
+		remoteVIP: netip.MustParseAddrPort("10.96.0.20:80"),
+	}
+	ipv6 = family{
+		name: "ipv6", bits: 64,
+		pod: ip("fd00:213::1"), remote: ip("fd00:213::2"),
+		pod1: ip("fd00:215::1"), remote1: ip("fd00:215::2"),
+		far: ip("fd00:99::2"), farNet: netip.MustParsePrefix("fd00:99::/64"),
+		localhost: ip("::1"), passthrough: ip("::6"),
+		selfVIP:   netip.MustParseAddrPort("[fd00:96::10]:80"),
+		remoteVIP: netip.MustParseAddrPort("[fd00:96::20]:80"),
+	}
+	families = []family{ipv4, ipv6}
+)
+
+func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// Ports of the apps: the pod serves appPorts, the remote 8080 and 9090 and
+// DNS on 53.
+const (
+	appPort   = 8080
+	otherPort = 9090
+	dnsPort   = 53
+)
+
+var appPorts = []uint16{appPort, 8081, 8082, otherPort, 15008, 15020, 15021, 15090}
+
+// The identities processes run as. The proxy runs as proxyUser in REDIRECT
+// mode and as tproxyUser (uid 0, gid 1337) in TPROXY mode, like Istio's
+// injector makes it.
+var (
+	root       = testutil.Cred{}
+	appUser    = testutil.Cred{UID: 1000, GID: 1000}
+	otherGroup = testutil.Cred{UID: 1000, GID: 2000}
+	proxyUser  = testutil.Cred{UID: 1337, GID: 1337}
+	proxyUID   = testutil.Cred{UID: 1337, GID: 1000}
+	proxyGID   = testutil.Cred{UID: 1000, GID: 1337}
+	tproxyUser = testutil.Cred{UID: 0, GID: 1337}
+)
+
+// pod is a meshed pod's network namespace and the remote end of its links.
+type pod struct {
+	variant    string // "nft" or "legacy"
+	ns, remote *testutil.NetNS
+}
+
+// newPod builds the topology: pod eth0 <-> remote eth0 and pod eth1 <->
+// remote eth1, both families, the pod's default routes through eth0; the
+// pod's apps (as appUser) and the remote's apps and DNS server run and are
+// ready. The iptables state of both families is logged if t fails.
+func newPod(t *testing.T, variant string) *pod {
+	t.Helper()
+	p := &pod{variant: variant, ns: testutil.NewNetNS(t), remote: testutil.NewNetNS(t)}
+	for _, link := range []string{"eth0", "eth1"} {
+		p.ns.Run(t, "ip", "link", "add", link, "type", "veth", "peer", "name", link, "netns", p.remote.Name)
+	}
+	for _, f := range families {
+		addAddr(t, p.ns, "eth0", f.pod, f.bits)
+		addAddr(t, p.ns, "eth1", f.pod1, f.bits)
+		addAddr(t, p.remote, "eth0", f.remote, f.bits)
+		addAddr(t, p.remote, "eth1", f.remote1, f.bits)
+		addAddr(t, p.remote, "lo", f.far, f.far.BitLen())
+	}
+	for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
+		for _, link := range []string{"eth0", "eth1"} {
+			ns.Run(t, "ip", "link", "set", link, "up")
+		}
+	}
+	for _, f := range families {
+		p.ns.Run(t, "ip", familyFlag(f), "route", "add", "default", "via", f.remote.String(), "dev", "eth0")
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("pod %s state at failure:\n%s", p.ns.Name, p.dump(t))
+		}
+	})
+
+	echo := bins.Path(t, pkgEchoserver)
+	ports := make([]string, len(appPorts))
+	for i, port := range appPorts {
+		ports[i] = fmt.Sprint(port)
+	}
+	p.ns.Start(t, &appUser, echo, "serve", "-name", "pod", "-tcp", strings.Join(ports, ","))
+	p.remote.Start(t, &root, echo, "serve", "-name", "remote",
+		"-tcp", fmt.Sprintf("%d,%d", appPort, otherPort), "-dns", fmt.Sprint(dnsPort))
+	return p
+}
+
+func addAddr(t *testing.T, ns *testutil.NetNS, dev string, a netip.Addr, bits int) {
+	t.Helper()
+	args := []string{"ip", "addr", "add", netip.PrefixFrom(a, bits).String(), "dev", dev}
+	if a.Is6() {
+		args = append(args, "nodad")
+	}
+	ns.Run(t, args...)
+}
+
+func familyFlag(f family) string {
+	if f.pod.Is6() {
+		return "-6"
+	}
+	return "-4"
+}
+
+// capture runs `shunt iptables --force-iptables-binary VARIANT args...` in
+// the pod with env added to its environment, and returns its output.
+func (p *pod) capture(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	return p.shunt(t, env, append([]string{"iptables"}, args...)...)
+}
+
+// uncapture runs `shunt cleanup --force-iptables-binary VARIANT` in the pod.
+func (p *pod) uncapture(t *testing.T) {
+	t.Helper()
+	p.shunt(t, nil, "cleanup")
+}
+
+func (p *pod) shunt(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", p.variant}, args[1:]...)
+	out, err := p.ns.Exec(nil, env, argv...)
+	if err != nil {
+		t.Fatalf("%v\nstdout:\n%s", err, out)
+	}
+	return string(out)
+}
+
+// injectorArgs are the flags Istio's sidecar injector passes, for mode.
+func injectorArgs(mode string) []string {
+	return []string{"-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", mode,
+		"-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"}
+}
+
+// startProxy starts the reference sidecar in the pod as Istio runs it in
+// mode, with selfVIP and remoteVIP of both families as services and the
+// remote as DNS upstream.
+func (p *pod) startProxy(t *testing.T, mode string) {
+	t.Helper()
+	cred := proxyUser
+	if mode == "TPROXY" {
+		cred = tproxyUser
+	}
+	args := []string{bins.Path(t, pkgRefproxy), "-mode", mode}
+	for _, f := range families {
+		args = append(args,
+			"-service", f.selfVIP.String()+"="+netip.AddrPortFrom(f.pod, appPort).String(),
+			"-service", f.remoteVIP.String()+"="+netip.AddrPortFrom(f.remote, appPort).String(),
+			"-dns-upstream", netip.AddrPortFrom(f.remote, dnsPort).String())
+	}
+	p.ns.Start(t, &cred, args...)
+}
+
+// save returns iptables-save (ip6tables-save when v6) of the pod's
+// variant, with counters.
+func (p *pod) save(t *testing.T, v6 bool) string {
+	t.Helper()
+	return p.ns.Run(t, saveCommand(p.variant, v6), "-c")
+}
+
+func saveCommand(variant string, v6 bool) string {
+	if v6 {
+		return "ip6tables-" + variant + "-save"
+	}
+	return "iptables-" + variant + "-save"
+}
+
+// dump returns the pod's rules (with counters), policy routing and lo
+// addresses, for failure reports.
+func (p *pod) dump(t *testing.T) string {
+	var b strings.Builder
+	for _, argv := range [][]string{
+		{saveCommand(p.variant, false), "-c"},
+		{saveCommand(p.variant, true), "-c"},
+		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
+		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+		{"ip", "addr", "show", "dev", "lo"},
+	} {
+		out, err := p.ns.Exec(nil, nil, argv...)
+		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(argv, " "), out)
+		if err != nil {
+			fmt.Fprintf(&b, "%v\n", err)
+		}
+	}
+	return b.String()
+}
+
+// probe is one request and the reply that proves the path it took.
+type probe struct {
+	name    string
+	from    *testutil.NetNS
+	as      testutil.Cred
+	network string // "tcp" or "udp"
+	to      netip.AddrPort
+	want    string
+}
+
+// runProbes runs each probe as a subtest.
+func runProbes(t *testing.T, probes []probe) {
+	t.Helper()
+	for _, pr := range probes {
+		t.Run(pr.name, func(t *testing.T) {
+			got := query(t, pr.from, pr.as, pr.network, pr.to)
+			if got != pr.want {
+				t.Errorf("%s %s -> %s as %v:\n got: %s\nwant: %s", pr.network, pr.from.Name, pr.to, pr.as, got, pr.want)
+			}
+		})
+	}
+}
+
+// query sends one request from ns as cred to addr and returns the reply with
+// the peers' ephemeral ports removed, or the client's error.
+func query(t *testing.T, ns *testutil.NetNS, cred testutil.Cred, network string, to netip.AddrPort) string {
+	t.Helper()
+	out, err := ns.Exec(&cred, nil, bins.Path(t, pkgEchoserver), "client", "-"+network, to.String())
+	if err != nil {
+		return fmt.Sprintf("ERROR %v (read %q)", err, out)
+	}
+	return peerPort.ReplaceAllString(strings.TrimSpace(string(out)), "peer=$1")
+}
+
+var peerPort = regexp.MustCompile(`peer=(\[[0-9a-f:.]+\]|[0-9.]+):[0-9]+`)
+
+// The tags of the replies (see refproxy and echoserver).
+
+func viaOutbound(orig netip.AddrPort) string { return fmt.Sprintf("proxy=outbound orig=%s;", orig) }
+
+func viaInbound(orig netip.AddrPort) string { return fmt.Sprintf("proxy=inbound orig=%s;", orig) }
+
+func app(name string, peer netip.Addr, local netip.AddrPort) string {
+	return fmt.Sprintf("app=%s peer=%s local=%s", name, host(peer), local)
+}
+
+func dnsAnswer(name string, peer netip.Addr) string {
+	return fmt.Sprintf("dns=%s peer=%s", name, host(peer))
+}
+
+func host(a netip.Addr) string {
+	if a.Is6() {
+		return "[" + a.String() + "]"
+	}
+	return a.String()
+}
+
+func addr(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
