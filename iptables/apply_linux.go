@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -228,12 +229,21 @@ func setupRoutes(plan *redirect.Plan) error {
 				return fmt.Errorf("set lo up for TPROXY: %w", err)
 			}
 		}
-		rule := netlink.NewRule()
-		rule.Family = family
-		rule.Mark = fp.TProxy.Mark
-		rule.Table = int(fp.TProxy.Table)
-		if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add ip rule fwmark %d lookup %d: %w", rule.Mark, rule.Table, err)
+		// The kernel accepts duplicate rules: add ours only when it is missing.
+		rules, err := h.RuleList(family)
+		if err != nil {
+			return fmt.Errorf("list ip rules: %w", err)
+		}
+		if !slices.ContainsFunc(rules, func(r netlink.Rule) bool {
+			return r.Mark == fp.TProxy.Mark && r.Table == int(fp.TProxy.Table) && (r.Mask == nil || *r.Mask == 0xffffffff)
+		}) {
+			rule := netlink.NewRule()
+			rule.Family = family
+			rule.Mark = fp.TProxy.Mark
+			rule.Table = int(fp.TProxy.Table)
+			if err := h.RuleAdd(rule); err != nil {
+				return fmt.Errorf("add ip rule fwmark %d lookup %d: %w", rule.Mark, rule.Table, err)
+			}
 		}
 		route := &netlink.Route{Dst: prefixNet(all), Scope: netlink.SCOPE_HOST, Type: unix.RTN_LOCAL,
 			Table: int(fp.TProxy.Table), LinkIndex: lo.Attrs().Index}

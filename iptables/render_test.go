@@ -79,7 +79,9 @@ func renderCases(t *testing.T) map[string]redirect.Config {
 		c.OutboundIPRanges.Prefixes = mustPrefixes(t, "2001:db8::/32,10.0.0.0/8")
 	})
 	add("owner-groups-include", istioBase(), func(c *redirect.Config) { c.OwnerGroups = redirect.GroupFilter{Include: []uint32{4242, 202}} })
-	add("owner-groups-exclude", istioBase(), func(c *redirect.Config) { c.OwnerGroups = redirect.GroupFilter{All: true, Exclude: []uint32{888, 4243}} })
+	add("owner-groups-exclude", istioBase(), func(c *redirect.Config) {
+		c.OwnerGroups = redirect.GroupFilter{All: true, Exclude: []uint32{888, 4243}}
+	})
 	add("loopback-include", istioBase(), func(c *redirect.Config) {
 		c.OutboundIPRanges.Prefixes = mustPrefixes(t, "127.1.2.3/32")
 		c.HostIPv4LoopbackCIDR = netip.MustParsePrefix("127.0.0.1/8")
