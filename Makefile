@@ -1,0 +1,55 @@
+# shunt — see README.md. `make test` is what CI runs (as root, from .ci/run).
+GO       ?= go
+BIN      := bin/shunt
+SHARED   ?= ../shared
+FUZZTIME ?= 15s
+
+.PHONY: all build test unit compat bench fuzz demo lint clean
+
+all: build test
+
+build:
+	$(GO) build -o $(BIN) ./cmd/shunt
+
+# Everything: vet, unit tests, privileged tests and e2e flows (root), and the Istio compatibility
+# checks in all three modes when ../shared/compat is present.
+test: build lint unit compat
+
+unit:
+	$(GO) test -count=1 -timeout 30m ./...
+
+compat: build
+	@if [ -x $(SHARED)/compat/check-istio-compat ]; then \
+		set -e; \
+		$(SHARED)/compat/check-istio-compat $(BIN) | tail -n 1; \
+		$(SHARED)/compat/check-istio-compat --apply $(BIN) | tail -n 1; \
+		$(SHARED)/compat/check-istio-compat $(BIN) $(SHARED)/compat/istio-cni | tail -n 1; \
+		$(SHARED)/compat/check-istio-compat --apply $(BIN) $(SHARED)/compat/istio-cni | tail -n 1; \
+	else echo "compat: $(SHARED)/compat not found, skipped"; fi
+
+# Median wall time of `shunt iptables` vs a bare iptables-restore of the same rules (root).
+bench: build
+	$(GO) run ./bench -shunt $(BIN)
+
+# Every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+		for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+			echo "fuzz $$pkg $$t"; $(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done
+
+# A throwaway pod namespace with the reference sidecar, traffic for every flow, and a table of the
+# path each connection took (root; installs missing OS packages).
+demo: build
+	@.ci/deps
+	$(GO) run ./e2e/demo -shunt $(BIN)
+
+lint:
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	GOOS=darwin $(GO) vet ./...
+
+clean:
+	rm -rf bin
