@@ -104,9 +104,12 @@ func newPod(t *testing.T, variant string) *pod {
 		addAddr(t, p.remote, "eth1", f.remote1, f.bits)
 		addAddr(t, p.remote, "lo", f.far, f.far.BitLen())
 	}
+	// No link-local addresses: they come up asynchronously (after the
+	// carrier and DAD) and would make state comparisons racy; neighbour
+	// discovery works from the global addresses.
 	for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
 		for _, link := range []string{"eth0", "eth1"} {
-			ns.Run(t, "ip", "link", "set", link, "up")
+			ns.Run(t, "ip", "link", "set", link, "addrgenmode", "none", "up")
 		}
 	}
 	for _, f := range families {
@@ -160,12 +163,20 @@ func (p *pod) uncapture(t *testing.T) {
 
 func (p *pod) shunt(t *testing.T, env []string, args ...string) string {
 	t.Helper()
-	argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", p.variant}, args[1:]...)
-	out, err := p.ns.Exec(nil, env, argv...)
+	out, err := p.shuntErr(t, env, args...)
 	if err != nil {
 		t.Fatalf("%v\nstdout:\n%s", err, out)
 	}
-	return string(out)
+	return out
+}
+
+// shuntErr runs `shunt SUBCOMMAND --force-iptables-binary VARIANT ARGS...` in
+// the pod and returns its output and error.
+func (p *pod) shuntErr(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", p.variant}, args[1:]...)
+	out, err := p.ns.Exec(nil, env, argv...)
+	return string(out), err
 }
 
 // injectorArgs are the flags Istio's sidecar injector passes, for mode.
@@ -193,13 +204,6 @@ func (p *pod) startProxy(t *testing.T, mode string) {
 	p.ns.Start(t, &cred, args...)
 }
 
-// save returns iptables-save (ip6tables-save when v6) of the pod's
-// variant, with counters.
-func (p *pod) save(t *testing.T, v6 bool) string {
-	t.Helper()
-	return p.ns.Run(t, saveCommand(p.variant, v6), "-c")
-}
-
 func saveCommand(variant string, v6 bool) string {
 	if v6 {
 		return "ip6tables-" + variant + "-save"
@@ -211,13 +215,10 @@ func saveCommand(variant string, v6 bool) string {
 // addresses, for failure reports.
 func (p *pod) dump(t *testing.T) string {
 	var b strings.Builder
-	for _, argv := range [][]string{
+	for _, argv := range append([][]string{
 		{saveCommand(p.variant, false), "-c"},
 		{saveCommand(p.variant, true), "-c"},
-		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
-		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
-		{"ip", "addr", "show", "dev", "lo"},
-	} {
+	}, routingCommands...) {
 		out, err := p.ns.Exec(nil, nil, argv...)
 		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(argv, " "), out)
 		if err != nil {

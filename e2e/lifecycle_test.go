@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
+)
+
+// fullArgs is the configuration that touches everything: every table of
+// both families, and in TPROXY mode the policy routing.
+func fullArgs(mode string) []string {
+	return append(injectorArgs(mode), "--redirect-dns",
+		"--dns-servers="+ipv4.remote.String()+","+ipv6.remote.String(), "--ipv6=true")
+}
+
+// TestApplyTwice checks that applying the same configuration again, also
+// with --force-apply, leaves the pod exactly as one apply does.
+func TestApplyTwice(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				p := newPod(t, variant)
+				p.capture(t, nil, fullArgs(mode)...)
+				once := p.state(t)
+				if !strings.Contains(once, "ISTIO_OUTPUT") {
+					t.Fatalf("no ISTIO_OUTPUT after apply:\n%s", once)
+				}
+				p.capture(t, nil, fullArgs(mode)...)
+				if diff := cmp.Diff(once, p.state(t)); diff != "" {
+					t.Errorf("second apply changed the pod (-once +twice):\n%s", diff)
+				}
+				p.capture(t, nil, append(fullArgs(mode), "--force-apply")...)
+				if diff := cmp.Diff(once, p.state(t)); diff != "" {
+					t.Errorf("apply with --force-apply changed the pod (-once +forced):\n%s", diff)
+				}
+			})
+		}
+	}
+}
+
+// TestReconcile checks that applying a different configuration over the
+// rules fails and changes nothing, and that with --reconcile it leaves the
+// pod as a fresh apply of the new configuration does.
+func TestReconcile(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				p := newPod(t, variant)
+				p.capture(t, nil, fullArgs(mode)...)
+				old := p.state(t)
+				changed := append(fullArgs(mode), "-o", "9090", "-d", "15090,15021,15020,8081")
+				if out, err := p.shuntErr(t, nil, append([]string{"iptables"}, changed...)...); err == nil {
+					t.Errorf("apply of a different configuration succeeded without --reconcile:\n%s", out)
+				}
+				if diff := cmp.Diff(old, p.state(t)); diff != "" {
+					t.Errorf("refused apply changed the pod (-before +after):\n%s", diff)
+				}
+				p.capture(t, nil, append(changed, "--reconcile")...)
+				reconciled := p.state(t)
+				p.uncapture(t)
+				p.capture(t, nil, changed...)
+				if diff := cmp.Diff(p.state(t), reconciled); diff != "" {
+					t.Errorf("reconciled pod differs from a fresh apply (-fresh +reconciled):\n%s", diff)
+				}
+			})
+		}
+	}
+}
+
+// foreignRules are rules someone else installed in every table, including
+// user chains, before shunt runs; %s is a documentation prefix of the family.
+const foreignRules = `*filter
+:FOREIGN_FILTER - [0:0]
+-A INPUT -p tcp --dport 7777 -j FOREIGN_FILTER
+-A FOREIGN_FILTER -s %s -j DROP
+-A OUTPUT -p udp --dport 7778 -j ACCEPT
+COMMIT
+*nat
+:FOREIGN_NAT - [0:0]
+-A PREROUTING -p tcp --dport 7777 -j RETURN
+-A OUTPUT -j FOREIGN_NAT
+-A FOREIGN_NAT -p tcp --dport 7777 -j RETURN
+-A POSTROUTING -o eth1 -p udp --dport 7777 -j MASQUERADE
+COMMIT
+*mangle
+:FOREIGN_MANGLE - [0:0]
+-A PREROUTING -p tcp --dport 7777 -j MARK --set-mark 0x77
+-A OUTPUT -p tcp --dport 7777 -j FOREIGN_MANGLE
+COMMIT
+*raw
+-A PREROUTING -p udp --dport 7777 -j CT --notrack
+-A OUTPUT -p udp --dport 7777 -j RETURN
+COMMIT
+`
+
+// TestCleanup checks that `shunt cleanup` after a full apply returns the
+// pod to exactly what it was, foreign rules, chains, policy routing and lo
+// addresses included, and that traffic is no longer captured.
+func TestCleanup(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				p := newPod(t, variant)
+				for _, f := range families {
+					restore := strings.Replace(saveCommand(variant, f == ipv6), "-save", "-restore", 1)
+					cmd := p.ns.Command(nil, restore, "--noflush")
+					cmd.Stdin = strings.NewReader(fmt.Sprintf(foreignRules, docPrefix(f)))
+					if out, err := cmd.CombinedOutput(); err != nil {
+						t.Fatalf("%s: %v: %s", restore, err, out)
+					}
+					p.ns.Run(t, "ip", familyFlag(f), "rule", "add", "fwmark", "0x77", "lookup", "177", "pref", "500")
+					p.ns.Run(t, "ip", familyFlag(f), "route", "add", docPrefix(f), "dev", "eth1", "table", "177")
+				}
+				p.ns.Run(t, "ip", "addr", "add", "::7/128", "dev", "lo")
+				before := p.state(t)
+
+				p.capture(t, nil, fullArgs(mode)...)
+				p.startProxy(t, mode)
+				for _, f := range families {
+					runProbes(t, []probe{
+						p.inboundProbe("captured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
+						p.outboundProbe("captured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
+					})
+				}
+
+				p.uncapture(t)
+				if diff := cmp.Diff(before, p.state(t)); diff != "" {
+					t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
+				}
+				for _, f := range families {
+					runProbes(t, []probe{
+						p.inboundProbe("uncaptured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, false),
+						p.outboundProbe("uncaptured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, false),
+					})
+				}
+				p.uncapture(t)
+				if diff := cmp.Diff(before, p.state(t)); diff != "" {
+					t.Errorf("second cleanup changed the pod (-before +after):\n%s", diff)
+				}
+			})
+		}
+	}
+}
+
+func docPrefix(f family) string {
+	if f == ipv6 {
+		return "2001:db8::/64"
+	}
+	return "192.0.2.0/24"
+}
+
+// TestDryRun checks that --dry-run prints the rules and touches nothing:
+// no nftables or legacy rule of either family, no route, no address.
+func TestDryRun(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				p := newPod(t, variant)
+				untouched := func() string {
+					return p.state(t) + p.ns.Run(t, "nft", "list", "ruleset") +
+						p.ns.Run(t, "iptables-legacy-save") + p.ns.Run(t, "ip6tables-legacy-save")
+				}
+				before := untouched()
+				out := p.capture(t, nil, append(fullArgs(mode), "--dry-run")...)
+				for _, want := range []string{"*nat", "-A ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS", "COMMIT"} {
+					if !strings.Contains(out, want) {
+						t.Errorf("dry run output lacks %q:\n%s", want, out)
+					}
+				}
+				if diff := cmp.Diff(before, untouched()); diff != "" {
+					t.Errorf("dry run changed the pod (-before +after):\n%s", diff)
+				}
+			})
+		}
+	}
+}
+
+// state returns what shunt may change in the pod: the variant's rules of
+// both families (normalized by normalizeSave), policy routing, the routes
+// of every table and lo's addresses.
+func (p *pod) state(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for _, v6 := range []bool{false, true} {
+		fmt.Fprintf(&b, "$ %s\n%s", saveCommand(p.variant, v6), normalizeSave(p.ns.Run(t, saveCommand(p.variant, v6))))
+	}
+	for _, argv := range routingCommands {
+		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(argv, " "), p.ns.Run(t, argv...))
+	}
+	return b.String()
+}
+
+// routingCommands show the policy routing, routes and lo addresses.
+var routingCommands = [][]string{
+	{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
+	{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+	{"ip", "-br", "addr", "show", "dev", "lo"},
+}
+
+var counters = regexp.MustCompile(`\[\d+:\d+\]`)
+
+// normalizeSave drops iptables-save's comments, zeroes its counters, drops
+// tables that hold nothing (no rule, no user chain, every policy ACCEPT: an
+// iptables-nft table cannot be deleted, so cleanup may leave one behind) and
+// sorts the tables by name.
+func normalizeSave(save string) string {
+	var tables []string
+	var table strings.Builder
+	keep := false
+	for line := range strings.Lines(save) {
+		switch {
+		case strings.HasPrefix(line, "#"):
+			continue
+		case strings.HasPrefix(line, "*"):
+			table.Reset()
+			keep = false
+		case strings.HasPrefix(line, ":"):
+			line = counters.ReplaceAllString(line, "[0:0]")
+			if fields := strings.Fields(line); len(fields) < 2 || fields[1] != "ACCEPT" {
+				keep = true
+			}
+		case line != "COMMIT\n":
+			keep = true
+		}
+		table.WriteString(line)
+		if line == "COMMIT\n" && keep {
+			tables = append(tables, table.String())
+		}
+	}
+	slices.Sort(tables)
+	return strings.Join(tables, "")
+}
