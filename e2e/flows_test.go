@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
@@ -93,19 +96,35 @@ func (p *pod) flowProbes(f family, mode string) []probe {
 }
 
 // checkDNSZones checks, after the F9 probes, that conntrack kept the two
-// legs of a captured UDP query apart: the app's query, NATed to the DNS
-// proxy, in zone 2; the proxy's own query upstream in zone 1.
+// legs of a captured UDP query to the remote apart: the app's query, NATed to
+// the DNS proxy on localhost, in zone 2; the proxy's own query upstream, not
+// NATed, in zone 1.
 func (p *pod) checkDNSZones(t *testing.T, f family) {
-	conntrack := func(zone string) string {
-		return p.ns.Run(t, "conntrack", "-L", "-f", f.name, "-p", "udp", "-w", zone, "--dport", "53")
+	fam := netlink.InetFamily(netlink.FAMILY_V4)
+	if f.pod.Is6() {
+		fam = netlink.FAMILY_V6
 	}
-	app := fmt.Sprintf("src=%s dst=%s sport=", f.pod, f.remote)
-	proxyReply := fmt.Sprintf("src=%s dst=%s sport=15053", f.localhost, f.pod)
-	if z2 := conntrack("2"); !strings.Contains(z2, app) || !strings.Contains(z2, proxyReply) {
-		t.Errorf("zone 2 has no app query %q answered by %q:\n%s", app, proxyReply, z2)
+	flows, err := p.ns.Netlink(t).ConntrackTableList(netlink.ConntrackTable, fam)
+	if err != nil {
+		t.Fatalf("list conntrack: %v", err)
 	}
-	upstream := fmt.Sprintf("dst=%s sport=", f.remote)
-	if z1 := conntrack("1"); !strings.Contains(z1, upstream) || strings.Contains(z1, "sport=15053") {
-		t.Errorf("zone 1 has no proxy query to %s (or holds the proxy's answer):\n%s", f.remote, z1)
+	var appLeg, proxyLeg bool
+	var dns []string
+	for _, fl := range flows {
+		fwd, rev := fl.Forward, fl.Reverse
+		if fwd.Protocol != unix.IPPROTO_UDP || fwd.DstPort != dnsPort || !fwd.DstIP.Equal(f.remote.AsSlice()) {
+			continue
+		}
+		dns = append(dns, fl.String())
+		switch {
+		case fl.Zone == 2 && fwd.SrcIP.Equal(f.pod.AsSlice()) && rev.SrcIP.Equal(f.localhost.AsSlice()) && rev.SrcPort == 15053:
+			appLeg = true
+		case fl.Zone == 1 && rev.SrcIP.Equal(f.remote.AsSlice()) && rev.SrcPort == dnsPort:
+			proxyLeg = true
+		}
+	}
+	if !appLeg || !proxyLeg {
+		t.Errorf("want the app's query NATed to %s:15053 in zone 2 (found: %t) and the proxy's query in zone 1 (found: %t); UDP flows to %s:\n%s",
+			f.localhost, appLeg, proxyLeg, addr(f.remote, dnsPort), strings.Join(dns, "\n"))
 	}
 }

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 var netnsSeq atomic.Int64
@@ -96,4 +99,21 @@ func output(cmd *exec.Cmd) ([]byte, error) {
 		return stdout.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	return stdout.Bytes(), nil
+}
+
+// Netlink returns a netlink handle whose socket lives in n, closed when t
+// ends; the calling thread stays where it is.
+func (n *NetNS) Netlink(t testing.TB) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromPath(n.Path())
+	if err != nil {
+		t.Fatalf("open %s: %v", n.Path(), err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatalf("netlink handle in %s: %v", n.Name, err)
+	}
+	t.Cleanup(h.Close)
+	return h
 }
