@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -107,12 +108,20 @@ func TestCaptureLists(t *testing.T) {
 		{
 			// Inbound traffic from a kube-virt interface is outbound traffic:
 			// the proxy then calls the pod itself, which hairpins to 15006.
+			// REDIRECT only: in TPROXY mode mangle PREROUTING hands such a
+			// SYN to the inbound listener before nat PREROUTING redirects it
+			// to 15001 (mangle has no "-i IFACE -j RETURN"), so it reaches
+			// 15006 with destination :15001.
 			name: "kube_virt_interfaces",
 			args: []string{"-k", "eth1"},
 			probes: func(p *pod, f family, mode string) []probe {
 				to := addr(f.pod1, appPort)
+				peer := f.passthrough
+				if mode == "TPROXY" {
+					peer = f.pod1
+				}
 				return []probe{
-					{"virt", p.remote, root, "tcp", to, viaOutbound(to) + viaInbound(to) + app("pod", f.passthrough, to)},
+					{"virt", p.remote, root, "tcp", to, viaOutbound(to) + viaInbound(to) + app("pod", peer, to)},
 					p.inboundProbe("other", mode, addr(f.pod, appPort), f.remote, true),
 				}
 			},
@@ -138,12 +147,27 @@ func TestCaptureLists(t *testing.T) {
 			},
 		},
 		{
-			name: "proxy_gids",
-			args: []string{"-g", "1337,2000"},
+			name: "proxy_uids_and_gids",
+			args: []string{"-u", "1337,3000", "-g", "1337,2000"},
 			probes: func(p *pod, f family, _ string) []probe {
 				return []probe{
-					p.outboundProbe("listed", otherGroup, addr(f.remote, appPort), f.pod, false),
+					p.outboundProbe("listed_uid", testutil.Cred{UID: 3000, GID: 1000}, addr(f.remote, appPort), f.pod, false),
+					p.outboundProbe("listed_gid", otherGroup, addr(f.remote, appPort), f.pod, false),
 					p.outboundProbe("other", appUser, addr(f.remote, appPort), f.pod, true),
+				}
+			},
+		},
+		{
+			// Every DNS server is captured, not only --dns-servers; the proxy's
+			// own queries still are not.
+			name: "capture_all_dns", modes: both,
+			args: []string{"--redirect-dns", "--capture-all-dns", "--dns-servers="},
+			probes: func(p *pod, f family, _ string) []probe {
+				return []probe{
+					{"app_udp", p.ns, appUser, "udp", addr(f.remote1, dnsPort), "dns=proxy;" + dnsAnswer("remote", f.pod)},
+					{"app_tcp", p.ns, appUser, "tcp", addr(f.remote1, dnsPort),
+						fmt.Sprintf("dns=proxy orig=%s;", addr(f.remote1, dnsPort)) + dnsAnswer("remote", f.pod)},
+					{"proxy_udp", p.ns, proxyUser, "udp", addr(f.remote1, dnsPort), dnsAnswer("remote", f.pod1)},
 				}
 			},
 		},
