@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/shuntmesh/shunt/redirect"
@@ -38,10 +37,46 @@ const (
 // agentPorts are always excluded inbound: the agent (15020), health (15021) and Envoy metrics (15090).
 var agentPorts = []uint16{15020, 15021, 15090}
 
+// Pod holds the fields of a Kubernetes Pod that decide its capture rules. It is decoded from the Pod's
+// JSON or YAML; other fields are ignored. (A small type of our own rather than k8s.io/api's keeps the
+// init-container binary's start-up lean.)
+type Pod struct {
+	Kind     string `json:"kind"`
+	Metadata struct {
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec struct {
+		HostNetwork    bool        `json:"hostNetwork"`
+		Containers     []Container `json:"containers"`
+		InitContainers []Container `json:"initContainers"`
+	} `json:"spec"`
+	Status struct {
+		PodIPs []struct {
+			IP string `json:"ip"`
+		} `json:"podIPs"`
+	} `json:"status"`
+}
+
+// Container is the part of a container the plugin reads.
+type Container struct {
+	Name string `json:"name"`
+	Env  []struct {
+		Name  string `json:"name"`
+		Value string `json:"value"`
+	} `json:"env"`
+	SecurityContext *struct {
+		RunAsUser  *int64 `json:"runAsUser"`
+		RunAsGroup *int64 `json:"runAsGroup"`
+	} `json:"securityContext"`
+}
+
 // DecodePod parses a Pod manifest, YAML or JSON.
-func DecodePod(data []byte) (*corev1.Pod, error) {
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
+func DecodePod(data []byte) (*Pod, error) {
+	var pod Pod
+	if err := yaml.Unmarshal(data, &pod); err != nil {
 		return nil, fmt.Errorf("decode Pod: %w", err)
 	}
 	if pod.Kind != "" && pod.Kind != "Pod" {
@@ -57,13 +92,13 @@ func DecodePod(data []byte) (*corev1.Pod, error) {
 // are planned when the pod has an IPv6 address.
 //
 // When the pod is not to be captured, skip says why and the Config is empty.
-func ConfigForPod(pod *corev1.Pod, podIPs []netip.Addr) (cfg redirect.Config, skip string, err error) {
+func ConfigForPod(pod *Pod, podIPs []netip.Addr) (cfg redirect.Config, skip string, err error) {
 	if skip := skipReason(pod); skip != "" {
 		return redirect.Config{}, skip, nil
 	}
 	proxy := proxyContainer(pod)
 	cfg = redirect.DefaultConfig()
-	ann := pod.Annotations
+	ann := pod.Metadata.Annotations
 	var errs []error
 	bad := func(key, value string, err error) {
 		if err != nil {
@@ -166,19 +201,19 @@ func ConfigForPod(pod *corev1.Pod, podIPs []netip.Addr) (cfg redirect.Config, sk
 }
 
 // skipReason says why istio-cni would leave a pod alone, or "" when it captures it.
-func skipReason(pod *corev1.Pod) string {
+func skipReason(pod *Pod) string {
 	if pod.Spec.HostNetwork {
 		return "host network pod"
 	}
 	if proxyContainer(pod) == nil {
 		return "no " + ProxyContainerName + " container"
 	}
-	if _, ok := pod.Annotations[AnnotationStatus]; !ok {
+	if _, ok := pod.Metadata.Annotations[AnnotationStatus]; !ok {
 		return "no " + AnnotationStatus + " annotation: not injected"
 	}
-	inject, ok := pod.Labels[LabelInject]
+	inject, ok := pod.Metadata.Labels[LabelInject]
 	if !ok {
-		inject, ok = pod.Annotations[AnnotationInject]
+		inject, ok = pod.Metadata.Annotations[AnnotationInject]
 	}
 	if ok && strings.EqualFold(inject, "false") {
 		return "injection disabled (" + AnnotationInject + ": false)"
@@ -193,13 +228,13 @@ func skipReason(pod *corev1.Pod) string {
 			return "DISABLE_ENVOY is true"
 		}
 	}
-	if strings.EqualFold(pod.Annotations[AnnotationInterceptionMode], "NONE") {
+	if strings.EqualFold(pod.Metadata.Annotations[AnnotationInterceptionMode], "NONE") {
 		return "interception mode NONE"
 	}
 	return ""
 }
 
-func proxyContainer(pod *corev1.Pod) *corev1.Container {
+func proxyContainer(pod *Pod) *Container {
 	for i := range pod.Spec.Containers {
 		if pod.Spec.Containers[i].Name == ProxyContainerName {
 			return &pod.Spec.Containers[i]

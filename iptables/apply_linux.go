@@ -106,6 +106,17 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	log.Info("iptables variant chosen", "variant", v, "reason", why)
 	env := lockEnv(v, opts.NetNS)
 	p4, p6 := tablesPresent(v)
+	if opts.Handoff && opts.NetNS == "" && len(plan.Families) == 1 && !opts.Force {
+		fp := &plan.Families[0]
+		present := p4
+		if fp.Family == redirect.IPv6 {
+			present = p6
+		}
+		if !present && fp.TProxy == nil && len(fp.LoopbackAddrs) == 0 {
+			log.Info("programming rules", "family", fp.Family.String(), "with", familyTool(v, fp.Family, "restore"))
+			return handoff(familyTool(v, fp.Family, "restore"), restoreArgs(v), Render(fp, RenderOptions{}), env)
+		}
+	}
 	var fresh []*redirect.FamilyPlan
 	rollback := func(cause error) error {
 		for _, fp := range fresh {
@@ -344,4 +355,35 @@ func DetectIPv6(path string, dualStack bool) (bool, error) {
 		return nil
 	})
 	return v6, err
+}
+
+// handoff replaces this process with tool, its standard input a pipe holding input. It returns only
+// when the exec fails.
+func handoff(tool string, args []string, input []byte, env []string) error {
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", tool, err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("pipe: %w", err)
+	}
+	defer r.Close()
+	// The pipe must hold all of the input: nobody is left to write once the exec has happened.
+	if len(input) > 60<<10 {
+		if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, len(input)); err != nil {
+			w.Close()
+			return fmt.Errorf("grow pipe to %d bytes: %w", len(input), err)
+		}
+	}
+	_, err = w.Write(input)
+	w.Close()
+	if err != nil {
+		return fmt.Errorf("write restore input: %w", err)
+	}
+	if err := unix.Dup2(int(r.Fd()), 0); err != nil {
+		return fmt.Errorf("dup2: %w", err)
+	}
+	argv := append([]string{path}, args...)
+	return fmt.Errorf("exec %s: %w", path, unix.Exec(path, argv, append(os.Environ(), env...)))
 }

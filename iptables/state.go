@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -90,17 +91,19 @@ func (s State) Empty() bool {
 	return true
 }
 
-// ourBuiltinRule matches the rules the engine puts in built-in chains that are not jumps into our
+// ourBuiltinRules match the rules the engine puts in built-in chains that are not jumps into our
 // chains (those are recognised by their target). Interface RETURNs are ours only when the table holds
-// our chains too.
-var ourBuiltinRule = []*regexp.Regexp{
-	regexp.MustCompile(`^-p tcp -m mark --mark 0x[0-9a-f]+ -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
-	regexp.MustCompile(`^-o lo -p tcp -m mark --mark 0x[0-9a-f]+ -j RETURN$`),
-	regexp.MustCompile(`^! -d \S+ -o lo -p tcp -m owner --[ug]id-owner \d+ -j MARK --set-xmark 0x53a/0xffffffff$`),
-	regexp.MustCompile(`^-p tcp -m connmark --mark 0x[0-9a-f]+ -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
-}
+// our chains too. Compiled on first use: the init container's start-up stays lean.
+var ourBuiltinRules = sync.OnceValue(func() []*regexp.Regexp {
+	return []*regexp.Regexp{
+		regexp.MustCompile(`^-p tcp -m mark --mark 0x[0-9a-f]+ -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
+		regexp.MustCompile(`^-o lo -p tcp -m mark --mark 0x[0-9a-f]+ -j RETURN$`),
+		regexp.MustCompile(`^! -d \S+ -o lo -p tcp -m owner --[ug]id-owner \d+ -j MARK --set-xmark 0x53a/0xffffffff$`),
+		regexp.MustCompile(`^-p tcp -m connmark --mark 0x[0-9a-f]+ -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
+	}
+})
 
-var ifaceReturn = regexp.MustCompile(`^-[io] [A-Za-z0-9._+-]+ -j RETURN$`)
+var ifaceReturn = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^-[io] [A-Za-z0-9._+-]+ -j RETURN$`) })
 
 // isOurs reports whether spec, a rule of a built-in chain, is one the engine installs.
 func isOurs(spec string, tableHasOurChains bool) bool {
@@ -110,10 +113,10 @@ func isOurs(spec string, tableHasOurChains bool) bool {
 			return true
 		}
 	}
-	if tableHasOurChains && ifaceReturn.MatchString(spec) {
+	if tableHasOurChains && ifaceReturn().MatchString(spec) {
 		return true
 	}
-	for _, re := range ourBuiltinRule {
+	for _, re := range ourBuiltinRules() {
 		if re.MatchString(spec) {
 			return true
 		}

@@ -98,6 +98,8 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 		return printPlan(env.stdout, &plan, f.explain)
 	}
 	if !f.skipRuleApply {
+		// Nothing runs after Apply unless validation does: let it hand off to iptables-restore.
+		opts.Handoff = !f.runValidation
 		if err := iptables.Apply(ctx, &plan, opts); err != nil {
 			return err
 		}
@@ -153,10 +155,10 @@ func (f *istioFlags) buildConfig(env osEnv) (redirect.Config, error) {
 	}
 	cfg, skip, err := cni.ConfigForPod(pod, nil)
 	if err != nil {
-		return redirect.Config{}, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		return redirect.Config{}, fmt.Errorf("pod %s/%s: %w", pod.Metadata.Namespace, pod.Metadata.Name, err)
 	}
 	if skip != "" {
-		return redirect.Config{}, fmt.Errorf("pod %s/%s is not captured by the CNI plugin: %s", pod.Namespace, pod.Name, skip)
+		return redirect.Config{}, fmt.Errorf("pod %s/%s is not captured by the CNI plugin: %s", pod.Metadata.Namespace, pod.Metadata.Name, skip)
 	}
 	return cfg, nil
 }
