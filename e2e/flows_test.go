@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -126,5 +128,40 @@ func (p *pod) checkDNSZones(t *testing.T, f family) {
 	if !appLeg || !proxyLeg {
 		t.Errorf("want the app's query NATed to %s:15053 in zone 2 (found: %t) and the proxy's query in zone 1 (found: %t); UDP flows to %s:\n%s",
 			f.localhost, appLeg, proxyLeg, addr(f.remote, dnsPort), strings.Join(dns, "\n"))
+	}
+}
+
+// TestDNSServersFromResolvConf checks F9 as the injector runs it, without
+// --dns-servers: the servers come from the pod's /etc/resolv.conf (ip netns
+// exec mounts /etc/netns/POD/resolv.conf there), and only they are captured.
+func TestDNSServersFromResolvConf(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, variant := range variants {
+		t.Run(variant, func(t *testing.T) {
+			t.Parallel()
+			p := newPod(t, variant)
+			dir := filepath.Join("/etc/netns", p.ns.Name)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := os.RemoveAll(dir); err != nil {
+					t.Error(err)
+				}
+				_ = os.Remove("/etc/netns") // only when no other test still uses it
+			})
+			resolv := fmt.Sprintf("search example.test\nnameserver %s\nnameserver %s\noptions ndots:5\n", ipv4.remote, ipv6.remote)
+			if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolv), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p.capture(t, nil, append(injectorArgs("REDIRECT"), "--redirect-dns", "--ipv6=true")...)
+			p.startProxy(t, "REDIRECT")
+			for _, f := range families {
+				runProbes(t, []probe{
+					{f.name + "/listed", p.ns, appUser, "udp", addr(f.remote, dnsPort), "dns=proxy;" + dnsAnswer("remote", f.pod)},
+					{f.name + "/unlisted", p.ns, appUser, "udp", addr(f.remote1, dnsPort), dnsAnswer("remote", f.pod1)},
+				})
+			}
+		})
 	}
 }

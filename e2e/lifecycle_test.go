@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -243,4 +245,78 @@ func normalizeSave(save string) string {
 	}
 	slices.Sort(tables)
 	return strings.Join(tables, "")
+}
+
+// TestOtherNamespace programs and cleans the pod from another namespace
+// with --network-namespace, as the CNI plugin does from the node, and checks
+// that the pod is captured while the namespace shunt ran in is untouched.
+func TestOtherNamespace(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				p := newPod(t, variant)
+				node := testutil.NewNetNS(t)
+				nodeState := func() string {
+					return node.Run(t, "nft", "list", "ruleset") + node.Run(t, "iptables-legacy-save") +
+						node.Run(t, "ip6tables-legacy-save") + node.Run(t, "ip", "rule") + node.Run(t, "ip", "-6", "rule") +
+						node.Run(t, "ip", "addr")
+				}
+				before, podBefore := nodeState(), p.state(t)
+				fromNode := func(args ...string) {
+					t.Helper()
+					argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", variant,
+						"--network-namespace", p.ns.Path()}, args[1:]...)
+					if out, err := node.Exec(nil, nil, argv...); err != nil {
+						t.Fatalf("%v\n%s", err, out)
+					}
+				}
+				fromNode(append([]string{"iptables"}, fullArgs(mode)...)...)
+				p.startProxy(t, mode)
+				for _, f := range families {
+					runProbes(t, []probe{
+						p.inboundProbe(f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
+						p.outboundProbe(f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
+					})
+				}
+				if diff := cmp.Diff(before, nodeState()); diff != "" {
+					t.Errorf("apply changed the namespace shunt ran in (-before +after):\n%s", diff)
+				}
+				fromNode("cleanup")
+				if diff := cmp.Diff(podBefore, p.state(t)); diff != "" {
+					t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
+				}
+				if diff := cmp.Diff(before, nodeState()); diff != "" {
+					t.Errorf("cleanup changed the namespace shunt ran in (-before +after):\n%s", diff)
+				}
+			})
+		}
+	}
+}
+
+// TestValidate checks `shunt validate`: it passes in a captured pod and
+// fails with istio-iptables' exit code 126 in one without rules.
+//
+// IPv4 only for now: the IPv6 probe dials [::6]:15002, and a connection to
+// ::6 leaves from ::6, which "-o lo -s ::6/128 -j RETURN" exempts, so IPv6
+// validation fails in a correctly captured pod.
+func TestValidate(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				p := newPod(t, variant)
+				args := append(fullArgs(mode), "--ipv6=false")
+				var exit *exec.ExitError
+				out, err := p.shuntErr(t, nil, append([]string{"validate"}, args...)...)
+				if !errors.As(err, &exit) || exit.ExitCode() != 126 || !strings.Contains(err.Error(), "not captured") {
+					t.Errorf("validate without rules: got %v, want exit status 126 for traffic not captured\n%s", err, out)
+				}
+				p.capture(t, nil, args...)
+				p.shunt(t, nil, append([]string{"validate"}, args...)...)
+			})
+		}
+	}
 }

@@ -21,6 +21,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Readable and executable by all, like binaries in a container image:
+	// processes run as the app's and the proxy's uids exec them.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	bins = testutil.NewBinaries(dir)
 	code := m.Run()
 	if err := os.RemoveAll(dir); err != nil {

@@ -94,8 +94,11 @@ type pod struct {
 func newPod(t *testing.T, variant string) *pod {
 	t.Helper()
 	p := &pod{variant: variant, ns: testutil.NewNetNS(t), remote: testutil.NewNetNS(t)}
-	for _, link := range []string{"eth0", "eth1"} {
-		p.ns.Run(t, "ip", "link", "add", link, "type", "veth", "peer", "name", link, "netns", p.remote.Name)
+	// Distinct ifindexes on the two ends make the kernel treat the carrier
+	// change as urgent instead of batching it for up to a second.
+	for i, link := range []string{"eth0", "eth1"} {
+		p.ns.Run(t, "ip", "link", "add", link, "index", fmt.Sprint(10+i), "type", "veth",
+			"peer", "name", link, "index", fmt.Sprint(20+i), "netns", p.remote.Name)
 	}
 	for _, f := range families {
 		addAddr(t, p.ns, "eth0", f.pod, f.bits)
@@ -110,6 +113,11 @@ func newPod(t *testing.T, variant string) *pod {
 	for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
 		for _, link := range []string{"eth0", "eth1"} {
 			ns.Run(t, "ip", "link", "set", link, "addrgenmode", "none", "up")
+		}
+	}
+	for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
+		for _, link := range []string{"eth0", "eth1"} {
+			ns.WaitLinkUp(t, link)
 		}
 	}
 	for _, f := range families {
