@@ -211,7 +211,10 @@ func Cleanup(ctx context.Context, opts Options) error {
 
 // setupRoutes adds the TPROXY fwmark rule and local default route, and the IPv6 passthrough address.
 func setupRoutes(plan *redirect.Plan) error {
-	h, err := netlink.NewHandle()
+	if !slices.ContainsFunc(plan.Families, func(fp redirect.FamilyPlan) bool { return fp.TProxy != nil || len(fp.LoopbackAddrs) > 0 }) {
+		return nil
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
@@ -268,7 +271,7 @@ func setupRoutes(plan *redirect.Plan) error {
 // cleanupRoutes removes fwmark rules whose table holds only a local default route via lo (TPROXY's),
 // with those routes, and ::6/128 from lo.
 func cleanupRoutes() error {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
