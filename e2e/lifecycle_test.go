@@ -105,53 +105,60 @@ COMMIT
 COMMIT
 `
 
-// TestCleanup checks that `shunt cleanup` after a full apply returns the
-// pod to exactly what it was, foreign rules, chains, policy routing and lo
+// TestCleanup checks that `shunt cleanup`, and istio-iptables' spelling
+// `shunt iptables --cleanup-only`, after a full apply return the pod to
+// exactly what it was, foreign rules, chains, policy routing and lo
 // addresses included, and that traffic is no longer captured.
 func TestCleanup(t *testing.T) {
 	testutil.RequireRoot(t)
+	cleanups := []struct {
+		name string
+		args []string
+	}{{"cleanup", []string{"cleanup"}}, {"cleanup-only", []string{"iptables", "--cleanup-only"}}}
 	for _, variant := range variants {
 		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				for _, f := range families {
-					restore := strings.Replace(saveCommand(variant, f == ipv6), "-save", "-restore", 1)
-					cmd := p.ns.Command(nil, restore, "--noflush")
-					cmd.Stdin = strings.NewReader(fmt.Sprintf(foreignRules, docPrefix(f)))
-					if out, err := cmd.CombinedOutput(); err != nil {
-						t.Fatalf("%s: %v: %s", restore, err, out)
+			for _, cleanup := range cleanups {
+				t.Run(variant+"/"+mode+"/"+cleanup.name, func(t *testing.T) {
+					t.Parallel()
+					p := newPod(t, variant)
+					for _, f := range families {
+						restore := strings.Replace(saveCommand(variant, f == ipv6), "-save", "-restore", 1)
+						cmd := p.ns.Command(nil, restore, "--noflush")
+						cmd.Stdin = strings.NewReader(fmt.Sprintf(foreignRules, docPrefix(f)))
+						if out, err := cmd.CombinedOutput(); err != nil {
+							t.Fatalf("%s: %v: %s", restore, err, out)
+						}
+						p.ns.Run(t, "ip", familyFlag(f), "rule", "add", "fwmark", "0x77", "lookup", "177", "pref", "500")
+						p.ns.Run(t, "ip", familyFlag(f), "route", "add", docPrefix(f), "dev", "eth1", "table", "177")
 					}
-					p.ns.Run(t, "ip", familyFlag(f), "rule", "add", "fwmark", "0x77", "lookup", "177", "pref", "500")
-					p.ns.Run(t, "ip", familyFlag(f), "route", "add", docPrefix(f), "dev", "eth1", "table", "177")
-				}
-				p.ns.Run(t, "ip", "addr", "add", "::7/128", "dev", "lo")
-				before := p.state(t)
+					p.ns.Run(t, "ip", "addr", "add", "::7/128", "dev", "lo")
+					before := p.state(t)
 
-				p.capture(t, nil, fullArgs(mode)...)
-				p.startProxy(t, mode)
-				for _, f := range families {
-					runProbes(t, []probe{
-						p.inboundProbe("captured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
-						p.outboundProbe("captured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
-					})
-				}
+					p.capture(t, nil, fullArgs(mode)...)
+					p.startProxy(t, mode)
+					for _, f := range families {
+						runProbes(t, []probe{
+							p.inboundProbe("captured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
+							p.outboundProbe("captured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
+						})
+					}
 
-				p.uncapture(t)
-				if diff := cmp.Diff(before, p.state(t)); diff != "" {
-					t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
-				}
-				for _, f := range families {
-					runProbes(t, []probe{
-						p.inboundProbe("uncaptured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, false),
-						p.outboundProbe("uncaptured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, false),
-					})
-				}
-				p.uncapture(t)
-				if diff := cmp.Diff(before, p.state(t)); diff != "" {
-					t.Errorf("second cleanup changed the pod (-before +after):\n%s", diff)
-				}
-			})
+					p.shunt(t, nil, cleanup.args...)
+					if diff := cmp.Diff(before, p.state(t)); diff != "" {
+						t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
+					}
+					for _, f := range families {
+						runProbes(t, []probe{
+							p.inboundProbe("uncaptured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, false),
+							p.outboundProbe("uncaptured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, false),
+						})
+					}
+					p.shunt(t, nil, cleanup.args...)
+					if diff := cmp.Diff(before, p.state(t)); diff != "" {
+						t.Errorf("second cleanup changed the pod (-before +after):\n%s", diff)
+					}
+				})
+			}
 		}
 	}
 }
