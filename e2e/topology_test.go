@@ -169,6 +169,7 @@ func (p *pod) uncapture(t *testing.T) {
 	p.shunt(t, nil, "cleanup")
 }
 
+// shunt is shuntErr that fails t on error.
 func (p *pod) shunt(t *testing.T, env []string, args ...string) string {
 	t.Helper()
 	out, err := p.shuntErr(t, env, args...)
@@ -187,10 +188,11 @@ func (p *pod) shuntErr(t *testing.T, env []string, args ...string) (string, erro
 	return string(out), err
 }
 
-// injectorArgs are the flags Istio's sidecar injector passes, for mode.
+// injectorArgs are the flags Istio's sidecar injector passes to its init
+// container, for mode. The proxy's gid is the default, the uid.
 func injectorArgs(mode string) []string {
-	return []string{"-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", mode,
-		"-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"}
+	return []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", mode,
+		"-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020", "--log_output_level=default:info"}
 }
 
 // startProxy starts the reference sidecar in the pod as Istio runs it in
