@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e proves the rules shunt programs with real packets: each test
 // builds a "pod" network namespace joined to a "remote" one by two veth
 // pairs, runs `shunt iptables` in the pod, starts a reference sidecar
