@@ -60,8 +60,8 @@ var (
 
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-// Ports of the apps: the pod serves appPorts, the remote 8080 and 9090 and
-// DNS on 53.
+// Ports of the apps: the pod serves appPorts on every address and TCP 53 on
+// its pod IPs; the remote serves 8080 and 9090, and DNS on 53.
 const (
 	appPort   = 8080
 	otherPort = 9090
@@ -132,9 +132,15 @@ func newPod(t *testing.T, variant string) *pod {
 	})
 
 	echo := bins.Path(t, pkgEchoserver)
-	ports := make([]string, len(appPorts))
-	for i, port := range appPorts {
-		ports[i] = fmt.Sprint(port)
+	var ports []string
+	for _, port := range appPorts {
+		ports = append(ports, fmt.Sprint(port))
+	}
+	// An app on port 53 of the pod IPs only, leaving loopback addresses to
+	// local resolvers; the app's uid may bind it.
+	p.ns.Run(t, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0")
+	for _, f := range families {
+		ports = append(ports, addr(f.pod, dnsPort).String())
 	}
 	p.ns.Start(t, &appUser, echo, "serve", "-name", "pod", "-tcp", strings.Join(ports, ","))
 	p.remote.Start(t, &root, echo, "serve", "-name", "remote",
@@ -198,15 +204,19 @@ func injectorArgs(mode string) []string {
 }
 
 // startProxy starts the reference sidecar in the pod as Istio runs it in
-// mode, with selfVIP and remoteVIP of both families as services and the
-// remote as DNS upstream.
-func (p *pod) startProxy(t *testing.T, mode string) {
+// mode, with selfVIP and remoteVIP of both families as services and
+// dnsUpstreams, then the remote, as DNS upstreams (the first of a family
+// serves it).
+func (p *pod) startProxy(t *testing.T, mode string, dnsUpstreams ...netip.AddrPort) {
 	t.Helper()
 	cred := proxyUser
 	if mode == "TPROXY" {
 		cred = tproxyUser
 	}
 	args := []string{bins.Path(t, pkgRefproxy), "-mode", mode}
+	for _, u := range dnsUpstreams {
+		args = append(args, "-dns-upstream", u.String())
+	}
 	for _, f := range families {
 		args = append(args,
 			"-service", f.selfVIP.String()+"="+netip.AddrPortFrom(f.pod, appPort).String(),

@@ -5,8 +5,9 @@
 // answers every TCP connection on the -tcp ports with one line
 // "app=NAME peer=IP:PORT local=IP:PORT" after reading one line, and every
 // DNS query (a UDP datagram, or a line over TCP) on the -dns ports with
-// "dns=NAME peer=IP:PORT". It listens on all addresses, IPv4 and IPv6, and
-// prints "ready" once every port is bound.
+// "dns=NAME peer=IP:PORT". A port listens on all addresses, IPv4 and IPv6;
+// an entry HOST:PORT on that address only. It prints "ready" once every
+// port is bound.
 //
 //	echoserver client -tcp ADDR | -udp ADDR
 //
@@ -52,15 +53,15 @@ const timeout = 5 * time.Second
 func serve(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	name := fs.String("name", "app", "name in every answer")
-	tcpPorts := fs.String("tcp", "", "comma-separated TCP app ports")
-	dnsPorts := fs.String("dns", "", "comma-separated DNS ports (UDP and TCP)")
+	tcpPorts := fs.String("tcp", "", "comma-separated TCP app ports or HOST:PORTs")
+	dnsPorts := fs.String("dns", "", "comma-separated DNS ports or HOST:PORTs (UDP and TCP)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	errc := make(chan error)
 	var start []func()
 	for port := range ports(*tcpPorts) {
-		l, err := net.Listen("tcp", "[::]:"+port)
+		l, err := net.Listen("tcp", listenAddr(port))
 		if err != nil {
 			return err
 		}
@@ -71,11 +72,11 @@ func serve(args []string, stdout io.Writer) error {
 		})
 	}
 	for port := range ports(*dnsPorts) {
-		l, err := net.Listen("tcp", "[::]:"+port)
+		l, err := net.Listen("tcp", listenAddr(port))
 		if err != nil {
 			return err
 		}
-		pc, err := net.ListenPacket("udp", "[::]:"+port)
+		pc, err := net.ListenPacket("udp", listenAddr(port))
 		if err != nil {
 			return err
 		}
@@ -93,6 +94,15 @@ func serve(args []string, stdout io.Writer) error {
 		go f()
 	}
 	return <-errc
+}
+
+// listenAddr returns the address to listen on for a -tcp or -dns entry: a
+// bare port means every address, IPv4 and IPv6.
+func listenAddr(entry string) string {
+	if strings.Contains(entry, ":") {
+		return entry
+	}
+	return "[::]:" + entry
 }
 
 func ports(list string) func(func(string) bool) {

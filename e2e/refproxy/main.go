@@ -161,12 +161,13 @@ func (p *proxy) outbound(c *net.TCPConn) {
 func (p *proxy) inbound(c *net.TCPConn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(connTimeout))
-	var orig netip.AddrPort
-	var err error
-	if p.tproxy {
-		orig = addrPort(c.LocalAddr())
-	} else {
-		orig, err = originalDst(c)
+	// Like Envoy's original_dst filter: SO_ORIGINAL_DST in both modes. A
+	// connection TPROXY handed over was not NATed, so it reads back the
+	// local address; in TPROXY mode nat still redirects hairpin
+	// connections (ISTIO_IN_REDIRECT), and then the local address is :15006.
+	orig, err := originalDst(c)
+	if err != nil && p.tproxy {
+		orig, err = addrPort(c.LocalAddr()), nil
 	}
 	if err != nil {
 		fmt.Fprintf(c, "proxy=inbound error=%q\n", err)
