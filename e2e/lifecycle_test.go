@@ -107,6 +107,11 @@ COMMIT
 COMMIT
 `
 
+// foreignNFT is a native nftables table someone else installed.
+const foreignNFT = "add table inet foreign; " +
+	"add chain inet foreign out { type filter hook output priority 10; policy accept; }; " +
+	"add rule inet foreign out tcp dport 7777 counter accept"
+
 // TestCleanup checks that `shunt cleanup`, and istio-iptables' spelling
 // `shunt iptables --cleanup-only`, after a full apply return the pod to
 // exactly what it was, foreign rules, chains, policy routing and lo
@@ -133,6 +138,7 @@ func TestCleanup(t *testing.T) {
 						p.ns.Run(t, "ip", familyFlag(f), "rule", "add", "fwmark", "0x77", "lookup", "177", "pref", "500")
 						p.ns.Run(t, "ip", familyFlag(f), "route", "add", docPrefix(f), "dev", "eth1", "table", "177")
 					}
+					p.ns.Run(t, "nft", foreignNFT)
 					p.ns.Run(t, "ip", "addr", "add", "::7/128", "dev", "lo")
 					before := p.state(t)
 
@@ -182,7 +188,7 @@ func TestDryRun(t *testing.T) {
 				t.Parallel()
 				p := newPod(t, variant)
 				untouched := func() string {
-					return p.state(t) + p.ns.Run(t, "nft", "list", "ruleset") +
+					return p.state(t) + p.ns.Run(t, "nft", "-s", "list", "ruleset") +
 						p.ns.Run(t, "iptables-legacy-save") + p.ns.Run(t, "ip6tables-legacy-save")
 				}
 				before := untouched()
@@ -201,11 +207,13 @@ func TestDryRun(t *testing.T) {
 }
 
 // state returns what shunt may change in the pod: the variant's rules of
-// both families (normalized by normalizeSave), policy routing, the routes
-// of every table and lo's addresses.
+// both families (normalized by normalizeSave), native nftables tables
+// (foreignTables), policy routing, the routes of every table and lo's
+// addresses.
 func (p *pod) state(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
+	fmt.Fprintf(&b, "$ nft -s list ruleset (native tables)\n%s", foreignTables(p.ns.Run(t, "nft", "-s", "list", "ruleset")))
 	for _, v6 := range []bool{false, true} {
 		fmt.Fprintf(&b, "$ %s\n%s", saveCommand(p.variant, v6), normalizeSave(p.ns.Run(t, saveCommand(p.variant, v6))))
 	}
@@ -220,6 +228,24 @@ var routingCommands = [][]string{
 	{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
 	{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
 	{"ip", "-br", "addr", "show", "dev", "lo"},
+}
+
+// foreignTables returns the tables of an `nft list ruleset` listing that
+// iptables-nft does not manage: not ip or ip6 filter, nat, mangle, raw or
+// security (iptables-save shows those).
+func foreignTables(ruleset string) string {
+	var b strings.Builder
+	keep := false
+	for line := range strings.Lines(ruleset) {
+		if f := strings.Fields(line); strings.HasPrefix(line, "table ") && len(f) >= 3 {
+			keep = !(f[1] == "ip" || f[1] == "ip6") ||
+				!slices.Contains([]string{"filter", "nat", "mangle", "raw", "security"}, f[2])
+		}
+		if keep {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
 }
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
