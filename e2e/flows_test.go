@@ -3,7 +3,9 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -147,11 +149,20 @@ func (p *pod) checkDNSZones(t *testing.T, f family) {
 // exec mounts /etc/netns/POD/resolv.conf there), and only they are captured.
 func TestDNSServersFromResolvConf(t *testing.T) {
 	testutil.RequireRoot(t)
+	const etcNetns = "/etc/netns"
+	if _, err := os.Stat(etcNetns); errors.Is(err, fs.ErrNotExist) {
+		// Runs after the parallel subtests.
+		t.Cleanup(func() {
+			if err := os.Remove(etcNetns); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 	for _, variant := range variants {
 		t.Run(variant, func(t *testing.T) {
 			t.Parallel()
 			p := newPod(t, variant)
-			dir := filepath.Join("/etc/netns", p.ns.Name)
+			dir := filepath.Join(etcNetns, p.ns.Name)
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -159,7 +170,6 @@ func TestDNSServersFromResolvConf(t *testing.T) {
 				if err := os.RemoveAll(dir); err != nil {
 					t.Error(err)
 				}
-				_ = os.Remove("/etc/netns") // only when no other test still uses it
 			})
 			resolv := fmt.Sprintf("search example.test\nnameserver %s\nnameserver %s\noptions ndots:5\n", ipv4.remote, ipv6.remote)
 			if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolv), 0o644); err != nil {
