@@ -18,6 +18,11 @@ import (
 var bins *testutil.Binaries
 
 func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		if err := testutil.RemoveStaleNetNS(); err != nil {
+			fmt.Fprintln(os.Stderr, "remove stale namespaces:", err)
+		}
+	}
 	dir, err := os.MkdirTemp("", "shunt-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -2,13 +2,17 @@ package testutil
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -96,4 +100,43 @@ func output(cmd *exec.Cmd) ([]byte, error) {
 		return stdout.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	return stdout.Bytes(), nil
+}
+
+var staleName = regexp.MustCompile(`^shunt-(\d+)-\d+$`)
+
+// RemoveStaleNetNS deletes the namespaces NewNetNS made in test processes
+// that no longer run (killed, or timed out before their cleanups ran), after
+// killing the processes left inside them. Call it from TestMain.
+func RemoveStaleNetNS() error {
+	entries, err := os.ReadDir("/run/netns")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		m := staleName.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("/proc", m[1])); err == nil {
+			continue // its test process still runs
+		}
+		out, err := exec.Command("ip", "netns", "pids", e.Name()).Output()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ip netns pids %s: %w", e.Name(), err))
+			continue
+		}
+		for _, field := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(field); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("ip netns del %s: %w: %s", e.Name(), err, out))
+		}
+	}
+	return errors.Join(errs...)
 }
