@@ -24,22 +24,16 @@ import (
 func TestFlows(t *testing.T) {
 	testutil.RequireRoot(t)
 	dnsServers := "--dns-servers=" + ipv4.remote.String() + "," + ipv6.remote.String()
-	for _, variant := range variants {
-		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				p.capture(t, nil, append(injectorArgs(mode), "--redirect-dns", dnsServers, "--ipv6=true")...)
-				p.startProxy(t, mode)
-				for _, f := range families {
-					t.Run(f.name, func(t *testing.T) {
-						runProbes(t, p.flowProbes(f, mode))
-						t.Run("F9/conntrack_zones", func(t *testing.T) { p.checkDNSZones(t, f) })
-					})
-				}
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		p.capture(t, nil, append(injectorArgs(mode), "--redirect-dns", dnsServers, "--ipv6=true")...)
+		p.startProxy(t, mode)
+		for _, f := range families {
+			t.Run(f.name, func(t *testing.T) {
+				runProbes(t, p.flowProbes(f, mode))
+				t.Run("F9/conntrack_zones", func(t *testing.T) { p.checkDNSZones(t, f) })
 			})
 		}
-	}
+	})
 }
 
 // flowProbes are the probes of F1–F6 and F9 in family f (F8 is them in
@@ -202,27 +196,21 @@ func TestDNSServersFromResolvConf(t *testing.T) {
 func TestDNSLocalResolver(t *testing.T) {
 	testutil.RequireRoot(t)
 	resolver := netip.MustParseAddrPort("127.0.0.53:53")
-	for _, variant := range variants {
-		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				p.ns.Start(t, &root, bins.Path(t, pkgEchoserver), "serve", "-name", "local", "-dns", resolver.String())
-				p.capture(t, nil, append(injectorArgs(mode), "--redirect-dns", "--dns-servers="+resolver.Addr().String())...)
-				p.startProxy(t, mode, resolver)
-				answer := dnsAnswer("local", ipv4.localhost)
-				probes := []probe{
-					{"app_udp", p.ns, appUser, "udp", resolver, "dns=proxy;" + answer},
-					{"proxy_udp", p.ns, proxyUser, "udp", resolver, answer},
-					{"proxy_gid_udp", p.ns, proxyGID, "udp", resolver, answer},
-				}
-				if mode == "REDIRECT" {
-					probes = append(probes,
-						probe{"app_tcp", p.ns, appUser, "tcp", resolver, fmt.Sprintf("dns=proxy orig=%s;", resolver) + answer},
-						probe{"proxy_tcp", p.ns, proxyUser, "tcp", resolver, answer})
-				}
-				runProbes(t, probes)
-			})
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		p.ns.Start(t, &root, bins.Path(t, pkgEchoserver), "serve", "-name", "local", "-dns", resolver.String())
+		p.capture(t, nil, append(injectorArgs(mode), "--redirect-dns", "--dns-servers="+resolver.Addr().String())...)
+		p.startProxy(t, mode, resolver)
+		answer := dnsAnswer("local", ipv4.localhost)
+		probes := []probe{
+			{"app_udp", p.ns, appUser, "udp", resolver, "dns=proxy;" + answer},
+			{"proxy_udp", p.ns, proxyUser, "udp", resolver, answer},
+			{"proxy_gid_udp", p.ns, proxyGID, "udp", resolver, answer},
 		}
-	}
+		if mode == "REDIRECT" {
+			probes = append(probes,
+				probe{"app_tcp", p.ns, appUser, "tcp", resolver, fmt.Sprintf("dns=proxy orig=%s;", resolver) + answer},
+				probe{"proxy_tcp", p.ns, proxyUser, "tcp", resolver, answer})
+		}
+		runProbes(t, probes)
+	})
 }

@@ -27,27 +27,21 @@ func fullArgs(mode string) []string {
 // with --force-apply, leaves the pod exactly as one apply does.
 func TestApplyTwice(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, variant := range variants {
-		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				p.capture(t, nil, fullArgs(mode)...)
-				once := p.state(t)
-				if !strings.Contains(once, "ISTIO_OUTPUT") {
-					t.Fatalf("no ISTIO_OUTPUT after apply:\n%s", once)
-				}
-				p.capture(t, nil, fullArgs(mode)...)
-				if diff := cmp.Diff(once, p.state(t)); diff != "" {
-					t.Errorf("second apply changed the pod (-once +twice):\n%s", diff)
-				}
-				p.capture(t, nil, append(fullArgs(mode), "--force-apply")...)
-				if diff := cmp.Diff(once, p.state(t)); diff != "" {
-					t.Errorf("apply with --force-apply changed the pod (-once +forced):\n%s", diff)
-				}
-			})
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		p.capture(t, nil, fullArgs(mode)...)
+		once := p.state(t)
+		if !strings.Contains(once, "ISTIO_OUTPUT") {
+			t.Fatalf("no ISTIO_OUTPUT after apply:\n%s", once)
 		}
-	}
+		p.capture(t, nil, fullArgs(mode)...)
+		if diff := cmp.Diff(once, p.state(t)); diff != "" {
+			t.Errorf("second apply changed the pod (-once +twice):\n%s", diff)
+		}
+		p.capture(t, nil, append(fullArgs(mode), "--force-apply")...)
+		if diff := cmp.Diff(once, p.state(t)); diff != "" {
+			t.Errorf("apply with --force-apply changed the pod (-once +forced):\n%s", diff)
+		}
+	})
 }
 
 // TestReconcile checks that applying a different configuration over the
@@ -55,30 +49,24 @@ func TestApplyTwice(t *testing.T) {
 // pod as a fresh apply of the new configuration does.
 func TestReconcile(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, variant := range variants {
-		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				p.capture(t, nil, fullArgs(mode)...)
-				old := p.state(t)
-				changed := append(fullArgs(mode), "-o", "9090", "-d", "15090,15021,15020,8081")
-				if out, err := p.shuntErr(t, nil, append([]string{"iptables"}, changed...)...); err == nil {
-					t.Errorf("apply of a different configuration succeeded without --reconcile:\n%s", out)
-				}
-				if diff := cmp.Diff(old, p.state(t)); diff != "" {
-					t.Errorf("refused apply changed the pod (-before +after):\n%s", diff)
-				}
-				p.capture(t, nil, append(changed, "--reconcile")...)
-				reconciled := p.state(t)
-				p.uncapture(t)
-				p.capture(t, nil, changed...)
-				if diff := cmp.Diff(p.state(t), reconciled); diff != "" {
-					t.Errorf("reconciled pod differs from a fresh apply (-fresh +reconciled):\n%s", diff)
-				}
-			})
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		p.capture(t, nil, fullArgs(mode)...)
+		old := p.state(t)
+		changed := append(fullArgs(mode), "-o", "9090", "-d", "15090,15021,15020,8081")
+		if out, err := p.shuntErr(t, nil, append([]string{"iptables"}, changed...)...); err == nil {
+			t.Errorf("apply of a different configuration succeeded without --reconcile:\n%s", out)
 		}
-	}
+		if diff := cmp.Diff(old, p.state(t)); diff != "" {
+			t.Errorf("refused apply changed the pod (-before +after):\n%s", diff)
+		}
+		p.capture(t, nil, append(changed, "--reconcile")...)
+		reconciled := p.state(t)
+		p.uncapture(t)
+		p.capture(t, nil, changed...)
+		if diff := cmp.Diff(p.state(t), reconciled); diff != "" {
+			t.Errorf("reconciled pod differs from a fresh apply (-fresh +reconciled):\n%s", diff)
+		}
+	})
 }
 
 // foreignRules are rules someone else installed in every table, including
@@ -122,52 +110,48 @@ func TestCleanup(t *testing.T) {
 		name string
 		args []string
 	}{{"cleanup", []string{"cleanup"}}, {"cleanup-only", []string{"iptables", "--cleanup-only"}}}
-	for _, variant := range variants {
-		for _, mode := range modes {
-			for _, cleanup := range cleanups {
-				t.Run(variant+"/"+mode+"/"+cleanup.name, func(t *testing.T) {
-					t.Parallel()
-					p := newPod(t, variant)
-					for _, f := range families {
-						restore := strings.Replace(saveCommand(variant, f == ipv6), "-save", "-restore", 1)
-						cmd := p.ns.Command(nil, restore, "--noflush")
-						cmd.Stdin = strings.NewReader(fmt.Sprintf(foreignRules, docPrefix(f)))
-						if out, err := cmd.CombinedOutput(); err != nil {
-							t.Fatalf("%s: %v: %s", restore, err, out)
-						}
-						p.ns.Run(t, "ip", familyFlag(f), "rule", "add", "fwmark", "0x77", "lookup", "177", "pref", "500")
-						p.ns.Run(t, "ip", familyFlag(f), "route", "add", docPrefix(f), "dev", "eth1", "table", "177")
+	for _, cleanup := range cleanups {
+		t.Run(cleanup.name, func(t *testing.T) {
+			forEachPod(t, func(t *testing.T, p *pod, mode string) {
+				for _, f := range families {
+					restore := strings.Replace(saveCommand(p.variant, f == ipv6), "-save", "-restore", 1)
+					cmd := p.ns.Command(nil, restore, "--noflush")
+					cmd.Stdin = strings.NewReader(fmt.Sprintf(foreignRules, docPrefix(f)))
+					if out, err := cmd.CombinedOutput(); err != nil {
+						t.Fatalf("%s: %v: %s", restore, err, out)
 					}
-					p.ns.Run(t, "nft", foreignNFT)
-					p.ns.Run(t, "ip", "addr", "add", "::7/128", "dev", "lo")
-					before := p.state(t)
+					p.ns.Run(t, "ip", familyFlag(f), "rule", "add", "fwmark", "0x77", "lookup", "177", "pref", "500")
+					p.ns.Run(t, "ip", familyFlag(f), "route", "add", docPrefix(f), "dev", "eth1", "table", "177")
+				}
+				p.ns.Run(t, "nft", foreignNFT)
+				p.ns.Run(t, "ip", "addr", "add", "::7/128", "dev", "lo")
+				before := p.state(t)
 
-					p.capture(t, nil, fullArgs(mode)...)
-					p.startProxy(t, mode)
-					for _, f := range families {
-						runProbes(t, []probe{
-							p.inboundProbe("captured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
-							p.outboundProbe("captured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
-						})
-					}
+				p.capture(t, nil, fullArgs(mode)...)
+				p.startProxy(t, mode)
+				for _, f := range families {
+					runProbes(t, []probe{
+						p.inboundProbe("captured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
+						p.outboundProbe("captured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
+					})
+				}
 
-					p.shunt(t, nil, cleanup.args...)
-					if diff := cmp.Diff(before, p.state(t)); diff != "" {
-						t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
-					}
-					for _, f := range families {
-						runProbes(t, []probe{
-							p.inboundProbe("uncaptured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, false),
-							p.outboundProbe("uncaptured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, false),
-						})
-					}
-					p.shunt(t, nil, cleanup.args...)
-					if diff := cmp.Diff(before, p.state(t)); diff != "" {
-						t.Errorf("second cleanup changed the pod (-before +after):\n%s", diff)
-					}
-				})
-			}
-		}
+				p.shunt(t, nil, cleanup.args...)
+				if diff := cmp.Diff(before, p.state(t)); diff != "" {
+					t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
+				}
+				for _, f := range families {
+					runProbes(t, []probe{
+						p.inboundProbe("uncaptured/"+f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, false),
+						p.outboundProbe("uncaptured/"+f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, false),
+					})
+				}
+				p.shunt(t, nil, cleanup.args...)
+				if diff := cmp.Diff(before, p.state(t)); diff != "" {
+					t.Errorf("second cleanup changed the pod (-before +after):\n%s", diff)
+				}
+			})
+		})
 	}
 }
 
@@ -182,28 +166,22 @@ func docPrefix(f family) string {
 // no nftables or legacy rule of either family, no route, no address.
 func TestDryRun(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, variant := range variants {
-		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				untouched := func() string {
-					return p.state(t) + p.ns.Run(t, "nft", "-s", "list", "ruleset") +
-						p.ns.Run(t, "iptables-legacy-save") + p.ns.Run(t, "ip6tables-legacy-save")
-				}
-				before := untouched()
-				out := p.capture(t, nil, append(fullArgs(mode), "--dry-run")...)
-				for _, want := range []string{"*nat", "-A ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS", "COMMIT"} {
-					if !strings.Contains(out, want) {
-						t.Errorf("dry run output lacks %q:\n%s", want, out)
-					}
-				}
-				if diff := cmp.Diff(before, untouched()); diff != "" {
-					t.Errorf("dry run changed the pod (-before +after):\n%s", diff)
-				}
-			})
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		untouched := func() string {
+			return p.state(t) + p.ns.Run(t, "nft", "-s", "list", "ruleset") +
+				p.ns.Run(t, "iptables-legacy-save") + p.ns.Run(t, "ip6tables-legacy-save")
 		}
-	}
+		before := untouched()
+		out := p.capture(t, nil, append(fullArgs(mode), "--dry-run")...)
+		for _, want := range []string{"*nat", "-A ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS", "COMMIT"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("dry run output lacks %q:\n%s", want, out)
+			}
+		}
+		if diff := cmp.Diff(before, untouched()); diff != "" {
+			t.Errorf("dry run changed the pod (-before +after):\n%s", diff)
+		}
+	})
 }
 
 // state returns what shunt may change in the pod: the variant's rules of
@@ -287,47 +265,41 @@ func normalizeSave(save string) string {
 // that the pod is captured while the namespace shunt ran in is untouched.
 func TestOtherNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, variant := range variants {
-		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				node := testutil.NewNetNS(t)
-				nodeState := func() string {
-					return node.Run(t, "nft", "list", "ruleset") + node.Run(t, "iptables-legacy-save") +
-						node.Run(t, "ip6tables-legacy-save") + node.Run(t, "ip", "rule") + node.Run(t, "ip", "-6", "rule") +
-						node.Run(t, "ip", "addr")
-				}
-				before, podBefore := nodeState(), p.state(t)
-				fromNode := func(args ...string) {
-					t.Helper()
-					argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", variant,
-						"--network-namespace", p.ns.Path()}, args[1:]...)
-					if out, err := node.Exec(nil, nil, argv...); err != nil {
-						t.Fatalf("%v\n%s", err, out)
-					}
-				}
-				fromNode(append([]string{"iptables"}, fullArgs(mode)...)...)
-				p.startProxy(t, mode)
-				for _, f := range families {
-					runProbes(t, []probe{
-						p.inboundProbe(f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
-						p.outboundProbe(f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
-					})
-				}
-				if diff := cmp.Diff(before, nodeState()); diff != "" {
-					t.Errorf("apply changed the namespace shunt ran in (-before +after):\n%s", diff)
-				}
-				fromNode("cleanup")
-				if diff := cmp.Diff(podBefore, p.state(t)); diff != "" {
-					t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
-				}
-				if diff := cmp.Diff(before, nodeState()); diff != "" {
-					t.Errorf("cleanup changed the namespace shunt ran in (-before +after):\n%s", diff)
-				}
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		node := testutil.NewNetNS(t)
+		nodeState := func() string {
+			return node.Run(t, "nft", "list", "ruleset") + node.Run(t, "iptables-legacy-save") +
+				node.Run(t, "ip6tables-legacy-save") + node.Run(t, "ip", "rule") + node.Run(t, "ip", "-6", "rule") +
+				node.Run(t, "ip", "addr")
+		}
+		before, podBefore := nodeState(), p.state(t)
+		fromNode := func(args ...string) {
+			t.Helper()
+			argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", p.variant,
+				"--network-namespace", p.ns.Path()}, args[1:]...)
+			if out, err := node.Exec(nil, nil, argv...); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+		}
+		fromNode(append([]string{"iptables"}, fullArgs(mode)...)...)
+		p.startProxy(t, mode)
+		for _, f := range families {
+			runProbes(t, []probe{
+				p.inboundProbe(f.name+"/inbound", mode, addr(f.pod, appPort), f.remote, true),
+				p.outboundProbe(f.name+"/outbound", appUser, addr(f.remote, appPort), f.pod, true),
 			})
 		}
-	}
+		if diff := cmp.Diff(before, nodeState()); diff != "" {
+			t.Errorf("apply changed the namespace shunt ran in (-before +after):\n%s", diff)
+		}
+		fromNode("cleanup")
+		if diff := cmp.Diff(podBefore, p.state(t)); diff != "" {
+			t.Errorf("cleanup left the pod changed (-before +after):\n%s", diff)
+		}
+		if diff := cmp.Diff(before, nodeState()); diff != "" {
+			t.Errorf("cleanup changed the namespace shunt ran in (-before +after):\n%s", diff)
+		}
+	})
 }
 
 // TestValidate checks `shunt validate`: it passes in a captured pod and
@@ -338,20 +310,14 @@ func TestOtherNamespace(t *testing.T) {
 // validation fails in a correctly captured pod.
 func TestValidate(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, variant := range variants {
-		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
-				t.Parallel()
-				p := newPod(t, variant)
-				args := append(fullArgs(mode), "--ipv6=false")
-				var exit *exec.ExitError
-				out, err := p.shuntErr(t, nil, append([]string{"validate"}, args...)...)
-				if !errors.As(err, &exit) || exit.ExitCode() != 126 || !strings.Contains(err.Error(), "not captured") {
-					t.Errorf("validate without rules: got %v, want exit status 126 for traffic not captured\n%s", err, out)
-				}
-				p.capture(t, nil, args...)
-				p.shunt(t, nil, append([]string{"validate"}, args...)...)
-			})
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		args := append(fullArgs(mode), "--ipv6=false")
+		var exit *exec.ExitError
+		out, err := p.shuntErr(t, nil, append([]string{"validate"}, args...)...)
+		if !errors.As(err, &exit) || exit.ExitCode() != 126 || !strings.Contains(err.Error(), "not captured") {
+			t.Errorf("validate without rules: got %v, want exit status 126 for traffic not captured\n%s", err, out)
 		}
-	}
+		p.capture(t, nil, args...)
+		p.shunt(t, nil, append([]string{"validate"}, args...)...)
+	})
 }

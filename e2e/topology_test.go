@@ -89,6 +89,20 @@ type pod struct {
 	ns, remote *testutil.NetNS
 }
 
+// forEachPod runs test for every iptables variant and inbound mode, each
+// in a parallel subtest VARIANT/MODE with a fresh pod.
+func forEachPod(t *testing.T, test func(t *testing.T, p *pod, mode string)) {
+	t.Helper()
+	for _, variant := range variants {
+		for _, mode := range modes {
+			t.Run(variant+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				test(t, newPod(t, variant), mode)
+			})
+		}
+	}
+}
+
 // newPod builds the topology: pod eth0 <-> remote eth0 and pod eth1 <->
 // remote eth1, both families, the pod's default routes through eth0; the
 // pod's apps (as appUser) and the remote's apps and DNS server run and are
