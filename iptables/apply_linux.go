@@ -214,15 +214,11 @@ func setupRoutes(plan *redirect.Plan) error {
 	if !slices.ContainsFunc(plan.Families, func(fp redirect.FamilyPlan) bool { return fp.TProxy != nil || len(fp.LoopbackAddrs) > 0 }) {
 		return nil
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	h, lo, err := routeHandle()
 	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+		return err
 	}
 	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find lo: %w", err)
-	}
 	for _, fp := range plan.Families {
 		family, all := unix.AF_INET, netip.MustParsePrefix("0.0.0.0/0")
 		if fp.Family == redirect.IPv6 {
@@ -271,15 +267,11 @@ func setupRoutes(plan *redirect.Plan) error {
 // cleanupRoutes removes fwmark rules whose table holds only a local default route via lo (TPROXY's),
 // with those routes, and ::6/128 from lo.
 func cleanupRoutes() error {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	h, lo, err := routeHandle()
 	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+		return err
 	}
 	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find lo: %w", err)
-	}
 	var errs []error
 	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
 		rules, err := h.RuleList(family)
@@ -389,4 +381,18 @@ func handoff(tool string, args []string, input []byte, env []string) error {
 	}
 	argv := append([]string{path}, args...)
 	return fmt.Errorf("exec %s: %w", path, unix.Exec(path, argv, append(os.Environ(), env...)))
+}
+
+// routeHandle opens a netlink route socket in the current namespace and finds lo.
+func routeHandle() (*netlink.Handle, netlink.Link, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netlink: %w", err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		h.Close()
+		return nil, nil, fmt.Errorf("find lo: %w", err)
+	}
+	return h, lo, nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -20,22 +19,6 @@ import (
 
 	"github.com/shuntmesh/shunt/redirect"
 )
-
-// Validation proves, in the live namespace, that capture works, as Istio's validator does: it listens
-// on the capture ports, connects as the proxy's uid to the passthrough address on the probe port — a
-// connection the rules must hand to the inbound capture port — and checks the original destination
-// read back from the redirected connection.
-type Validation struct {
-	Config    redirect.Config
-	ProbePort uint16
-	Timeout   time.Duration
-	NetNS     string
-	Logger    *slog.Logger
-	// ClientCommand runs the probe client when this process is not the proxy's uid: it is started as
-	// ClientCommand + [address, timeout] with the proxy's uid and gid, and must print what ProbeClient
-	// returns.
-	ClientCommand []string
-}
 
 // Run performs the validation within v.Timeout.
 func (v *Validation) Run(ctx context.Context) error {
@@ -105,9 +88,19 @@ func (v *Validation) probe(ctx context.Context, target netip.AddrPort) (string, 
 	return strings.TrimSpace(string(out)), nil
 }
 
-// ProbeClient connects to addr and returns the line the listener answers.
+// ProbeClient connects to addr and returns the line the listener answers. It connects from the
+// family's localhost address: connecting to ::6 would otherwise pick ::6 as the source, which the rules
+// rightly treat as the proxy's passthrough and leave alone.
 func ProbeClient(ctx context.Context, addr string) (string, error) {
-	var d net.Dialer
+	target, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "", err
+	}
+	local := netip.IPv6Loopback()
+	if target.Addr().Is4() {
+		local = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return "", err

@@ -36,21 +36,24 @@ func ParsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-// ParsePorts parses a list of ports; '*' is rejected.
-func ParsePorts(s string) ([]uint16, error) {
-	var ports []uint16
+// parseList parses each item of a comma-separated list with parse; '*' is rejected.
+func parseList[T any](s string, parse func(string) (T, error)) ([]T, error) {
+	var out []T
 	for _, item := range splitList(s) {
 		if item == "*" {
 			return nil, errWildcard
 		}
-		p, err := ParsePort(item)
+		v, err := parse(item)
 		if err != nil {
 			return nil, err
 		}
-		ports = append(ports, p)
+		out = append(out, v)
 	}
-	return ports, nil
+	return out, nil
 }
+
+// ParsePorts parses a list of ports; '*' is rejected.
+func ParsePorts(s string) ([]uint16, error) { return parseList(s, ParsePort) }
 
 // ParsePortList parses a list of ports or '*' for all ports.
 func ParsePortList(s string) (PortList, error) {
@@ -77,20 +80,7 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 }
 
 // ParsePrefixes parses a list of CIDRs; '*' is rejected.
-func ParsePrefixes(s string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, item := range splitList(s) {
-		if item == "*" {
-			return nil, errWildcard
-		}
-		p, err := ParsePrefix(item)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
+func ParsePrefixes(s string) ([]netip.Prefix, error) { return parseList(s, ParsePrefix) }
 
 // ParsePrefixList parses a list of CIDRs or '*' for all destinations.
 func ParsePrefixList(s string) (PrefixList, error) {
@@ -114,17 +104,7 @@ func ParseID(s string) (uint32, error) {
 }
 
 // ParseIDs parses a list of numeric uids or gids.
-func ParseIDs(s string) ([]uint32, error) {
-	var out []uint32
-	for _, item := range splitList(s) {
-		id, err := ParseID(item)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, nil
-}
+func ParseIDs(s string) ([]uint32, error) { return parseList(s, ParseID) }
 
 // ParseUint32 parses a decimal number such as a firewall mark or a routing table id.
 func ParseUint32(s string) (uint32, error) {
