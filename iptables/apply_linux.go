@@ -79,16 +79,18 @@ func chooseVariant(forced Variant) (Variant, string) {
 }
 
 // lockEnv returns the environment of legacy iptables commands: a lock file of this namespace's own when
-// programming another namespace from the host's filesystem, so that pods do not queue on the host lock.
-func lockEnv(v Variant, netnsPath string) []string {
+// programming another namespace from the host's filesystem, so that pods do not queue on the host lock
+// (XTABLES_LOCKFILE, iptables >= 1.8.6). done removes that file.
+func lockEnv(v Variant, netnsPath string) (env []string, done func()) {
 	if v != VariantLegacy || netnsPath == "" {
-		return nil
+		return nil, func() {}
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(netnsPath, &st); err != nil {
-		return nil
+		return nil, func() {}
 	}
-	return []string{fmt.Sprintf("XTABLES_LOCKFILE=%s", filepath.Join(os.TempDir(), fmt.Sprintf("shunt-xtables-%d-%d.lock", st.Dev, st.Ino)))}
+	path := filepath.Join(os.TempDir(), fmt.Sprintf("shunt-xtables-%d-%d.lock", st.Dev, st.Ino))
+	return []string{"XTABLES_LOCKFILE=" + path}, func() { os.Remove(path) }
 }
 
 // Apply programs plan: iptables rules per family with one iptables-restore each, then the TPROXY
@@ -104,7 +106,8 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	r := opts.runner()
 	v, why := chooseVariant(opts.Variant)
 	log.Info("iptables variant chosen", "variant", v, "reason", why)
-	env := lockEnv(v, opts.NetNS)
+	env, unlock := lockEnv(v, opts.NetNS)
+	defer unlock()
 	p4, p6 := tablesPresent(v)
 	if opts.Handoff && opts.NetNS == "" && len(plan.Families) == 1 && !opts.Force {
 		fp := &plan.Families[0]
@@ -195,7 +198,10 @@ func Cleanup(ctx context.Context, opts Options) error {
 				if have.Empty() {
 					continue
 				}
-				if err := restore(ctx, r, v, fam.f, RenderReplace(have, nil, RenderOptions{}), lockEnv(v, opts.NetNS)); err != nil {
+				env, unlock := lockEnv(v, opts.NetNS)
+				err = restore(ctx, r, v, fam.f, RenderReplace(have, nil, RenderOptions{}), env)
+				unlock()
+				if err != nil {
 					errs = append(errs, fmt.Errorf("clean up %s %s: %w", v, fam.f, err))
 					continue
 				}
