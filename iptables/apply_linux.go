@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/google/nftables"
+	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -35,13 +35,35 @@ func tablesPresent(v Variant) (v4, v6 bool) {
 	if v == VariantLegacy {
 		return procListNonEmpty("ip_tables_names"), procListNonEmpty("ip6_tables_names")
 	}
-	conn, err := nftables.New()
+	return nftTablesPresent()
+}
+
+// nftTablesPresent asks, with one netlink dump, whether nft tables of the ip and ip6 families exist.
+// When it cannot tell, it says yes: the rules are then read rather than assumed absent.
+func nftTablesPresent() (v4, v6 bool) {
+	conn, err := mdnetlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
-		return true, true // cannot tell: read the rules
+		return true, true
 	}
-	t4, err4 := conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	t6, err6 := conn.ListTablesOfFamily(nftables.TableFamilyIPv6)
-	return err4 != nil || len(t4) > 0, err6 != nil || len(t6) > 0
+	defer conn.Close()
+	msgs, err := conn.Execute(mdnetlink.Message{
+		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE), Flags: mdnetlink.Request | mdnetlink.Dump},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return true, true
+	}
+	for _, m := range msgs {
+		if len(m.Data) > 0 {
+			switch m.Data[0] {
+			case unix.NFPROTO_IPV4:
+				v4 = true
+			case unix.NFPROTO_IPV6:
+				v6 = true
+			}
+		}
+	}
+	return v4, v6
 }
 
 func procListNonEmpty(name string) bool {
@@ -109,7 +131,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	env, unlock := lockEnv(v, opts.NetNS)
 	defer unlock()
 	p4, p6 := tablesPresent(v)
-	if opts.Handoff && opts.NetNS == "" && len(plan.Families) == 1 && !opts.Force {
+	if opts.Handoff && v == VariantLegacy && opts.NetNS == "" && len(plan.Families) == 1 && !opts.Force {
 		fp := &plan.Families[0]
 		present := p4
 		if fp.Family == redirect.IPv6 {
@@ -140,10 +162,26 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 			return rollback(err)
 		}
 		var input []byte
-		switch diff := Diff(have, PlanState(fp)); {
+		var diff []string
+		if !have.Empty() {
+			diff = Diff(have, PlanState(fp))
+		}
+		switch {
 		case have.Empty():
-			input = Render(fp, RenderOptions{})
 			fresh = append(fresh, fp)
+			if v == VariantNFT && !present {
+				program := opts.program
+				if program == nil {
+					program = programNFT
+				}
+				err := program(fp)
+				if err == nil {
+					log.Info("rules programmed", "family", fp.Family.String(), "via", "netlink")
+					continue
+				}
+				log.Warn("programming over netlink failed, using iptables-nft-restore", "family", fp.Family.String(), "error", err.Error())
+			}
+			input = Render(fp, RenderOptions{})
 		case len(diff) == 0 && !opts.Force:
 			log.Info("rules already in place", "family", fp.Family.String())
 			continue
@@ -327,16 +365,14 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 func DetectIPv6(path string, dualStack bool) (bool, error) {
 	var v6 bool
 	err := inNetNS(path, func() error {
-		addrs, err := net.InterfaceAddrs()
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return fmt.Errorf("list addresses: %w", err)
 		}
+		// Istio looks at net.InterfaceAddrs, ordered by interface then address: the same order here.
+		slices.SortStableFunc(addrs, func(a, b netlink.Addr) int { return a.LinkIndex - b.LinkIndex })
 		for _, a := range addrs {
-			ipn, ok := a.(*net.IPNet)
-			if !ok {
-				continue
-			}
-			ip, ok := netip.AddrFromSlice(ipn.IP)
+			ip, ok := netip.AddrFromSlice(a.IP)
 			if !ok {
 				continue
 			}

@@ -17,7 +17,8 @@ import (
 func RuleSpec(r *redirect.Rule, fam redirect.Family) string {
 	var w []string
 	addr := func(flag string, m redirect.AddrMatch) {
-		if m.Prefix.IsValid() {
+		// A /0 matches everything: iptables drops it from the rule.
+		if m.Prefix.IsValid() && (m.Prefix.Bits() > 0 || m.Not) {
 			if m.Not {
 				w = append(w, "!")
 			}

@@ -87,7 +87,13 @@ func (e osEnv) logger(level string, asJSON bool) *slog.Logger {
 			lvl = slog.LevelInfo
 		}
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	// Timestamps in UTC: cluster logs are read across zones, and it spares loading the zone database.
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey && a.Value.Kind() == slog.KindTime {
+			a.Value = slog.TimeValue(a.Value.Time().UTC())
+		}
+		return a
+	}}
 	if asJSON {
 		return slog.New(slog.NewJSONHandler(e.stderr, opts))
 	}

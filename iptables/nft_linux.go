@@ -1,0 +1,429 @@
+package iptables
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// This file programs a Plan family the way iptables-nft-restore does — the same tables, base chains,
+// expressions and xtables extension payloads, so that iptables-nft-save (and everything reading the
+// rules) sees exactly what a restore would have produced — but from this process, in one netlink
+// transaction for all tables of the family. It is used for fresh installs, where it saves the cost of
+// starting iptables-nft-restore (most of the time an init container spends) and keeps owner matches
+// away from libxtables' user and group name lookups.
+
+// baseChain is how iptables-nft defines a built-in chain.
+type baseChain struct {
+	typ  string
+	hook uint32
+	prio int32
+}
+
+// nfAccept is the verdict NF_ACCEPT, the policy of iptables-nft base chains.
+const nfAccept = 1
+
+var nftBaseChains = map[string]map[string]baseChain{
+	redirect.TableNAT: {
+		"PREROUTING":  {"nat", unix.NF_INET_PRE_ROUTING, -100},
+		"INPUT":       {"nat", unix.NF_INET_LOCAL_IN, 100},
+		"OUTPUT":      {"nat", unix.NF_INET_LOCAL_OUT, -100},
+		"POSTROUTING": {"nat", unix.NF_INET_POST_ROUTING, 100},
+	},
+	redirect.TableMangle: {
+		"PREROUTING":  {"filter", unix.NF_INET_PRE_ROUTING, -150},
+		"INPUT":       {"filter", unix.NF_INET_LOCAL_IN, -150},
+		"FORWARD":     {"filter", unix.NF_INET_FORWARD, -150},
+		"OUTPUT":      {"route", unix.NF_INET_LOCAL_OUT, -150},
+		"POSTROUTING": {"filter", unix.NF_INET_POST_ROUTING, -150},
+	},
+	redirect.TableRaw: {
+		"PREROUTING": {"filter", unix.NF_INET_PRE_ROUTING, -300},
+		"OUTPUT":     {"filter", unix.NF_INET_LOCAL_OUT, -300},
+	},
+}
+
+// programNFT installs fp into a namespace that holds no nft tables of fp's family.
+func programNFT(fp *redirect.FamilyPlan) error {
+	fam := byte(unix.NFPROTO_IPV4)
+	if fp.Family == redirect.IPv6 {
+		fam = unix.NFPROTO_IPV6
+	}
+	msgs, err := nftBatch(fp, fam)
+	if err != nil {
+		return err
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer conn.Close()
+	sent, err := conn.SendMessages(msgs)
+	if err != nil {
+		return fmt.Errorf("send nftables batch: %w", err)
+	}
+	// Only the last message asks for an acknowledgement: the kernel reports any failing message
+	// regardless, and then aborts the whole batch, so that acknowledgement means all went in.
+	last := sent[len(sent)-2].Header.Sequence
+	for {
+		replies, err := conn.Receive()
+		if err != nil {
+			return fmt.Errorf("program %s rules over netlink: %w", fp.Family, err)
+		}
+		for _, r := range replies {
+			if r.Header.Type == netlink.Error && r.Header.Sequence == last {
+				return nil
+			}
+		}
+	}
+}
+
+// nftBatch returns the netlink messages of one nftables transaction creating fp's tables, chains and
+// rules.
+func nftBatch(fp *redirect.FamilyPlan, fam byte) ([]netlink.Message, error) {
+	msg := func(typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) (netlink.Message, error) {
+		data, err := netlink.MarshalAttributes(attrs)
+		if err != nil {
+			return netlink.Message{}, err
+		}
+		return netlink.Message{
+			Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: netlink.Request | flags},
+			Data:   append([]byte{fam, unix.NFNETLINK_V0, 0, 0}, data...),
+		}, nil
+	}
+	marker := func(typ uint16) netlink.Message {
+		return netlink.Message{
+			Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: netlink.Request},
+			Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
+		}
+	}
+	str := func(s string) []byte { return append([]byte(s), 0) }
+	u32 := binaryutil.BigEndian.PutUint32
+
+	msgs := []netlink.Message{marker(unix.NFNL_MSG_BATCH_BEGIN)}
+	add := func(typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) error {
+		m, err := msg(typ, flags, attrs)
+		msgs = append(msgs, m)
+		return err
+	}
+	for _, t := range fp.Tables {
+		if err := add(unix.NFT_MSG_NEWTABLE, netlink.Create, []netlink.Attribute{
+			{Type: unix.NFTA_TABLE_NAME, Data: str(t.Name)},
+			{Type: unix.NFTA_TABLE_FLAGS, Data: u32(0)},
+		}); err != nil {
+			return nil, err
+		}
+		// Chains before rules, which jump to them; user chains before built-in ones, as a restore
+		// declares the former up front and creates the latter on first use.
+		chains := slices.Clone(t.Chains)
+		slices.SortStableFunc(chains, func(a, b redirect.Chain) int {
+			return cmp.Compare(boolInt(a.Builtin), boolInt(b.Builtin))
+		})
+		for _, c := range chains {
+			attrs := []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: str(t.Name)}, {Type: unix.NFTA_CHAIN_NAME, Data: str(c.Name)}}
+			if c.Builtin {
+				bc, ok := nftBaseChains[t.Name][c.Name]
+				if !ok {
+					return nil, fmt.Errorf("no built-in chain %s in table %s", c.Name, t.Name)
+				}
+				hook, err := netlink.MarshalAttributes([]netlink.Attribute{
+					{Type: unix.NFTA_HOOK_HOOKNUM, Data: u32(bc.hook)},
+					{Type: unix.NFTA_HOOK_PRIORITY, Data: u32(uint32(bc.prio))},
+				})
+				if err != nil {
+					return nil, err
+				}
+				attrs = append(attrs,
+					netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_CHAIN_HOOK, Data: hook},
+					netlink.Attribute{Type: unix.NFTA_CHAIN_POLICY, Data: u32(nfAccept)},
+					netlink.Attribute{Type: unix.NFTA_CHAIN_TYPE, Data: str(bc.typ)})
+			}
+			if err := add(unix.NFT_MSG_NEWCHAIN, netlink.Create, attrs); err != nil {
+				return nil, err
+			}
+		}
+		for _, c := range t.Chains {
+			for i := range c.Rules {
+				r := &c.Rules[i]
+				exprs, err := nftExprs(r, fp.Family)
+				if err != nil {
+					return nil, fmt.Errorf("%s/%s: %w", t.Name, c.Name, err)
+				}
+				list := make([]netlink.Attribute, len(exprs))
+				for j, e := range exprs {
+					data, err := expr.Marshal(fam, e)
+					if err != nil {
+						return nil, err
+					}
+					list[j] = netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: data}
+				}
+				elems, err := netlink.MarshalAttributes(list)
+				if err != nil {
+					return nil, err
+				}
+				attrs := []netlink.Attribute{
+					{Type: unix.NFTA_RULE_TABLE, Data: str(t.Name)},
+					{Type: unix.NFTA_RULE_CHAIN, Data: str(c.Name)},
+					{Type: unix.NLA_F_NESTED | unix.NFTA_RULE_EXPRESSIONS, Data: elems},
+				}
+				if r.Proto != "" {
+					// Extensions check the protocol of the rule (TPROXY and multiport need TCP or UDP);
+					// iptables-nft passes it as the rule's compat information.
+					compat, err := netlink.MarshalAttributes([]netlink.Attribute{
+						{Type: unix.NFTA_RULE_COMPAT_PROTO, Data: u32(uint32(protoNum(r.Proto)))},
+						{Type: unix.NFTA_RULE_COMPAT_FLAGS, Data: u32(0)},
+					})
+					if err != nil {
+						return nil, err
+					}
+					attrs = append(attrs, netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_RULE_COMPAT, Data: compat})
+				}
+				if err := add(unix.NFT_MSG_NEWRULE, netlink.Create|unix.NLM_F_APPEND, attrs); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
+	return append(msgs, marker(unix.NFNL_MSG_BATCH_END)), nil
+}
+
+func protoNum(p string) byte {
+	if p == "udp" {
+		return unix.IPPROTO_UDP
+	}
+	return unix.IPPROTO_TCP
+}
+
+func cmpOp(not bool) expr.CmpOp {
+	if not {
+		return expr.CmpOpNeq
+	}
+	return expr.CmpOpEq
+}
+
+// nftExprs returns r's expressions in iptables-nft's order: interfaces, protocol, addresses, matches in
+// rule order, a counter, the target.
+func nftExprs(r *redirect.Rule, fam redirect.Family) ([]expr.Any, error) {
+	var ex []expr.Any
+	iface := func(key expr.MetaKey, m redirect.IfaceMatch) {
+		if m.Name == "" {
+			return
+		}
+		data := append([]byte(m.Name), 0)
+		if base, ok := strings.CutSuffix(m.Name, "+"); ok {
+			data = []byte(base) // "eth+": a prefix
+		}
+		ex = append(ex, &expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: cmpOp(m.Not), Register: 1, Data: data})
+	}
+	iface(expr.MetaKeyIIFNAME, r.In)
+	iface(expr.MetaKeyOIFNAME, r.Out)
+	if r.Proto != "" {
+		ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNum(r.Proto)}})
+	}
+	srcOff, dstOff, alen := uint32(12), uint32(16), 4
+	if fam == redirect.IPv6 {
+		srcOff, dstOff, alen = 8, 24, 16
+	}
+	addr := func(off uint32, m redirect.AddrMatch) {
+		p := m.Prefix.Masked()
+		if !p.IsValid() || p.Bits() == 0 {
+			return
+		}
+		data := p.Addr().AsSlice()
+		if p.Bits()%8 == 0 {
+			// Whole bytes: compare only the prefix's bytes, as iptables-nft does.
+			n := p.Bits() / 8
+			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(n)},
+				&expr.Cmp{Op: cmpOp(m.Not), Register: 1, Data: data[:n]})
+			return
+		}
+		mask := make([]byte, alen)
+		for i := 0; i < p.Bits(); i++ {
+			mask[i/8] |= 0x80 >> (i % 8)
+		}
+		ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(alen)},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(alen), Mask: mask, Xor: make([]byte, alen)},
+			&expr.Cmp{Op: cmpOp(m.Not), Register: 1, Data: data})
+	}
+	addr(srcOff, r.Src)
+	addr(dstOff, r.Dst)
+	ports := func(off uint32, m redirect.PortMatch, flag byte) {
+		switch len(m.Ports) {
+		case 0:
+		case 1:
+			ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
+				&expr.Cmp{Op: cmpOp(m.Not), Register: 1, Data: binaryutil.BigEndian.PutUint16(m.Ports[0])})
+		default:
+			ex = append(ex, xtMatch("multiport", 1, xtMultiport(m, flag)))
+		}
+	}
+	ports(0, r.SPort, 0) // XT_MULTIPORT_SOURCE
+	ports(2, r.DPort, 1) // XT_MULTIPORT_DESTINATION
+	if len(r.CTState) > 0 {
+		info, err := xtConntrackState(r.CTState)
+		if err != nil {
+			return nil, err
+		}
+		ex = append(ex, xtMatch("conntrack", 3, info))
+	}
+	if r.Mark.Set {
+		ex = append(ex, &expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, &expr.Cmp{Op: cmpOp(r.Mark.Not), Register: 1, Data: native32(r.Mark.Value)})
+	}
+	if r.ConnMark.Set {
+		b := newInfo(16)
+		b.u32(0, r.ConnMark.Value).u32(4, 0xffffffff)
+		if r.ConnMark.Not {
+			b[8] = 1
+		}
+		ex = append(ex, xtMatch("connmark", 1, b))
+	}
+	for _, o := range r.Owners {
+		// struct xt_owner_match_info: uid_min, uid_max, gid_min, gid_max, match, invert.
+		b := newInfo(24)
+		flag := byte(1) // XT_OWNER_UID
+		off := 0
+		if o.GID {
+			flag, off = 2, 8 // XT_OWNER_GID
+		}
+		b.u32(off, o.ID).u32(off+4, o.ID)
+		b[16] = flag
+		if o.Not {
+			b[17] = flag
+		}
+		ex = append(ex, xtMatch("owner", 1, b))
+	}
+	ex = append(ex, &expr.Counter{})
+	t, err := nftTarget(&r.Target, fam)
+	if err != nil {
+		return nil, err
+	}
+	return append(ex, t), nil
+}
+
+func nftTarget(t *redirect.Target, fam redirect.Family) (expr.Any, error) {
+	switch t.Kind {
+	case redirect.TargetJump:
+		return &expr.Verdict{Kind: expr.VerdictJump, Chain: t.Chain}, nil
+	case redirect.TargetReturn:
+		return &expr.Verdict{Kind: expr.VerdictReturn}, nil
+	case redirect.TargetAccept:
+		return &expr.Verdict{Kind: expr.VerdictAccept}, nil
+	case redirect.TargetDrop:
+		return &expr.Verdict{Kind: expr.VerdictDrop}, nil
+	case redirect.TargetRedirect:
+		const protoSpecified = 1 << 1 // NF_NAT_RANGE_PROTO_SPECIFIED
+		if fam == redirect.IPv6 {
+			// struct nf_nat_range: flags, min_addr, max_addr, min_proto, max_proto.
+			b := newInfo(40)
+			b.u32(0, protoSpecified).be16(36, t.Port).be16(38, t.Port)
+			return xtTarget("REDIRECT", 0, b), nil
+		}
+		// struct nf_nat_ipv4_multi_range_compat: rangesize, then flags, min_ip, max_ip, min, max.
+		b := newInfo(24)
+		b.u32(0, 1).u32(4, protoSpecified).be16(16, t.Port).be16(18, t.Port)
+		return xtTarget("REDIRECT", 0, b), nil
+	case redirect.TargetTProxy:
+		// struct xt_tproxy_target_info_v1: mark_mask, mark_value, laddr (any), lport.
+		b := newInfo(32)
+		b.u32(0, 0xffffffff).u32(4, t.Mark).be16(24, t.Port)
+		return xtTarget("TPROXY", 1, b), nil
+	case redirect.TargetSetMark:
+		// struct xt_mark_tginfo2: mark, mask.
+		b := newInfo(8)
+		b.u32(0, t.Mark).u32(4, 0xffffffff)
+		return xtTarget("MARK", 2, b), nil
+	case redirect.TargetSaveMark, redirect.TargetRestoreMark:
+		// struct xt_connmark_tginfo2: ctmark, ctmask, nfmask, shift_dir, shift_bits, mode.
+		b := newInfo(16)
+		b.u32(4, 0xffffffff).u32(8, 0xffffffff)
+		b[14] = 1 // XT_CONNMARK_SAVE
+		if t.Kind == redirect.TargetRestoreMark {
+			b[14] = 2 // XT_CONNMARK_RESTORE
+		}
+		return xtTarget("CONNMARK", 2, b), nil
+	case redirect.TargetCTZone:
+		// struct xt_ct_target_info_v1: flags, zone, ct_events, exp_events, helper[16], timeout[32], ct.
+		b := newInfo(72)
+		binary.NativeEndian.PutUint16(b[2:], t.Zone)
+		return xtTarget("CT", 2, b), nil
+	}
+	return nil, fmt.Errorf("target kind %d has no nftables form", t.Kind)
+}
+
+// xtInfo is an xtables extension payload: a C struct in host byte order, padded to 8 bytes.
+type xtInfo []byte
+
+// newInfo returns a zeroed payload for a C struct of size bytes.
+func newInfo(size int) xtInfo { return make(xtInfo, (size+7)&^7) }
+
+func (b xtInfo) u32(off int, v uint32) xtInfo { binary.NativeEndian.PutUint32(b[off:], v); return b }
+
+func (b xtInfo) be16(off int, v uint16) xtInfo { binary.BigEndian.PutUint16(b[off:], v); return b }
+
+func native32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
+
+func xtMatch(name string, rev uint32, b xtInfo) *expr.Match {
+	info := xt.Unknown(b)
+	return &expr.Match{Name: name, Rev: rev, Info: &info}
+}
+
+func xtTarget(name string, rev uint32, b xtInfo) *expr.Target {
+	info := xt.Unknown(b)
+	return &expr.Target{Name: name, Rev: rev, Info: &info}
+}
+
+// xtMultiport is struct xt_multiport_v1: flags, count, ports[15] (host order), pflags[15], invert.
+func xtMultiport(m redirect.PortMatch, flag byte) xtInfo {
+	b := newInfo(48)
+	b[0], b[1] = flag, byte(len(m.Ports))
+	for i, p := range m.Ports {
+		binary.NativeEndian.PutUint16(b[2+2*i:], p)
+	}
+	if m.Not {
+		b[47] = 1
+	}
+	return b
+}
+
+// xtConntrackState is struct xt_conntrack_mtinfo3 matching --ctstate states.
+func xtConntrackState(states []string) (xtInfo, error) {
+	var mask uint16
+	for _, s := range states {
+		switch s {
+		case "INVALID":
+			mask |= 1 << 0
+		case "ESTABLISHED":
+			mask |= 1 << 1
+		case "RELATED":
+			mask |= 1 << 2
+		case "NEW":
+			mask |= 1 << 3
+		default:
+			return nil, errors.New("conntrack state " + s + " has no nftables form")
+		}
+	}
+	// 8 addresses/masks (128 bytes), expires min/max, l4proto, 4 ports, then the flags and masks.
+	b := newInfo(168)
+	binary.NativeEndian.PutUint16(b[146:], 1) // match_flags: XT_CONNTRACK_STATE
+	binary.NativeEndian.PutUint16(b[150:], mask)
+	return b, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
