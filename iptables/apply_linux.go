@@ -41,13 +41,13 @@ func tablesPresent(v Variant) (v4, v6 bool) {
 // nftTablesPresent asks, with one netlink dump, whether nft tables of the ip and ip6 families exist.
 // When it cannot tell, it says yes: the rules are then read rather than assumed absent.
 func nftTablesPresent() (v4, v6 bool) {
-	conn, err := mdnetlink.Dial(unix.NETLINK_NETFILTER, nil)
+	sock, err := openNFNetlink()
 	if err != nil {
 		return true, true
 	}
-	defer conn.Close()
-	msgs, err := conn.Execute(mdnetlink.Message{
-		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE), Flags: mdnetlink.Request | mdnetlink.Dump},
+	defer sock.close()
+	msgs, err := sock.dump(mdnetlink.Message{
+		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE)},
 		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
 	})
 	if err != nil {
