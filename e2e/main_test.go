@@ -8,8 +8,10 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
@@ -17,7 +19,22 @@ import (
 
 var bins *testutil.Binaries
 
+var shuntBinary = flag.String("shunt", "", "run this shunt binary instead of building ./cmd/shunt")
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	shunt := *shuntBinary
+	if shunt != "" {
+		// Absolute: the tests run it from other directories.
+		var err error
+		if shunt, err = filepath.Abs(shunt); err == nil {
+			_, err = os.Stat(shunt)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "-shunt:", err)
+			os.Exit(2)
+		}
+	}
 	if os.Geteuid() == 0 {
 		if err := testutil.RemoveStaleNetNS(); err != nil {
 			fmt.Fprintln(os.Stderr, "remove stale namespaces:", err)
@@ -35,6 +52,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bins = testutil.NewBinaries(dir)
+	if shunt != "" {
+		bins.Use(pkgShunt, shunt)
+	}
 	code := m.Run()
 	if err := os.RemoveAll(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -28,6 +28,14 @@ func NewBinaries(dir string) *Binaries {
 	return &Binaries{dir: dir, built: make(map[string]built)}
 }
 
+// Use makes Path return the prebuilt binary path for pkg instead of
+// building it: a test run can check exactly the binary a release ships.
+func (b *Binaries) Use(pkg, path string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.built[pkg] = built{path: path}
+}
+
 // Path returns the binary of the main package pkg (an import path), building
 // it on first use. A failed build fails t, and every later caller too.
 func (b *Binaries) Path(t testing.TB, pkg string) string {
