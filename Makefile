@@ -45,7 +45,7 @@ fuzz:
 # path each connection took (root; installs missing OS packages).
 demo: build
 	@.ci/deps
-	$(GO) run ./e2e/demo -shunt $(BIN)
+	@cd e2e && $(GO) test -run '^TestDemo$$' -args -demo -shunt $(abspath $(BIN)) $(DEMOFLAGS)
 
 lint:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: files above need formatting"; exit 1; }

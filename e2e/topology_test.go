@@ -223,10 +223,7 @@ func injectorArgs(mode string) []string {
 // serves it).
 func (p *pod) startProxy(t *testing.T, mode string, dnsUpstreams ...netip.AddrPort) {
 	t.Helper()
-	cred := proxyUser
-	if mode == "TPROXY" {
-		cred = tproxyUser
-	}
+	cred := proxyCred(mode)
 	args := []string{bins.Path(t, pkgRefproxy), "-mode", mode}
 	for _, u := range dnsUpstreams {
 		args = append(args, "-dns-upstream", u.String())
@@ -238,6 +235,14 @@ func (p *pod) startProxy(t *testing.T, mode string, dnsUpstreams ...netip.AddrPo
 			"-dns-upstream", netip.AddrPortFrom(f.remote, dnsPort).String())
 	}
 	p.ns.Start(t, &cred, args...)
+}
+
+// proxyCred returns the identity the sidecar runs as in mode.
+func proxyCred(mode string) testutil.Cred {
+	if mode == "TPROXY" {
+		return tproxyUser
+	}
+	return proxyUser
 }
 
 func saveCommand(variant string, v6 bool) string {
