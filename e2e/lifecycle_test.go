@@ -302,22 +302,32 @@ func TestOtherNamespace(t *testing.T) {
 	})
 }
 
-// TestValidate checks `shunt validate`: it passes in a captured pod and
-// fails with istio-iptables' exit code 126 in one without rules.
-//
-// IPv4 only for now: the IPv6 probe dials [::6]:15002, and a connection to
-// ::6 leaves from ::6, which "-o lo -s ::6/128 -j RETURN" exempts, so IPv6
-// validation fails in a correctly captured pod.
+// TestValidate checks `shunt validate` in both families: it fails with
+// istio-iptables' exit code 126 in a pod without rules and in one with the
+// IPv4 rules only, and passes in a captured pod.
 func TestValidate(t *testing.T) {
 	testutil.RequireRoot(t)
 	forEachPod(t, func(t *testing.T, p *pod, mode string) {
-		args := append(fullArgs(mode), "--ipv6=false")
-		var exit *exec.ExitError
-		out, err := p.shuntErr(t, nil, append([]string{"validate"}, args...)...)
-		if !errors.As(err, &exit) || exit.ExitCode() != 126 || !strings.Contains(err.Error(), "not captured") {
-			t.Errorf("validate without rules: got %v, want exit status 126 for traffic not captured\n%s", err, out)
+		validate := append([]string{"validate"}, fullArgs(mode)...)
+		notCaptured := func(state, target string) {
+			t.Helper()
+			out, err := p.shuntErr(t, nil, validate...)
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 126 || !strings.Contains(err.Error(), target+" was not captured") {
+				t.Errorf("validate %s: got %v, want exit status 126 for %s not captured\n%s", state, err, target, out)
+			}
 		}
-		p.capture(t, nil, args...)
-		p.shunt(t, nil, append([]string{"validate"}, args...)...)
+		notCaptured("without rules", "127.0.0.6:15002")
+
+		// ::6 on lo, as the IPv6 rules would add it, so that the IPv6 probe
+		// fails for want of rules, not of a route.
+		p.capture(t, nil, append(fullArgs(mode), "--ipv6=false")...)
+		p.ns.Run(t, "ip", "addr", "add", "::6/128", "dev", "lo")
+		notCaptured("with the IPv4 rules only", "[::6]:15002")
+		p.ns.Run(t, "ip", "addr", "del", "::6/128", "dev", "lo")
+		p.uncapture(t)
+
+		p.capture(t, nil, fullArgs(mode)...)
+		p.shunt(t, nil, validate...)
 	})
 }
