@@ -86,15 +86,17 @@ func (p *pod) flowProbes(f family, mode string) []probe {
 			dnsAnswer("remote", f.pod1)},
 	)
 	if mode == "REDIRECT" {
-		// Not yet in TPROXY mode, where the inbound passthrough (uid 0,
-		// gid 1337) to port 53 falls through "-o lo -p tcp ! --dport 53 -m
-		// owner ! --uid-owner 1337 -j RETURN" to the gid hairpin rule, which
-		// unlike the uid one does not exclude 53, and loops back to 15006.
+		// REDIRECT mode only: in TPROXY mode the inbound passthrough (uid
+		// 0, gid 1337) to port 53 falls through "-o lo -p tcp ! --dport 53
+		// -m owner ! --uid-owner 1337 -j RETURN" to the gid hairpin rule,
+		// which unlike the uid one does not exclude 53, and loops back to
+		// 15006: Istio's rule, kept (TestIstioQuirkGIDHairpinPort53).
 		probes = append(probes, probe{"F1/remote_to_app_53", p.remote, root, "tcp", addr(f.pod, 53),
 			viaInbound(addr(f.pod, 53)) + app("pod", inboundPeer, addr(f.pod, 53))})
-		// 15008 is never captured inbound and never hairpinned; not yet in
-		// TPROXY mode, whose mangle rules (as Istio's) neither return 15008
-		// in ISTIO_INBOUND nor exclude it from the hairpin mark 1338.
+		// 15008 is never captured inbound and never hairpinned. REDIRECT
+		// mode only: in TPROXY mode Istio's mangle rules neither return
+		// 15008 in ISTIO_INBOUND nor exclude it from the hairpin mark 1338,
+		// kept (TestIstioQuirkTProxyTunnelPort).
 		probes = append(probes,
 			probe{"F3/remote_to_15008", p.remote, root, "tcp", addr(f.pod, 15008),
 				app("pod", f.remote, addr(f.pod, 15008))},
@@ -187,12 +189,13 @@ func TestDNSServersFromResolvConf(t *testing.T) {
 // own queries to the resolver are captured neither by DNS capture nor by
 // the hairpin rules for lo.
 //
-// TCP is checked for the proxy's uid in REDIRECT mode only for now: the gid
-// hairpin rule "-o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner
+// TCP is checked in REDIRECT mode only, and for the proxy's uid only: the
+// gid hairpin rule "-o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner
 // --gid-owner 1337 -j ISTIO_IN_REDIRECT" does not exclude 53 as the uid one
 // does, so a gid-1337 process (and in TPROXY mode the proxy itself, uid 0)
-// is sent to 15006; in TPROXY mode the mangle hairpin mark 1338 catches it
-// for the uid too.
+// is sent to 15006, and in TPROXY mode the mangle hairpin mark 1338 catches
+// the uid too. Both are Istio's rules, kept for compatibility and pinned
+// down in istio_quirks_test.go.
 func TestDNSLocalResolver(t *testing.T) {
 	testutil.RequireRoot(t)
 	resolver := netip.MustParseAddrPort("127.0.0.53:53")
