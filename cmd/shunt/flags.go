@@ -133,9 +133,9 @@ func cleanPflagErr(err error) string {
 	return msg
 }
 
-// config turns the flags into a redirect.Config, reporting every bad value at once. resolv and groups
-// are the contents of /etc/resolv.conf and /etc/group (read lazily); detectIPv6 says whether the
-// namespace is IPv6 when --ipv6 is not given.
+// config turns the flags into a redirect.Config, reporting every bad value at once. readFile reads
+// /etc/resolv.conf and /etc/group when they are needed; detectIPv6 says whether the namespace is IPv6
+// when --ipv6 is not given.
 func (f *istioFlags) config(getenv func(string) string, readFile func(string) ([]byte, error), detectIPv6 func(dualStack bool) (bool, error)) (redirect.Config, error) {
 	cfg := redirect.DefaultConfig()
 	var errs []error
@@ -144,11 +144,6 @@ func (f *istioFlags) config(getenv func(string) string, readFile func(string) ([
 			name := "--" + flag
 			if f.fs.Lookup(flag) != nil && !f.fs.Lookup(flag).Changed {
 				name += " ($" + envName(flag) + ")"
-			}
-			var fe *redirect.FieldError
-			if errors.As(err, &fe) {
-				errs = append(errs, err)
-				return
 			}
 			errs = append(errs, &redirect.FieldError{Field: name, Value: value, Err: err})
 		}
@@ -211,7 +206,9 @@ func (f *istioFlags) config(getenv func(string) string, readFile func(string) ([
 			groups = redirect.ParseGroupFile(data)
 		}
 		cfg.OwnerGroups, err = redirect.ParseGroupFilter(include, exclude, groups)
-		field("", "", err)
+		if err != nil {
+			errs = append(errs, err) // a *FieldError naming the variable
+		}
 	}
 	if v := getenv("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"); v != "" {
 		cfg.HostIPv4LoopbackCIDR, err = redirect.ParsePrefix(strings.TrimSpace(v))
