@@ -33,14 +33,9 @@ type Options struct {
 	Force bool
 	// Logger receives progress; nil discards.
 	Logger *slog.Logger
-	// Handoff lets Apply replace the calling process with iptables-legacy-restore (execve) when
-	// programming the plan is a single restore into a namespace holding no tables, with nothing to do
-	// after it. The restore's exit status becomes the process's; code after Apply does not run. It saves a
-	// fork and a wait. (Fresh nft installs need no tool at all: they are programmed over netlink.)
-	Handoff bool
 
 	run     runner                           // nil: exec
-	program func(*redirect.FamilyPlan) error // nil: programNFT
+	program func(*redirect.FamilyPlan) error // nil: programNFT or programLegacy
 }
 
 // ErrDrift is returned (wrapped) when rules of ours differ from the plan and Reconcile is off.

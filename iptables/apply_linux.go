@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	mdnetlink "github.com/mdlayher/netlink"
@@ -131,17 +132,6 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	env, unlock := lockEnv(v, opts.NetNS)
 	defer unlock()
 	p4, p6 := tablesPresent(v)
-	if opts.Handoff && v == VariantLegacy && opts.NetNS == "" && len(plan.Families) == 1 && !opts.Force {
-		fp := &plan.Families[0]
-		present := p4
-		if fp.Family == redirect.IPv6 {
-			present = p6
-		}
-		if !present && fp.TProxy == nil && len(fp.LoopbackAddrs) == 0 {
-			log.Info("programming rules", "family", fp.Family.String(), "with", familyTool(v, fp.Family, "restore"))
-			return handoff(familyTool(v, fp.Family, "restore"), restoreArgs(v), Render(fp, RenderOptions{}), env)
-		}
-	}
 	var fresh []*redirect.FamilyPlan
 	rollback := func(cause error) error {
 		for _, fp := range fresh {
@@ -168,18 +158,24 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		}
 		switch {
 		case have.Empty():
-			fresh = append(fresh, fp)
-			if v == VariantNFT && !present {
+			if !present {
+				// Nothing of this variant and family exists: program it from this process.
 				program := opts.program
 				if program == nil {
 					program = programNFT
+					if v == VariantLegacy {
+						program = func(fp *redirect.FamilyPlan) error {
+							return withXtablesLock(env, func() error { return programLegacy(fp) })
+						}
+					}
 				}
 				err := program(fp)
 				if err == nil {
-					log.Info("rules programmed", "family", fp.Family.String(), "via", "netlink")
+					fresh = append(fresh, fp)
+					log.Info("rules programmed", "family", fp.Family.String(), "variant", string(v), "via", "kernel API")
 					continue
 				}
-				log.Warn("programming over netlink failed, using iptables-nft-restore", "family", fp.Family.String(), "error", err.Error())
+				log.Warn("programming through the kernel API failed, using the restore tool", "family", fp.Family.String(), "error", err.Error())
 			}
 			input = Render(fp, RenderOptions{})
 		case len(diff) == 0 && !opts.Force:
@@ -195,6 +191,9 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		log.Debug("iptables-restore input", "family", fp.Family.String(), "input", string(input))
 		if err := restore(ctx, r, v, fp.Family, input, env); err != nil {
 			return rollback(err)
+		}
+		if have.Empty() {
+			fresh = append(fresh, fp)
 		}
 		log.Info("rules programmed", "family", fp.Family.String())
 	}
@@ -394,35 +393,35 @@ func DetectIPv6(path string, dualStack bool) (bool, error) {
 	return v6, err
 }
 
-// handoff replaces this process with tool, its standard input a pipe holding input. It returns only
-// when the exec fails.
-func handoff(tool string, args []string, input []byte, env []string) error {
-	path, err := exec.LookPath(tool)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", tool, err)
+// withXtablesLock runs fn holding the lock legacy iptables tools take (XTABLES_LOCKFILE from env or
+// the process environment, else /run/xtables.lock), waiting for it up to 30 s like --wait=30.
+func withXtablesLock(env []string, fn func() error) error {
+	path := "/run/xtables.lock"
+	if p := os.Getenv("XTABLES_LOCKFILE"); p != "" {
+		path = p
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return fmt.Errorf("pipe: %w", err)
-	}
-	defer r.Close()
-	// The pipe must hold all of the input: nobody is left to write once the exec has happened.
-	if len(input) > 60<<10 {
-		if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, len(input)); err != nil {
-			w.Close()
-			return fmt.Errorf("grow pipe to %d bytes: %w", len(input), err)
+	for _, kv := range env {
+		if p, ok := strings.CutPrefix(kv, "XTABLES_LOCKFILE="); ok {
+			path = p
 		}
 	}
-	_, err = w.Write(input)
-	w.Close()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("write restore input: %w", err)
+		return fmt.Errorf("open xtables lock %s: %w", path, err)
 	}
-	if err := unix.Dup2(int(r.Fd()), 0); err != nil {
-		return fmt.Errorf("dup2: %w", err)
+	defer f.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			return fmt.Errorf("lock %s: %w", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	argv := append([]string{path}, args...)
-	return fmt.Errorf("exec %s: %w", path, unix.Exec(path, argv, append(os.Environ(), env...)))
+	return fn()
 }
 
 // routeHandle opens a netlink route socket in the current namespace and finds lo.

@@ -124,11 +124,8 @@ func TestApplyIdempotent(t *testing.T) {
 			if !strings.Contains(first, ":ISTIO_TPROXY") || !strings.Contains(first, "-j CT --zone 1") || !strings.Contains(firstIP, "lookup 133") {
 				t.Fatalf("rules not programmed:\n%s\n%s", first, firstIP)
 			}
-			// One transaction per family: a restore each for legacy, netlink (no restore) for nft.
-			want := int32(2)
-			if v == VariantNFT {
-				want = 0
-			}
+			// A fresh install is programmed through the kernel API: no restore tool at all.
+			const want = 0
 			if n := r.restores.Load(); n != want {
 				t.Errorf("first apply ran %d restores, want %d", n, want)
 			}
@@ -203,16 +200,20 @@ func TestApplyRollsBackOnFailure(t *testing.T) {
 		t.Run(string(v), func(t *testing.T) {
 			ns := testutil.NewNetNS(t)
 			before := save(t, ns, v)
+			program := programNFT
+			if v == VariantLegacy {
+				program = programLegacy
+			}
 			failV6 := func(fp *redirect.FamilyPlan) error {
 				if fp.Family == redirect.IPv6 {
 					return errors.New("ip6tables: injected failure")
 				}
-				return programNFT(fp)
+				return program(fp)
 			}
 			err := Apply(context.Background(), mustBuild(t, fullConfig()), Options{Variant: v, NetNS: ns.Path(),
 				run: &countingRunner{failOn: "ip6tables"}, program: failV6})
-			if err == nil || !strings.Contains(err.Error(), "injected failure") {
-				t.Fatalf("Apply = %v, want the IPv6 failure", err)
+			if err == nil || !strings.Contains(err.Error(), "injected failure") || strings.Contains(err.Error(), "roll back") {
+				t.Fatalf("Apply = %q, want the IPv6 failure and a clean roll-back", err)
 			}
 			if after := dropEmptyTables(save(t, ns, v)); after != dropEmptyTables(before) {
 				t.Errorf("IPv4 rules left after the IPv6 failure:\n%s", after)

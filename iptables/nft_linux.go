@@ -356,27 +356,10 @@ func nftExprs(r *redirect.Rule, fam redirect.Family) ([]expr.Any, error) {
 		ex = append(ex, &expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, &expr.Cmp{Op: cmpOp(r.Mark.Not), Register: 1, Data: native32(r.Mark.Value)})
 	}
 	if r.ConnMark.Set {
-		b := newInfo(16)
-		b.u32(0, r.ConnMark.Value).u32(4, 0xffffffff)
-		if r.ConnMark.Not {
-			b[8] = 1
-		}
-		ex = append(ex, xtMatch("connmark", 1, b))
+		ex = append(ex, xtMatch("connmark", 1, xtConnmark(r.ConnMark)))
 	}
 	for _, o := range r.Owners {
-		// struct xt_owner_match_info: uid_min, uid_max, gid_min, gid_max, match, invert.
-		b := newInfo(24)
-		flag := byte(1) // XT_OWNER_UID
-		off := 0
-		if o.GID {
-			flag, off = 2, 8 // XT_OWNER_GID
-		}
-		b.u32(off, o.ID).u32(off+4, o.ID)
-		b[16] = flag
-		if o.Not {
-			b[17] = flag
-		}
-		ex = append(ex, xtMatch("owner", 1, b))
+		ex = append(ex, xtMatch("owner", 1, xtOwner(o)))
 	}
 	ex = append(ex, &expr.Counter{})
 	t, err := nftTarget(&r.Target, fam)
@@ -384,6 +367,35 @@ func nftExprs(r *redirect.Rule, fam redirect.Family) ([]expr.Any, error) {
 		return nil, err
 	}
 	return append(ex, t), nil
+}
+
+// xtConnmark is struct xt_connmark_mtinfo1: mark, mask, invert.
+func xtConnmark(m redirect.MarkMatch) xtInfo {
+	b := newInfo(16)
+	b.u32(0, m.Value).u32(4, 0xffffffff)
+	if m.Not {
+		b[8] = 1
+	}
+	return b
+}
+
+// xtMark is struct xt_mark_mtinfo1: mark, mask, invert.
+func xtMark(m redirect.MarkMatch) xtInfo { return xtConnmark(m) }
+
+// xtOwner is struct xt_owner_match_info: uid_min, uid_max, gid_min, gid_max, match, invert.
+func xtOwner(o redirect.OwnerMatch) xtInfo {
+	b := newInfo(24)
+	flag := byte(1) // XT_OWNER_UID
+	off := 0
+	if o.GID {
+		flag, off = 2, 8 // XT_OWNER_GID
+	}
+	b.u32(off, o.ID).u32(off+4, o.ID)
+	b[16] = flag
+	if o.Not {
+		b[17] = flag
+	}
+	return b
 }
 
 func nftTarget(t *redirect.Target, fam redirect.Family) (expr.Any, error) {
@@ -396,28 +408,40 @@ func nftTarget(t *redirect.Target, fam redirect.Family) (expr.Any, error) {
 		return &expr.Verdict{Kind: expr.VerdictAccept}, nil
 	case redirect.TargetDrop:
 		return &expr.Verdict{Kind: expr.VerdictDrop}, nil
+	}
+	name, rev, b, err := xtTargetInfo(t, fam)
+	if err != nil {
+		return nil, err
+	}
+	return xtTarget(name, rev, b), nil
+}
+
+// xtTargetInfo returns the xtables extension of a target that is not a verdict: its name, revision
+// and payload, as iptables builds them.
+func xtTargetInfo(t *redirect.Target, fam redirect.Family) (string, uint32, xtInfo, error) {
+	switch t.Kind {
 	case redirect.TargetRedirect:
 		const protoSpecified = 1 << 1 // NF_NAT_RANGE_PROTO_SPECIFIED
 		if fam == redirect.IPv6 {
 			// struct nf_nat_range: flags, min_addr, max_addr, min_proto, max_proto.
 			b := newInfo(40)
 			b.u32(0, protoSpecified).be16(36, t.Port).be16(38, t.Port)
-			return xtTarget("REDIRECT", 0, b), nil
+			return "REDIRECT", 0, b, nil
 		}
 		// struct nf_nat_ipv4_multi_range_compat: rangesize, then flags, min_ip, max_ip, min, max.
 		b := newInfo(24)
 		b.u32(0, 1).u32(4, protoSpecified).be16(16, t.Port).be16(18, t.Port)
-		return xtTarget("REDIRECT", 0, b), nil
+		return "REDIRECT", 0, b, nil
 	case redirect.TargetTProxy:
 		// struct xt_tproxy_target_info_v1: mark_mask, mark_value, laddr (any), lport.
 		b := newInfo(32)
 		b.u32(0, 0xffffffff).u32(4, t.Mark).be16(24, t.Port)
-		return xtTarget("TPROXY", 1, b), nil
+		return "TPROXY", 1, b, nil
 	case redirect.TargetSetMark:
 		// struct xt_mark_tginfo2: mark, mask.
 		b := newInfo(8)
 		b.u32(0, t.Mark).u32(4, 0xffffffff)
-		return xtTarget("MARK", 2, b), nil
+		return "MARK", 2, b, nil
 	case redirect.TargetSaveMark, redirect.TargetRestoreMark:
 		// struct xt_connmark_tginfo2: ctmark, ctmask, nfmask, shift_dir, shift_bits, mode.
 		b := newInfo(16)
@@ -426,14 +450,14 @@ func nftTarget(t *redirect.Target, fam redirect.Family) (expr.Any, error) {
 		if t.Kind == redirect.TargetRestoreMark {
 			b[14] = 2 // XT_CONNMARK_RESTORE
 		}
-		return xtTarget("CONNMARK", 2, b), nil
+		return "CONNMARK", 2, b, nil
 	case redirect.TargetCTZone:
 		// struct xt_ct_target_info_v1: flags, zone, ct_events, exp_events, helper[16], timeout[32], ct.
 		b := newInfo(72)
 		binary.NativeEndian.PutUint16(b[2:], t.Zone)
-		return xtTarget("CT", 2, b), nil
+		return "CT", 2, b, nil
 	}
-	return nil, fmt.Errorf("target kind %d has no nftables form", t.Kind)
+	return "", 0, nil, fmt.Errorf("target kind %d has no xtables form", t.Kind)
 }
 
 // xtInfo is an xtables extension payload: a C struct in host byte order, padded to 8 bytes.

@@ -15,12 +15,7 @@ var nftHandles = regexp.MustCompile(` # handle \d+|counter packets \d+ bytes \d+
 // them, exactly those iptables-nft-restore installs from Render's text.
 func TestProgramNFTMatchesRestore(t *testing.T) {
 	testutil.RequireRoot(t)
-	cases := renderCases(t)
-	c := redirect.DefaultConfig()
-	c.OutboundIPRanges = redirect.PrefixList{Prefixes: mustPrefixes(t, "10.1.2.0/23,0.0.0.0/0,fd00:1::/63,2001:db8::/32")}
-	c.ExcludeInterfaces, c.IPv6 = []string{"veth+"}, true
-	cases["odd-prefixes-wildcard-iface"] = c
-	for name, cfg := range cases {
+	for name, cfg := range programCases(t) {
 		plan := mustBuild(t, cfg)
 		for i := range plan.Families {
 			fp := &plan.Families[i]
@@ -77,4 +72,15 @@ func TestProgramNFTAtomic(t *testing.T) {
 	if err := inNetNS(ns.Path(), func() error { return programNFT(fp) }); err != nil {
 		t.Fatalf("programNFT after a refused batch: %v", err)
 	}
+}
+
+// programCases are the golden configurations plus odd prefixes and a wildcard interface.
+func programCases(t *testing.T) map[string]redirect.Config {
+	cases := renderCases(t)
+	c := redirect.DefaultConfig()
+	c.OutboundIPRanges = redirect.PrefixList{Prefixes: mustPrefixes(t, "10.1.2.0/23,0.0.0.0/0,fd00:1::/63,2001:db8::/32")}
+	c.ExcludeInterfaces, c.IPv6 = []string{"veth+"}, true
+	c.OutboundPortsExclude = []uint16{53}
+	cases["odd-prefixes-wildcard-iface"] = c
+	return cases
 }

@@ -98,8 +98,6 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 		return printPlan(env.stdout, &plan, f.explain)
 	}
 	if !f.skipRuleApply {
-		// Nothing runs after Apply unless validation does: let it hand off to iptables-restore.
-		opts.Handoff = !f.runValidation
 		if err := iptables.Apply(ctx, &plan, opts); err != nil {
 			return err
 		}
