@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -45,6 +46,9 @@ var (
 
 // programLegacy installs fp into a namespace whose legacy tables of fp's family hold nothing.
 func programLegacy(fp *redirect.FamilyPlan) error {
+	if strconv.IntSize != 64 {
+		return errNot64Bit // the payload layouts below are those of 64-bit kernels
+	}
 	lay := legacyV4
 	if fp.Family == redirect.IPv6 {
 		lay = legacyV6

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -24,6 +25,9 @@ import (
 // transaction for all tables of the family. It is used for fresh installs, where it saves the cost of
 // starting iptables-nft-restore (most of the time an init container spends) and keeps owner matches
 // away from libxtables' user and group name lookups.
+
+// errNot64Bit makes Apply fall back to the restore tools on 32-bit platforms.
+var errNot64Bit = errors.New("kernel API programming needs a 64-bit platform")
 
 // baseChain is how iptables-nft defines a built-in chain.
 type baseChain struct {
@@ -57,6 +61,9 @@ var nftBaseChains = map[string]map[string]baseChain{
 
 // programNFT installs fp into a namespace that holds no nft tables of fp's family.
 func programNFT(fp *redirect.FamilyPlan) error {
+	if strconv.IntSize != 64 {
+		return errNot64Bit // the payload layouts below are those of 64-bit kernels
+	}
 	fam := byte(unix.NFPROTO_IPV4)
 	if fp.Family == redirect.IPv6 {
 		fam = unix.NFPROTO_IPV6
