@@ -103,6 +103,8 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 		}
 	}
 	if f.runValidation {
+		ctx, stop := signalContext(ctx)
+		defer stop()
 		port, err := redirect.ParsePort(f.probePort)
 		if err != nil {
 			return &redirect.FieldError{Field: "--iptables-probe-port", Value: f.probePort, Err: err}

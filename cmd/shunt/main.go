@@ -29,9 +29,9 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	stop()
+	// No signal handler here: it costs an OS thread at every start, and an init container's run is
+	// over in a millisecond. Commands that wait (validation) install one; see signalContext.
+	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	if err != nil {
 		code := 1
 		var ee *exitError
@@ -121,4 +121,9 @@ func newProbeClientCmd(env osEnv) *cobra.Command {
 			return err
 		},
 	}
+}
+
+// signalContext returns ctx cancelled on SIGINT or SIGTERM, for commands that wait.
+func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 }
