@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	goiptables "github.com/coreos/go-iptables/iptables"
 	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -102,10 +104,10 @@ func chooseVariant(forced Variant) (Variant, string) {
 }
 
 // lockEnv returns the environment of legacy iptables commands: a lock file of this namespace's own when
-// programming another namespace from the host's filesystem, so that pods do not queue on the host lock
-// (XTABLES_LOCKFILE, iptables >= 1.8.6). done removes that file.
+// programming another namespace from the host's filesystem, so that pods do not queue on the host lock.
+// Only iptables >= 1.8.6 honours XTABLES_LOCKFILE; older ones keep the host lock. done removes the file.
 func lockEnv(v Variant, netnsPath string) (env []string, done func()) {
-	if v != VariantLegacy || netnsPath == "" {
+	if v != VariantLegacy || netnsPath == "" || !lockFileSupported() {
 		return nil, func() {}
 	}
 	var st unix.Stat_t
@@ -115,6 +117,16 @@ func lockEnv(v Variant, netnsPath string) (env []string, done func()) {
 	path := filepath.Join(os.TempDir(), fmt.Sprintf("shunt-xtables-%d-%d.lock", st.Dev, st.Ino))
 	return []string{"XTABLES_LOCKFILE=" + path}, func() { os.Remove(path) }
 }
+
+// lockFileSupported probes, once, whether the legacy tools are iptables >= 1.8.6.
+var lockFileSupported = sync.OnceValue(func() bool {
+	ipt, err := goiptables.New(goiptables.Path("iptables-legacy"))
+	if err != nil {
+		return false
+	}
+	v1, v2, v3 := ipt.GetIptablesVersion()
+	return v1 > 1 || v1 == 1 && (v2 > 8 || v2 == 8 && v3 >= 6)
+})
 
 // Apply programs plan: iptables rules per family with one iptables-restore each, then the TPROXY
 // routes and IPv6 loopback address. A second Apply of the same plan changes nothing. When rules of ours
