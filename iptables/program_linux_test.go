@@ -11,41 +11,49 @@ import (
 
 var nftHandles = regexp.MustCompile(` # handle \d+|counter packets \d+ bytes \d+`)
 
-// TestProgramNFTMatchesRestore: rules programmed over netlink are, as iptables-nft-save and nft read
-// them, exactly those iptables-nft-restore installs from Render's text.
-func TestProgramNFTMatchesRestore(t *testing.T) {
+// TestProgramMatchesRestore: rules programmed through the kernel API — an nftables netlink batch, or
+// IPT_SO_SET_REPLACE for legacy — are, as iptables-save (and nft) read them, exactly those the
+// variant's iptables-restore installs from Render's text.
+func TestProgramMatchesRestore(t *testing.T) {
 	testutil.RequireRoot(t)
+	programs := map[Variant]func(*redirect.FamilyPlan) error{VariantNFT: programNFT, VariantLegacy: programLegacy}
 	for name, cfg := range programCases(t) {
 		plan := mustBuild(t, cfg)
 		for i := range plan.Families {
 			fp := &plan.Families[i]
-			t.Run(name+"/"+fp.Family.String(), func(t *testing.T) {
-				viaNetlink, viaRestore := testutil.NewNetNS(t), testutil.NewNetNS(t)
-				if err := inNetNS(viaNetlink.Path(), func() error { return programNFT(fp) }); err != nil {
-					t.Fatalf("programNFT: %v", err)
-				}
-				tool := "iptables"
-				if fp.Family == redirect.IPv6 {
-					tool = "ip6tables"
-				}
-				cmd := viaRestore.Command(nil, tool+"-nft-restore", "--noflush")
-				cmd.Stdin = strings.NewReader(string(Render(fp, RenderOptions{})))
-				if out, err := cmd.CombinedOutput(); err != nil {
-					t.Fatalf("restore: %v: %s", err, out)
-				}
-				for _, argv := range [][]string{{tool + "-nft-save"}, {"nft", "list", "ruleset"}} {
-					got, err1 := viaNetlink.Command(nil, argv...).CombinedOutput()
-					want, err2 := viaRestore.Command(nil, argv...).CombinedOutput()
-					if err1 != nil || err2 != nil {
-						t.Fatalf("%v: %v %v: %s %s", argv, err1, err2, got, want)
+			for v, program := range programs {
+				t.Run(name+"/"+fp.Family.String()+"/"+string(v), func(t *testing.T) {
+					direct, viaRestore := testutil.NewNetNS(t), testutil.NewNetNS(t)
+					if err := inNetNS(direct.Path(), func() error { return program(fp) }); err != nil {
+						t.Fatalf("program: %v", err)
 					}
-					g := nftHandles.ReplaceAllString(saveNoise.ReplaceAllString(string(got), ""), "")
-					w := nftHandles.ReplaceAllString(saveNoise.ReplaceAllString(string(want), ""), "")
-					if g != w {
-						t.Errorf("%v differs:\nnetlink:\n%s\nrestore:\n%s", argv, g, w)
+					tool := "iptables"
+					if fp.Family == redirect.IPv6 {
+						tool = "ip6tables"
 					}
-				}
-			})
+					cmd := viaRestore.Command(nil, tool+"-"+string(v)+"-restore", "--noflush")
+					cmd.Stdin = strings.NewReader(string(Render(fp, RenderOptions{})))
+					if out, err := cmd.CombinedOutput(); err != nil {
+						t.Fatalf("restore: %v: %s", err, out)
+					}
+					views := [][]string{{tool + "-" + string(v) + "-save"}}
+					if v == VariantNFT {
+						views = append(views, []string{"nft", "list", "ruleset"})
+					}
+					for _, argv := range views {
+						got, err1 := direct.Command(nil, argv...).CombinedOutput()
+						want, err2 := viaRestore.Command(nil, argv...).CombinedOutput()
+						if err1 != nil || err2 != nil {
+							t.Fatalf("%v: %v %v: %s %s", argv, err1, err2, got, want)
+						}
+						g := nftHandles.ReplaceAllString(saveNoise.ReplaceAllString(string(got), ""), "")
+						w := nftHandles.ReplaceAllString(saveNoise.ReplaceAllString(string(want), ""), "")
+						if g != w {
+							t.Errorf("%v differs:\nkernel API:\n%s\nrestore:\n%s", argv, g, w)
+						}
+					}
+				})
+			}
 		}
 	}
 }
