@@ -188,6 +188,14 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 					continue
 				}
 				log.Warn("programming through the kernel API failed, using the restore tool", "family", fp.Family.String(), "error", err.Error())
+				// Legacy replaces table by table: a failure may leave earlier tables programmed.
+				if have, err = readState(ctx, r, v, fp.Family, true); err != nil {
+					return rollback(err)
+				}
+				if !have.Empty() {
+					input = RenderReplace(have, fp, RenderOptions{})
+					break
+				}
 			}
 			input = Render(fp, RenderOptions{})
 		case len(diff) == 0 && !opts.Force:

@@ -319,3 +319,31 @@ func TestValidation(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyFallsBackAfterPartialProgram: when the kernel-API writer fails after programming part of a
+// family, the restore tool takes over from what is there, without duplicating rules.
+func TestApplyFallsBackAfterPartialProgram(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	plan := mustBuild(t, fullConfig())
+	partial := func(fp *redirect.FamilyPlan) error {
+		first := *fp
+		first.Tables = fp.Tables[:1] // mangle only, then "fail"
+		if err := programLegacy(&first); err != nil {
+			return err
+		}
+		return errors.New("injected failure after the first table")
+	}
+	if err := Apply(context.Background(), plan, Options{Variant: VariantLegacy, NetNS: ns.Path(), program: partial}); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
+		have, err := readState(context.Background(), execRunnerIn(ns), VariantLegacy, fam, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := Diff(have, PlanState(plan.Family(fam))); len(d) > 0 {
+			t.Errorf("%s after the fallback:\n%s", fam, strings.Join(d, "\n"))
+		}
+	}
+}
