@@ -1,0 +1,181 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// The plugin's name in a conflist ("type") and its defaults. The installer writes the conflist entry
+// with these values; the plugin falls back to them when a field is absent.
+const (
+	PluginType            = "shunt-cni"
+	DefaultKubeconfig     = "/etc/cni/net.d/shunt-kubeconfig"
+	DefaultLogFile        = "/var/run/shunt/cni.log"
+	DefaultReportSocket   = "/var/run/shunt/cni.sock"
+	DefaultAPITimeout     = 20 * time.Second
+	CapabilityAnnotations = "io.kubernetes.cri.pod-annotations"
+)
+
+// DefaultExcludeNamespaces are left alone when the conflist entry does not say otherwise.
+var DefaultExcludeNamespaces = []string{"kube-system"}
+
+// NetConf is the plugin's entry in a conflist, as the runtime passes it on stdin.
+type NetConf struct {
+	types.NetConf
+
+	// RuntimeConfig is filled by the runtime for the capabilities the entry declares:
+	// containerd and CRI-O pass the pod's annotations for "io.kubernetes.cri.pod-annotations".
+	RuntimeConfig struct {
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+
+	// Kubeconfig is the path of the kubeconfig the plugin reads pods with.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"log_level,omitempty"`
+	// LogFile receives the plugin's log (never stdout, which carries the CNI result).
+	LogFile string `json:"log_file,omitempty"`
+	// ExcludeNamespaces are namespaces whose pods are never captured. Absent means kube-system;
+	// an empty list excludes none.
+	ExcludeNamespaces []string `json:"exclude_namespaces,omitempty"`
+	// APITimeout bounds the whole read of the Pod from the API server, retries included ("20s").
+	APITimeout string `json:"api_timeout,omitempty"`
+	// IptablesVariant forces "nft" or "legacy"; empty detects it in the pod's namespace.
+	IptablesVariant string `json:"iptables_variant,omitempty"`
+	// ReportSocket is the installer's datagram socket the plugin reports each ADD, CHECK and DEL to,
+	// for its metrics and repair loop. Reports are best effort: a missing socket is no error.
+	ReportSocket string `json:"report_socket,omitempty"`
+
+	apiTimeout time.Duration
+}
+
+// Timeout is the parsed api_timeout.
+func (c *NetConf) Timeout() time.Duration { return c.apiTimeout }
+
+// ParseNetConf decodes and checks the plugin's configuration, filling defaults. Every bad field is
+// reported, named as in the conflist.
+func ParseNetConf(data []byte) (*NetConf, error) {
+	var c NetConf
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, fmt.Errorf("parse network configuration: %w", err)
+	}
+	var raw map[string]json.RawMessage
+	_ = json.Unmarshal(data, &raw)
+	if _, ok := raw["exclude_namespaces"]; !ok {
+		c.ExcludeNamespaces = slices.Clone(DefaultExcludeNamespaces)
+	}
+	if c.Kubeconfig == "" {
+		c.Kubeconfig = DefaultKubeconfig
+	}
+	if c.LogFile == "" {
+		c.LogFile = DefaultLogFile
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	var errs []error
+	bad := func(field, value string, err error) {
+		errs = append(errs, &redirect.FieldError{Field: field, Value: value, Err: err})
+	}
+	if _, err := ParseLogLevel(c.LogLevel); err != nil {
+		bad("log_level", c.LogLevel, err)
+	}
+	c.apiTimeout = DefaultAPITimeout
+	if c.APITimeout != "" {
+		d, err := time.ParseDuration(c.APITimeout)
+		switch {
+		case err != nil:
+			bad("api_timeout", c.APITimeout, errors.New("not a duration such as 20s"))
+		case d <= 0 || d > 10*time.Minute:
+			bad("api_timeout", c.APITimeout, errors.New("must be above 0 and at most 10m"))
+		default:
+			c.apiTimeout = d
+		}
+	}
+	switch c.IptablesVariant {
+	case "", "nft", "legacy":
+	default:
+		bad("iptables_variant", c.IptablesVariant, errors.New(`must be "nft", "legacy" or empty`))
+	}
+	for _, ns := range c.ExcludeNamespaces {
+		if ns == "" || strings.ContainsAny(ns, "/ ") {
+			bad("exclude_namespaces", ns, errors.New("not a namespace name"))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ParseLogLevel maps a log_level value to its slog level.
+func ParseLogLevel(s string) (level int, err error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return -4, nil
+	case "info":
+		return 0, nil
+	case "warn", "warning":
+		return 4, nil
+	case "error":
+		return 8, nil
+	}
+	return 0, errors.New("must be debug, info, warn or error")
+}
+
+// Report is what the plugin tells the installer about one command, as one JSON datagram.
+type Report struct {
+	Command     string `json:"command"` // ADD, CHECK or DEL
+	Namespace   string `json:"namespace"`
+	Name        string `json:"name"`
+	UID         string `json:"uid,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	// Outcome is one of the Outcome constants.
+	Outcome string `json:"outcome"`
+	// Reason explains a skip or a failure.
+	Reason string `json:"reason,omitempty"`
+	// APISeconds is the time spent reading the Pod from the API server (0 when no call was made),
+	// ProgramSeconds the time spent programming or checking rules, TotalSeconds the whole command.
+	APISeconds     float64 `json:"api_seconds,omitempty"`
+	ProgramSeconds float64 `json:"program_seconds,omitempty"`
+	TotalSeconds   float64 `json:"total_seconds"`
+}
+
+// Outcomes of a command.
+const (
+	OutcomeProgrammed  = "programmed"   // ADD: rules in place
+	OutcomeSkipped     = "skipped"      // ADD: the pod is not captured
+	OutcomeFailed      = "failed"       // ADD: the pod must be captured and could not be
+	OutcomeCheckFailed = "check_failed" // CHECK: the rules differ from the plan
+	OutcomeChecked     = "checked"      // CHECK: the rules match
+	OutcomeRemoved     = "removed"      // DEL
+)
+
+// SendReport sends r to the installer's socket, best effort: it never blocks for long and a missing
+// listener is not an error worth failing a pod for.
+func SendReport(socket string, r Report) error {
+	if socket == "" {
+		return nil
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	conn, err := net.DialTimeout("unixgram", socket, 100*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, err = conn.Write(b)
+	return err
+}
