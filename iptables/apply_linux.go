@@ -223,6 +223,35 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	return nil
 }
 
+// Check compares the rules of ours in the namespace with plan, family by family, and returns an error
+// wrapping ErrDrift that names every difference (a missing chain, a rule too many or too few). It
+// changes nothing.
+func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
+	return inNetNS(opts.NetNS, func() error {
+		v, _ := chooseVariant(opts.Variant)
+		p4, p6 := tablesPresent(v)
+		var diff []string
+		for i := range plan.Families {
+			fp := &plan.Families[i]
+			present := p4
+			if fp.Family == redirect.IPv6 {
+				present = p6
+			}
+			have, err := readState(ctx, opts.runner(), v, fp.Family, present)
+			if err != nil {
+				return err
+			}
+			for _, d := range Diff(have, PlanState(fp)) {
+				diff = append(diff, fp.Family.String()+" "+d)
+			}
+		}
+		if len(diff) > 0 {
+			return fmt.Errorf("%w (%s):\n  %s", ErrDrift, v, strings.Join(diff, "\n  "))
+		}
+		return nil
+	})
+}
+
 // Cleanup removes, from what the namespace holds rather than from any configuration, every chain of
 // ours and every rule of ours in built-in chains (in every variant present unless opts.Variant is set),
 // the TPROXY policy routing and the IPv6 passthrough address. Foreign chains and rules stay.

@@ -15,6 +15,9 @@ var ErrNotSupported = errors.New("not supported on this operating system")
 // Apply is not supported off Linux.
 func Apply(context.Context, *redirect.Plan, Options) error { return ErrNotSupported }
 
+// Check is not supported off Linux.
+func Check(context.Context, *redirect.Plan, Options) error { return ErrNotSupported }
+
 // Cleanup is not supported off Linux.
 func Cleanup(context.Context, Options) error { return ErrNotSupported }
 

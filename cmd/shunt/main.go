@@ -31,6 +31,9 @@ func (e *exitError) Unwrap() error { return e.err }
 func main() {
 	// No signal handler here: it costs an OS thread at every start, and an init container's run is
 	// over in a millisecond. Commands that wait (validation) install one; see signalContext.
+	if runAsCNIPlugin() {
+		return
+	}
 	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	if err != nil {
 		code := 1

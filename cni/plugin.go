@@ -1,0 +1,343 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/shuntmesh/shunt/iptables"
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// SupportedVersions are the CNI spec versions the plugin answers VERSION with.
+var SupportedVersions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+// errPluginNotAvailable is the CNI 1.1 STATUS code for a plugin that cannot service ADDs.
+const errPluginNotAvailable uint = 50
+
+// maxLogSize is the size past which the plugin's log file is rotated (to LogFile + ".1").
+const maxLogSize = 10 << 20
+
+// Plugin runs the CNI commands. The zero value reads pods from the API server and programs iptables;
+// the fields replace those side effects in tests.
+type Plugin struct {
+	// GetPod reads a pod; nil reads it from the API server with the kubeconfig of the NetConf.
+	GetPod func(ctx context.Context, conf *NetConf, namespace, name string) (*Pod, error)
+	// Apply, Check and Cleanup program, compare and remove rules; nil uses the iptables backend.
+	Apply   func(context.Context, *redirect.Plan, iptables.Options) error
+	Check   func(context.Context, *redirect.Plan, iptables.Options) error
+	Cleanup func(context.Context, iptables.Options) error
+	// Logger, when set, is used instead of the NetConf's log file.
+	Logger *slog.Logger
+}
+
+// Main runs the plugin as a CNI runtime executes it: the command in CNI_COMMAND, the configuration on
+// stdin, the result on stdout. It exits the process.
+func Main() {
+	var p Plugin
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    p.CmdAdd,
+		Check:  p.CmdCheck,
+		Del:    p.CmdDel,
+		GC:     p.CmdGC,
+		Status: p.CmdStatus,
+	}, SupportedVersions, "shunt-cni: programs a meshed pod's traffic capture rules")
+}
+
+// k8sArgs are the CNI_ARGS Kubernetes runtimes pass.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // named by the runtime
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+}
+
+// invocation is one command's parsed input.
+type invocation struct {
+	args      *skel.CmdArgs
+	conf      *NetConf
+	namespace string
+	name      string
+	uid       string
+	log       *slog.Logger
+	closeLog  func()
+	start     time.Time
+	report    Report
+}
+
+func (p *Plugin) begin(command string, args *skel.CmdArgs) (*invocation, error) {
+	conf, err := ParseNetConf(args.StdinData)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid shunt-cni configuration", err.Error())
+	}
+	var ka k8sArgs
+	ka.IgnoreUnknown = true
+	if err := types.LoadArgs(args.Args, &ka); err != nil {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
+	}
+	inv := &invocation{
+		args:      args,
+		conf:      conf,
+		namespace: string(ka.K8S_POD_NAMESPACE),
+		name:      string(ka.K8S_POD_NAME),
+		uid:       string(ka.K8S_POD_UID),
+		start:     time.Now(),
+		closeLog:  func() {},
+	}
+	inv.log = p.Logger
+	if inv.log == nil {
+		inv.log, inv.closeLog = fileLogger(conf)
+	}
+	inv.log = inv.log.With("command", command, "container_id", args.ContainerID, "pod", inv.pod())
+	inv.report = Report{Command: command, Namespace: inv.namespace, Name: inv.name, UID: inv.uid, ContainerID: args.ContainerID}
+	return inv, nil
+}
+
+// finish logs and reports the outcome of a command and returns err.
+func (inv *invocation) finish(outcome, reason string, err error) error {
+	inv.report.Outcome = outcome
+	inv.report.Reason = reason
+	inv.report.TotalSeconds = time.Since(inv.start).Seconds()
+	attrs := []any{"outcome", outcome, "duration", time.Since(inv.start)}
+	if reason != "" {
+		attrs = append(attrs, "reason", reason)
+	}
+	if err != nil {
+		inv.log.Error("command failed", append(attrs, "error", err.Error())...)
+	} else {
+		inv.log.Info("command done", attrs...)
+	}
+	if serr := SendReport(inv.conf.ReportSocket, inv.report); serr != nil && !errors.Is(serr, os.ErrNotExist) {
+		inv.log.Debug("report not delivered", "socket", inv.conf.ReportSocket, "error", serr.Error())
+	}
+	inv.closeLog()
+	return err
+}
+
+func (inv *invocation) pod() string {
+	if inv.name == "" {
+		return ""
+	}
+	return inv.namespace + "/" + inv.name
+}
+
+// CmdAdd programs the pod's capture rules in its network namespace, or leaves a pod that is not
+// meshed alone, and passes the previous plugin's result through. When a pod must be captured and its
+// rules cannot be programmed, it fails: the pod must not start unmeshed.
+func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
+	inv, err := p.begin("ADD", args)
+	if err != nil {
+		return err
+	}
+	prev, err := prevResult(inv.conf)
+	if err != nil {
+		return inv.finish(OutcomeFailed, "no usable prevResult", err)
+	}
+	plan, skip, err := p.plan(inv, prev)
+	if err != nil {
+		return inv.finish(OutcomeFailed, "", err)
+	}
+	if skip != "" {
+		return inv.finish(OutcomeSkipped, skip, types.PrintResult(prev, inv.conf.CNIVersion))
+	}
+	apply := p.Apply
+	if apply == nil {
+		apply = iptables.Apply
+	}
+	t := time.Now()
+	err = apply(context.Background(), plan, inv.options(true))
+	inv.report.ProgramSeconds = time.Since(t).Seconds()
+	if err != nil {
+		return inv.finish(OutcomeFailed, "programming failed", types.NewError(types.ErrInternal,
+			fmt.Sprintf("pod %s: program capture rules", inv.pod()), err.Error()))
+	}
+	return inv.finish(OutcomeProgrammed, "", types.PrintResult(prev, inv.conf.CNIVersion))
+}
+
+// CmdCheck compares the rules in the pod's namespace with the plan for the pod as it is now, and
+// fails naming each difference.
+func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
+	inv, err := p.begin("CHECK", args)
+	if err != nil {
+		return err
+	}
+	prev, err := prevResult(inv.conf)
+	if err != nil {
+		return inv.finish(OutcomeCheckFailed, "no usable prevResult", err)
+	}
+	plan, skip, err := p.plan(inv, prev)
+	if err != nil {
+		return inv.finish(OutcomeCheckFailed, "", err)
+	}
+	if skip != "" {
+		return inv.finish(OutcomeChecked, skip, nil)
+	}
+	check := p.Check
+	if check == nil {
+		check = iptables.Check
+	}
+	t := time.Now()
+	err = check(context.Background(), plan, inv.options(false))
+	inv.report.ProgramSeconds = time.Since(t).Seconds()
+	if err != nil {
+		return inv.finish(OutcomeCheckFailed, "rules differ from the plan", types.NewError(types.ErrInternal,
+			fmt.Sprintf("pod %s: capture rules differ from the plan", inv.pod()), err.Error()))
+	}
+	return inv.finish(OutcomeChecked, "", nil)
+}
+
+// CmdDel removes our rules from the pod's namespace when it still exists. A namespace that is gone
+// (or was never given) has nothing left to remove, so DEL succeeds, also when repeated.
+func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
+	inv, err := p.begin("DEL", args)
+	if err != nil {
+		return err
+	}
+	if args.Netns == "" {
+		return inv.finish(OutcomeRemoved, "no network namespace", nil)
+	}
+	if _, err := os.Stat(args.Netns); errors.Is(err, os.ErrNotExist) {
+		return inv.finish(OutcomeRemoved, "network namespace is gone", nil)
+	}
+	cleanup := p.Cleanup
+	if cleanup == nil {
+		cleanup = iptables.Cleanup
+	}
+	t := time.Now()
+	err = cleanup(context.Background(), inv.options(false))
+	inv.report.ProgramSeconds = time.Since(t).Seconds()
+	if err != nil {
+		if _, serr := os.Stat(args.Netns); errors.Is(serr, os.ErrNotExist) {
+			return inv.finish(OutcomeRemoved, "network namespace went away", nil)
+		}
+		return inv.finish(OutcomeFailed, "cleanup failed", types.NewError(types.ErrInternal,
+			fmt.Sprintf("pod %s: remove capture rules", inv.pod()), err.Error()))
+	}
+	return inv.finish(OutcomeRemoved, "", nil)
+}
+
+// CmdGC succeeds: the plugin keeps no state outside the pods' namespaces.
+func (p *Plugin) CmdGC(args *skel.CmdArgs) error {
+	if _, err := ParseNetConf(args.StdinData); err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid shunt-cni configuration", err.Error())
+	}
+	return nil
+}
+
+// CmdStatus reports the plugin not ready while its kubeconfig is missing or unreadable: ADDs of
+// meshed pods would fail.
+func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
+	conf, err := ParseNetConf(args.StdinData)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid shunt-cni configuration", err.Error())
+	}
+	if err := checkKubeconfig(conf.Kubeconfig); err != nil {
+		return types.NewError(errPluginNotAvailable, "shunt-cni is not ready", err.Error())
+	}
+	return nil
+}
+
+// plan decides whether the pod is captured and with which rules. skip is the reason it is not.
+func (p *Plugin) plan(inv *invocation, prev *types100.Result) (plan *redirect.Plan, skip string, err error) {
+	if inv.name == "" {
+		return nil, "not a Kubernetes pod (no K8S_POD_NAME in CNI_ARGS)", nil
+	}
+	if slices.Contains(inv.conf.ExcludeNamespaces, inv.namespace) {
+		return nil, "namespace " + inv.namespace + " is excluded", nil
+	}
+	if ann := inv.conf.RuntimeConfig.PodAnnotations; ann != nil {
+		if _, ok := ann[AnnotationStatus]; !ok {
+			return nil, "no " + AnnotationStatus + " annotation: not injected", nil
+		}
+	}
+	getPod := p.GetPod
+	if getPod == nil {
+		getPod = getPodFromAPI
+	}
+	t := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), inv.conf.Timeout())
+	pod, err := getPod(ctx, inv.conf, inv.namespace, inv.name)
+	cancel()
+	inv.report.APISeconds = time.Since(t).Seconds()
+	if err != nil {
+		return nil, "", types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s: read the pod from the API server", inv.pod()), err.Error())
+	}
+	cfg, skip, err := ConfigForPod(pod, podIPs(prev))
+	if err != nil {
+		return nil, "", types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: invalid capture settings", inv.pod()), err.Error())
+	}
+	if skip != "" {
+		return nil, skip, nil
+	}
+	built, err := redirect.Build(cfg)
+	if err != nil {
+		return nil, "", types.NewError(types.ErrInternal, fmt.Sprintf("pod %s: plan capture rules", inv.pod()), err.Error())
+	}
+	inv.log.Debug("plan built", "ipv6", cfg.IPv6, "mode", string(cfg.Mode))
+	return &built, "", nil
+}
+
+func (inv *invocation) options(reconcile bool) iptables.Options {
+	return iptables.Options{
+		NetNS:     inv.args.Netns,
+		Variant:   iptables.Variant(inv.conf.IptablesVariant),
+		Reconcile: reconcile,
+		Logger:    inv.log,
+	}
+}
+
+// prevResult is the primary plugin's result, which the plugin passes on and takes the pod's IPs from.
+func prevResult(conf *NetConf) (*types100.Result, error) {
+	if conf.RawPrevResult == nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "shunt-cni must be chained after the primary plugin",
+			"the configuration has no prevResult")
+	}
+	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
+	}
+	res, err := types100.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
+	}
+	return res, nil
+}
+
+// podIPs are the addresses the primary plugin gave the pod; they decide the IP families.
+func podIPs(res *types100.Result) []netip.Addr {
+	out := []netip.Addr{}
+	for _, ip := range res.IPs {
+		if a, ok := netip.AddrFromSlice(ip.Address.IP); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// fileLogger opens the NetConf's log file (rotating it when large). It never logs to stdout, which
+// carries the CNI result; if the file cannot be opened the log goes to stderr, which runtimes record.
+func fileLogger(conf *NetConf) (*slog.Logger, func()) {
+	lvl, _ := ParseLogLevel(conf.LogLevel)
+	opts := &slog.HandlerOptions{Level: slog.Level(lvl)}
+	path := conf.LogFile
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
+		if st, err := os.Stat(path); err == nil && st.Size() > maxLogSize {
+			_ = os.Rename(path, path+".1")
+		}
+		if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640); err == nil {
+			return slog.New(slog.NewJSONHandler(f, opts)).With("plugin", PluginType), func() { f.Close() }
+		}
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts)).With("plugin", PluginType), func() {}
+}

@@ -1,0 +1,341 @@
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/shuntmesh/shunt/iptables"
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+const prevV4V6 = `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],
+ "ips":[{"address":"10.1.0.5/24","interface":0},{"address":"fd00::5/64","interface":0}]}`
+
+func netConf(t *testing.T, extra string) []byte {
+	t.Helper()
+	conf := `{"cniVersion":"1.0.0","name":"k8s","type":"shunt-cni","log_file":"` + filepath.Join(t.TempDir(), "cni.log") + `"` + extra + `}`
+	return []byte(conf)
+}
+
+func withPrev(t *testing.T, extra string) []byte {
+	return netConf(t, `,"prevResult":`+prevV4V6+extra)
+}
+
+func cmdArgs(conf []byte, netns, k8s string) *skel.CmdArgs {
+	return &skel.CmdArgs{ContainerID: "c1", Netns: netns, IfName: "eth0", Args: k8s, StdinData: conf}
+}
+
+const podArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1;K8S_POD_UID=u1"
+
+func meshedPod(ann map[string]string) *Pod {
+	p := &Pod{}
+	p.Metadata.Name, p.Metadata.Namespace = "cart-1", "shop"
+	p.Metadata.Annotations = map[string]string{AnnotationStatus: "{}"}
+	for k, v := range ann {
+		p.Metadata.Annotations[k] = v
+	}
+	p.Spec.Containers = []Container{{Name: "app"}, {Name: ProxyContainerName}}
+	return p
+}
+
+// fakePlugin records what the plugin asked of the API server and the backend.
+type fakePlugin struct {
+	Plugin
+	gets    int
+	applied *redirect.Plan
+	opts    iptables.Options
+	cleaned bool
+}
+
+func newFake(t *testing.T, pod *Pod, getErr error) *fakePlugin {
+	f := &fakePlugin{}
+	f.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.GetPod = func(context.Context, *NetConf, string, string) (*Pod, error) {
+		f.gets++
+		return pod, getErr
+	}
+	f.Apply = func(_ context.Context, p *redirect.Plan, o iptables.Options) error {
+		f.applied, f.opts = p, o
+		return nil
+	}
+	f.Check = func(_ context.Context, p *redirect.Plan, o iptables.Options) error { return nil }
+	f.Cleanup = func(_ context.Context, o iptables.Options) error {
+		f.cleaned, f.opts = true, o
+		return nil
+	}
+	quietStdout(t)
+	return f
+}
+
+// quietStdout sends the CNI result the plugin prints to /dev/null for the test.
+func quietStdout(t *testing.T) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stdout
+	os.Stdout = devnull
+	t.Cleanup(func() { os.Stdout = old; devnull.Close() })
+}
+
+func cniCode(t *testing.T, err error) uint {
+	t.Helper()
+	var e *types.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v is not a CNI error", err)
+	}
+	return e.Code
+}
+
+func TestAddProgramsMeshedPod(t *testing.T) {
+	f := newFake(t, meshedPod(map[string]string{AnnotationExcludeOutboundPorts: "9000"}), nil)
+	if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if f.gets != 1 || f.applied == nil {
+		t.Fatalf("gets=%d applied=%v, want one GET and an apply", f.gets, f.applied != nil)
+	}
+	if len(f.applied.Families) != 2 {
+		t.Errorf("planned %d families, want IPv4 and IPv6 from prevResult's IPs", len(f.applied.Families))
+	}
+	if f.opts.NetNS != "/var/run/netns/x" || !f.opts.Reconcile {
+		t.Errorf("options %+v, want the pod's netns and reconcile", f.opts)
+	}
+}
+
+func TestAddSkipsWithoutAPICall(t *testing.T) {
+	for name, c := range map[string]struct{ conf, args string }{
+		"excluded namespace":          {``, "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns"},
+		"custom excluded namespace":   {`,"exclude_namespaces":["shop"]`, podArgs},
+		"annotations without status":  {`,"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"}}`, podArgs},
+		"not a Kubernetes pod":        {``, ""},
+		"annotations, empty (no key)": {`,"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{}}`, podArgs},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFake(t, meshedPod(nil), nil)
+			if err := f.CmdAdd(cmdArgs(withPrev(t, c.conf), "/ns", c.args)); err != nil {
+				t.Fatal(err)
+			}
+			if f.gets != 0 || f.applied != nil {
+				t.Errorf("gets=%d applied=%v, want neither", f.gets, f.applied != nil)
+			}
+		})
+	}
+}
+
+func TestAddReadsPodWhenAnnotated(t *testing.T) {
+	f := newFake(t, meshedPod(nil), nil)
+	conf := `,"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"sidecar.istio.io/status":"{}"}}`
+	if err := f.CmdAdd(cmdArgs(withPrev(t, conf), "/ns", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if f.gets != 1 || f.applied == nil {
+		t.Fatalf("gets=%d applied=%v", f.gets, f.applied != nil)
+	}
+}
+
+func TestAddSkipReasons(t *testing.T) {
+	hostNet := meshedPod(nil)
+	hostNet.Spec.HostNetwork = true
+	noProxy := meshedPod(nil)
+	noProxy.Spec.Containers = noProxy.Spec.Containers[:1]
+	initC := meshedPod(nil)
+	initC.Spec.InitContainers = []Container{{Name: InitContainerName}}
+	for name, pod := range map[string]*Pod{
+		"host network":  hostNet,
+		"no proxy":      noProxy,
+		"istio-init":    initC,
+		"inject false":  meshedPod(map[string]string{AnnotationInject: "false"}),
+		"mode NONE":     meshedPod(map[string]string{AnnotationInterceptionMode: "NONE"}),
+		"no status ann": func() *Pod { p := meshedPod(nil); delete(p.Metadata.Annotations, AnnotationStatus); return p }(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFake(t, pod, nil)
+			if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs)); err != nil {
+				t.Fatal(err)
+			}
+			if f.applied != nil {
+				t.Error("a skipped pod was programmed")
+			}
+		})
+	}
+}
+
+func TestAddFailsClosed(t *testing.T) {
+	t.Run("API unreachable", func(t *testing.T) {
+		f := newFake(t, nil, errors.New("dial tcp: connection refused"))
+		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))
+		if cniCode(t, err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "shop/cart-1") {
+			t.Errorf("error %v, want try-again naming the pod", err)
+		}
+	})
+	t.Run("bad annotation", func(t *testing.T) {
+		f := newFake(t, meshedPod(map[string]string{AnnotationExcludeOutboundPorts: "http"}), nil)
+		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))
+		var e *types.Error
+		if !errors.As(err, &e) || !strings.Contains(e.Msg, "shop/cart-1") ||
+			!strings.Contains(e.Details, AnnotationExcludeOutboundPorts) || !strings.Contains(e.Details, `"http"`) {
+			t.Errorf("error %+v, want the pod, the annotation and the value", err)
+		}
+		if f.applied != nil {
+			t.Error("rules applied for an invalid pod")
+		}
+	})
+	t.Run("programming fails", func(t *testing.T) {
+		f := newFake(t, meshedPod(nil), nil)
+		f.Apply = func(context.Context, *redirect.Plan, iptables.Options) error {
+			return errors.New("iptables-restore: exit 4")
+		}
+		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))
+		if err == nil || !strings.Contains(err.Error(), "shop/cart-1") {
+			t.Errorf("error %v, want one naming the pod", err)
+		}
+	})
+	t.Run("not chained", func(t *testing.T) {
+		f := newFake(t, meshedPod(nil), nil)
+		err := f.CmdAdd(cmdArgs(netConf(t, ""), "/ns", podArgs))
+		if cniCode(t, err) != types.ErrInvalidNetworkConfig {
+			t.Errorf("error %v", err)
+		}
+	})
+}
+
+func TestCheckNamesDifference(t *testing.T) {
+	f := newFake(t, meshedPod(nil), nil)
+	f.Check = func(context.Context, *redirect.Plan, iptables.Options) error {
+		return errors.New("nat/ISTIO_OUTPUT: rule missing: -A ISTIO_OUTPUT -j ISTIO_REDIRECT")
+	}
+	err := f.CmdCheck(cmdArgs(withPrev(t, ""), "/ns", podArgs))
+	if err == nil || !strings.Contains(err.Error(), "-A ISTIO_OUTPUT -j ISTIO_REDIRECT") {
+		t.Errorf("CHECK error %v, want the difference", err)
+	}
+}
+
+func TestDel(t *testing.T) {
+	f := newFake(t, nil, nil)
+	gone := filepath.Join(t.TempDir(), "gone")
+	for i := 0; i < 2; i++ {
+		if err := f.CmdDel(cmdArgs(netConf(t, ""), gone, podArgs)); err != nil {
+			t.Fatalf("DEL %d of a gone namespace: %v", i, err)
+		}
+	}
+	if f.cleaned {
+		t.Error("cleanup ran for a namespace that is gone")
+	}
+	here := filepath.Join(t.TempDir(), "here")
+	if err := os.WriteFile(here, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.CmdDel(cmdArgs(netConf(t, ""), here, podArgs)); err != nil || !f.cleaned || f.opts.NetNS != here {
+		t.Errorf("DEL: err=%v cleaned=%v netns=%q", err, f.cleaned, f.opts.NetNS)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	var p Plugin
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	err := p.CmdStatus(cmdArgs(netConf(t, `,"kubeconfig":"`+missing+`"`), "", ""))
+	if cniCode(t, err) != errPluginNotAvailable {
+		t.Errorf("STATUS with a missing kubeconfig: %v", err)
+	}
+	kc := filepath.Join(dir, "kubeconfig")
+	writeKubeconfig(t, kc, "https://127.0.0.1:1")
+	if err := p.CmdStatus(cmdArgs(netConf(t, `,"kubeconfig":"`+kc+`"`), "", "")); err != nil {
+		t.Errorf("STATUS with a kubeconfig: %v", err)
+	}
+	if err := p.CmdGC(cmdArgs(netConf(t, ""), "", "")); err != nil {
+		t.Errorf("GC: %v", err)
+	}
+}
+
+func writeKubeconfig(t *testing.T, path, server string) {
+	t.Helper()
+	kc := `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "` + server + `", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: secret}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`
+	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseNetConfErrorsNameFields(t *testing.T) {
+	_, err := ParseNetConf([]byte(`{"cniVersion":"1.0.0","name":"k","type":"shunt-cni","api_timeout":"soon",
+		"iptables_variant":"ebtables","log_level":"loud","exclude_namespaces":[""]}`))
+	for _, want := range []string{`api_timeout: invalid value "soon"`, `iptables_variant: invalid value "ebtables"`, `log_level: invalid value "loud"`, `exclude_namespaces: invalid value ""`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+	c, err := ParseNetConf([]byte(`{"cniVersion":"1.0.0","name":"k","type":"shunt-cni"}`))
+	if err != nil || c.Timeout() != DefaultAPITimeout || len(c.ExcludeNamespaces) != 1 || c.Kubeconfig != DefaultKubeconfig {
+		t.Errorf("defaults: %+v, %v", c, err)
+	}
+	c, err = ParseNetConf([]byte(`{"cniVersion":"1.0.0","name":"k","type":"shunt-cni","exclude_namespaces":[]}`))
+	if err != nil || len(c.ExcludeNamespaces) != 0 {
+		t.Errorf("explicit empty exclude_namespaces: %+v, %v", c.ExcludeNamespaces, err)
+	}
+}
+
+func TestGetPodFromAPIRetries(t *testing.T) {
+	var calls atomic.Int32
+	pod := meshedPod(nil)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		switch {
+		case r.URL.Path == "/api/v1/namespaces/shop/pods/missing":
+			http.Error(w, `{"kind":"Status","message":"pods \"missing\" not found"}`, http.StatusNotFound)
+		case r.URL.Path == "/api/v1/namespaces/shop/pods/slow":
+			<-r.Context().Done()
+		case n <= 2:
+			http.Error(w, "overloaded", http.StatusServiceUnavailable)
+		default:
+			if r.Header.Get("Authorization") != "Bearer secret" {
+				t.Errorf("no bearer token: %q", r.Header.Get("Authorization"))
+			}
+			_ = json.NewEncoder(w).Encode(pod)
+		}
+	}))
+	defer srv.Close()
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	writeKubeconfig(t, kc, srv.URL)
+	conf := &NetConf{Kubeconfig: kc}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got, err := getPodFromAPI(ctx, conf, "shop", "cart-1")
+	if err != nil || got.Metadata.Name != "cart-1" || calls.Load() != 3 {
+		t.Fatalf("got %v, %v after %d calls; want the pod on the third", got, err, calls.Load())
+	}
+
+	calls.Store(10)
+	_, err = getPodFromAPI(ctx, conf, "shop", "missing")
+	if err == nil || !strings.Contains(err.Error(), "404") || calls.Load() != 11 {
+		t.Errorf("missing pod: %v after %d calls, want one 404", err, calls.Load()-10)
+	}
+
+	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	_, err = getPodFromAPI(short, conf, "shop", "slow")
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("hung API server: %v, want the deadline", err)
+	}
+}
