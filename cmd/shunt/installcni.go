@@ -1,0 +1,231 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/shuntmesh/shunt/cni"
+	"github.com/shuntmesh/shunt/cni/install"
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+// installCNIFlags are install-cni's flags; each may also be set by its environment variable.
+type installCNIFlags struct {
+	fs *pflag.FlagSet
+
+	binDir, netDir, binary              string
+	kubeconfigFile, hostKubeconfig      string
+	tokenFile, caFile, apiServer        string
+	kubeconfig, nodeName, taintKey      string
+	pluginLogLevel, pluginLogFile       string
+	excludeNamespaces                   []string
+	apiTimeout                          time.Duration
+	iptablesVariant                     string
+	reportSocket, hostReportSocket      string
+	healthAddr                          string
+	monitoringPort                      int
+	repairMode, repairLabel, repairInit string
+	repairExitCode                      int64
+	fightThreshold                      int
+	fightWindow, fightBackoff, fightMax time.Duration
+	resync                              time.Duration
+	logFormat, logLevel                 string
+}
+
+func newInstallCNICmd(env osEnv) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "install-cni",
+		Short: "Install the CNI plugin on this node and keep it installed (the CNI DaemonSet's container)",
+		Long: "Copy this binary into the host's CNI bin directory as shunt-cni, append its entry to the primary\n" +
+			"network's conflist, write its kubeconfig, and keep all three in place until SIGTERM, when they are\n" +
+			"removed and the conflist restored. Serves /healthz, /readyz and /metrics, removes the node's startup\n" +
+			"taint once ready, and repairs pods that started without capture rules.\n\n" +
+			"Every flag can be set by its environment variable instead: upper case, dashes as underscores\n" +
+			"(--cni-net-dir: CNI_NET_DIR, --node-name: NODE_NAME).",
+		Args: cobra.NoArgs,
+	}
+	f := &installCNIFlags{fs: cmd.Flags()}
+	fs := f.fs
+	fs.StringVar(&f.binDir, "cni-bin-dir", install.DefaultBinDir, "host CNI bin directory, as mounted")
+	fs.StringVar(&f.netDir, "cni-net-dir", install.DefaultNetDir, "host CNI config directory, as mounted")
+	fs.StringVar(&f.binary, "binary", "", "binary to install as shunt-cni (default: this executable)")
+	fs.StringVar(&f.kubeconfigFile, "kubeconfig-file", install.DefaultKubeconfigName, "where to write the plugin's kubeconfig; a bare file name is taken in --cni-net-dir")
+	fs.StringVar(&f.hostKubeconfig, "host-kubeconfig-path", cni.DefaultKubeconfig, "the plugin's kubeconfig as the host sees it, put in the conflist entry")
+	fs.StringVar(&f.tokenFile, "token-file", install.DefaultTokenFile, "service-account token put in the plugin's kubeconfig")
+	fs.StringVar(&f.caFile, "ca-file", install.DefaultCAFile, "cluster CA put in the plugin's kubeconfig; empty for none")
+	fs.StringVar(&f.apiServer, "api-server", "", "API server URL for the plugin (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the installer's own API access (default: in-cluster)")
+	fs.StringVar(&f.nodeName, "node-name", "", "this node's name (required)")
+	fs.StringVar(&f.taintKey, "taint-key", install.DefaultTaintKey, "NoSchedule taint removed from the node once the plugin is ready")
+	fs.StringVar(&f.pluginLogLevel, "cni-log-level", "info", "plugin's log level: debug, info, warn or error")
+	fs.StringVar(&f.pluginLogFile, "cni-log-file", cni.DefaultLogFile, "plugin's log file on the host")
+	fs.StringSliceVar(&f.excludeNamespaces, "exclude-namespaces", cni.DefaultExcludeNamespaces, "namespaces the plugin never captures; empty for none")
+	fs.DurationVar(&f.apiTimeout, "cni-api-timeout", cni.DefaultAPITimeout, "bound of the plugin's read of a pod")
+	fs.StringVar(&f.iptablesVariant, "iptables-variant", "", "iptables the plugin uses: nft or legacy (default: detected per pod)")
+	fs.StringVar(&f.reportSocket, "report-socket", cni.DefaultReportSocket, "datagram socket the plugin reports to, as mounted")
+	fs.StringVar(&f.hostReportSocket, "host-report-socket", "", "the report socket as the host sees it (default: --report-socket)")
+	fs.StringVar(&f.healthAddr, "health-addr", install.DefaultHealthAddr, "address of /healthz, /readyz and /metrics; empty for none")
+	fs.IntVar(&f.monitoringPort, "monitoring-port", 0, "port of /healthz, /readyz and /metrics on all addresses: --health-addr=:PORT")
+	fs.StringVar(&f.repairMode, "repair-mode", install.RepairDelete, "what to do with pods started without capture rules: delete, label or off")
+	fs.StringVar(&f.repairLabel, "repair-label-key", install.DefaultRepairLabelKey, "label set to \"needed\" in label mode")
+	fs.StringVar(&f.repairInit, "repair-init-container", install.DefaultRepairInitContainer, "validation init container whose exit code marks a pod without rules")
+	fs.Int64Var(&f.repairExitCode, "repair-exit-code", install.DefaultRepairExitCode, "that init container's exit code when capture does not work")
+	fs.IntVar(&f.fightThreshold, "fight-threshold", install.DefaultFightThreshold, "losses of our conflist entry in a row before backing off")
+	fs.DurationVar(&f.fightWindow, "fight-window", install.DefaultFightWindow, "a loss within this time of putting the entry back continues a row")
+	fs.DurationVar(&f.fightBackoff, "fight-backoff", install.DefaultFightBackoff, "first wait before putting the entry back, doubling per loss")
+	fs.DurationVar(&f.fightMax, "fight-backoff-max", install.DefaultFightBackoffMax, "longest wait before putting the entry back")
+	fs.DurationVar(&f.resync, "resync-interval", install.DefaultResync, "check everything this often, file events or not")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return runInstallCNI(cmd, env, f)
+	}
+	return cmd
+}
+
+// applyEnv sets each flag not given from its environment variable.
+func (f *installCNIFlags) applyEnv(getenv func(string) string) error {
+	var errs []error
+	f.fs.VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed {
+			return
+		}
+		name := strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		if v := getenv(name); v != "" {
+			if err := f.fs.Set(fl.Name, v); err != nil {
+				errs = append(errs, &redirect.FieldError{Field: "$" + name, Value: v, Err: err})
+			}
+		}
+	})
+	if f.apiServer == "" {
+		if host, port := getenv("KUBERNETES_SERVICE_HOST"), getenv("KUBERNETES_SERVICE_PORT"); host != "" && port != "" {
+			f.apiServer = "https://" + net.JoinHostPort(host, port)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
+	if err := f.applyEnv(env.getenv); err != nil {
+		return err
+	}
+	var errs []error
+	bad := func(field, value, want string) {
+		errs = append(errs, &redirect.FieldError{Field: field, Value: value, Err: errors.New(want)})
+	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		bad("--log-format", f.logFormat, "must be text or json")
+	}
+	if _, err := cni.ParseLogLevel(f.logLevel); err != nil {
+		bad("--log-level", f.logLevel, err.Error())
+	}
+	switch f.repairMode {
+	case install.RepairDelete, install.RepairLabel, install.RepairOff:
+	default:
+		bad("--repair-mode", f.repairMode, "must be delete, label or off")
+	}
+	if _, err := cni.ParseLogLevel(f.pluginLogLevel); err != nil {
+		bad("--cni-log-level", f.pluginLogLevel, err.Error())
+	}
+	switch f.iptablesVariant {
+	case "", "nft", "legacy":
+	default:
+		bad("--iptables-variant", f.iptablesVariant, "must be nft, legacy or empty")
+	}
+	if f.monitoringPort < 0 || f.monitoringPort > 65535 {
+		bad("--monitoring-port", fmt.Sprint(f.monitoringPort), "not a port")
+	} else if f.monitoringPort > 0 {
+		f.healthAddr = fmt.Sprintf(":%d", f.monitoringPort)
+	}
+	if f.kubeconfigFile != "" && !strings.ContainsRune(f.kubeconfigFile, filepath.Separator) {
+		f.kubeconfigFile = filepath.Join(f.netDir, f.kubeconfigFile)
+	}
+	if f.nodeName == "" {
+		bad("--node-name", "", "required (or $NODE_NAME, from the downward API)")
+	}
+	if f.apiServer == "" {
+		bad("--api-server", "", "required outside a pod (no $KUBERNETES_SERVICE_HOST)")
+	} else if !strings.Contains(f.apiServer, "://") {
+		f.apiServer = "https://" + f.apiServer
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	log := env.logger(f.logLevel, f.logFormat == "json")
+
+	var restCfg *rest.Config
+	var err error
+	if f.kubeconfig != "" {
+		restCfg, err = clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+	} else {
+		restCfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("API access (--kubeconfig): %w", err)
+	}
+	restCfg.UserAgent = "shunt-install-cni"
+	client, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	hostSocket := f.hostReportSocket
+	if hostSocket == "" && f.reportSocket != "" {
+		// The plugin runs elsewhere: a relative path means nothing to it.
+		if hostSocket, err = filepath.Abs(f.reportSocket); err != nil {
+			return err
+		}
+	}
+	in, err := install.New(install.Config{
+		Binary:         f.binary,
+		BinDir:         f.binDir,
+		NetDir:         f.netDir,
+		KubeconfigFile: f.kubeconfigFile,
+		TokenFile:      f.tokenFile,
+		CAFile:         f.caFile,
+		APIServer:      f.apiServer,
+		Entry: install.Entry{
+			Kubeconfig:        f.hostKubeconfig,
+			LogLevel:          f.pluginLogLevel,
+			LogFile:           f.pluginLogFile,
+			ExcludeNamespaces: f.excludeNamespaces,
+			APITimeout:        f.apiTimeout,
+			IptablesVariant:   f.iptablesVariant,
+			ReportSocket:      hostSocket,
+		},
+		ReportSocket: f.reportSocket,
+		HealthAddr:   f.healthAddr,
+		Client:       client,
+		NodeName:     f.nodeName,
+		TaintKey:     f.taintKey,
+		Repair: install.RepairConfig{
+			Mode:          f.repairMode,
+			LabelKey:      f.repairLabel,
+			InitContainer: f.repairInit,
+			ExitCode:      f.repairExitCode,
+		},
+		Resync:          f.resync,
+		FightWindow:     f.fightWindow,
+		FightThreshold:  f.fightThreshold,
+		FightBackoff:    f.fightBackoff,
+		FightBackoffMax: f.fightMax,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext(cmd.Context())
+	defer stop()
+	log.Info("install-cni starting", "node", f.nodeName, "cni_bin_dir", f.binDir, "cni_net_dir", f.netDir,
+		"api_server", f.apiServer, "repair_mode", f.repairMode)
+	return in.Run(ctx)
+}

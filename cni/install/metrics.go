@@ -1,0 +1,102 @@
+package install
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/shuntmesh/shunt/cni"
+)
+
+// metrics are the installer's Prometheus metrics, on a registry of their own.
+type metrics struct {
+	reg *prometheus.Registry
+
+	programmed    prometheus.Counter
+	skipped       prometheus.Counter
+	addFailures   prometheus.Counter
+	checkFailures prometheus.Counter
+	reports       *prometheus.CounterVec
+	addDuration   *prometheus.HistogramVec
+	repairs       *prometheus.CounterVec
+	rewrites      prometheus.Counter
+	ready         prometheus.Gauge
+}
+
+// Phases of an ADD in shunt_cni_add_duration_seconds.
+const (
+	phaseTotal   = "total"
+	phaseAPI     = "api"
+	phaseProgram = "program"
+)
+
+func newMetrics() *metrics {
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	m := &metrics{
+		reg:           prometheus.NewRegistry(),
+		programmed:    counter("shunt_cni_pods_programmed_total", "Pods whose capture rules the plugin programmed (ADD)."),
+		skipped:       counter("shunt_cni_pods_skipped_total", "Pods the plugin left alone (ADD): not meshed, excluded namespace, host network."),
+		addFailures:   counter("shunt_cni_add_failures_total", "ADDs that failed for a pod that must be captured."),
+		checkFailures: counter("shunt_cni_check_failures_total", "CHECKs that found a pod's rules differing from its plan."),
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shunt_cni_reports_total",
+			Help: "Reports received from the plugin, by command and outcome.",
+		}, []string{"command", "outcome"}),
+		addDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "shunt_cni_add_duration_seconds",
+			Help:    "Time of an ADD: the whole command (phase total), reading the Pod (api), programming rules (program).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20},
+		}, []string{"phase"}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shunt_cni_repairs_total",
+			Help: "Pods repaired because they started without capture rules, by action (delete, label).",
+		}, []string{"action"}),
+		rewrites: counter("shunt_cni_conflist_rewrites_total",
+			"Times another agent rewrote or removed the CNI config, dropping our entry."),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shunt_cni_ready",
+			Help: "1 when the plugin is installed and verified, else 0.",
+		}),
+	}
+	m.reg.MustRegister(m.programmed, m.skipped, m.addFailures, m.checkFailures, m.reports, m.addDuration,
+		m.repairs, m.rewrites, m.ready,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe counts a report of the plugin.
+func (m *metrics) observe(r cni.Report) {
+	command, outcome := r.Command, r.Outcome
+	switch command {
+	case "ADD", "CHECK", "DEL":
+	default:
+		command = "other"
+	}
+	switch outcome {
+	case cni.OutcomeProgrammed, cni.OutcomeSkipped, cni.OutcomeFailed, cni.OutcomeCheckFailed, cni.OutcomeChecked, cni.OutcomeRemoved:
+	default:
+		outcome = "other"
+	}
+	m.reports.WithLabelValues(command, outcome).Inc()
+	switch {
+	case command == "ADD":
+		switch outcome {
+		case cni.OutcomeProgrammed:
+			m.programmed.Inc()
+		case cni.OutcomeSkipped:
+			m.skipped.Inc()
+		case cni.OutcomeFailed:
+			m.addFailures.Inc()
+		}
+		m.addDuration.WithLabelValues(phaseTotal).Observe(r.TotalSeconds)
+		if r.APISeconds > 0 {
+			m.addDuration.WithLabelValues(phaseAPI).Observe(r.APISeconds)
+		}
+		if r.ProgramSeconds > 0 {
+			m.addDuration.WithLabelValues(phaseProgram).Observe(r.ProgramSeconds)
+		}
+	case outcome == cni.OutcomeCheckFailed:
+		m.checkFailures.Inc()
+	}
+}
