@@ -28,9 +28,12 @@ compat: build
 		$(SHARED)/compat/check-istio-compat --apply $(BIN) $(SHARED)/compat/istio-cni | tail -n 1; \
 	else echo "compat: $(SHARED)/compat not found, skipped"; fi
 
-# Median wall time of `shunt iptables` vs a bare iptables-restore of the same rules (root).
+# Median wall time of `shunt iptables` vs a bare iptables-restore of the same rules, then CNI ADD
+# latency on a node namespace with a real kube-apiserver (root).
 bench: build
 	$(GO) run ./bench -shunt $(BIN)
+	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkCNIAdd$$' -benchtime 1x -args -shunt $(abspath $(BIN)) \
+		| grep -v '^\s*{"time"'
 
 # Every fuzz target for FUZZTIME each.
 fuzz:
