@@ -264,12 +264,22 @@ func (tc chartCase) expected() chartWant {
 // TestChartTemplate renders the chart with each value set and checks the objects, decoded
 // strictly into their API types: the security context, the RBAC rules (exactly, no more),
 // scheduling on every node, host directories, the installer's arguments, probes and labels.
+// The arguments must also be ones this repository's `shunt install-cni` accepts.
 func TestChartTemplate(t *testing.T) {
 	helm := helmBinary(t)
+	shunt := bins.Path(t, pkgShunt)
 	for _, tc := range chartCases {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := renderChart(t, helm, tc.releaseName(), tc.args...)
 			checkChart(t, objs, tc.releaseName(), tc.expected())
+
+			// --help after the flags: cobra parses every flag and value first, then prints the
+			// usage and exits 0; an unknown flag or a bad value fails.
+			args := append(slices.Clone(objs.daemonSet.Spec.Template.Spec.Containers[0].Args), "--help")
+			out, err := exec.Command(shunt, args...).CombinedOutput()
+			if err != nil || !bytes.Contains(out, []byte("shunt install-cni [flags]")) {
+				t.Errorf("shunt %s: %v, want its usage:\n%s", strings.Join(args, " "), err, out)
+			}
 		})
 	}
 }
