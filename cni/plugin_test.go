@@ -339,3 +339,21 @@ func TestGetPodFromAPIRetries(t *testing.T) {
 		t.Errorf("hung API server: %v, want the deadline", err)
 	}
 }
+
+func FuzzParseNetConf(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"1.0.0","name":"k","type":"shunt-cni","api_timeout":"5s","exclude_namespaces":["a"]}`))
+	f.Add([]byte(`{"cniVersion":"1.0.0","name":"k","type":"shunt-cni","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"}}}`))
+	f.Add([]byte(`{"prevResult":{"ips":[{"address":"10.0.0.1/24"}]},"iptables_variant":"legacy"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseNetConf(data)
+		if err != nil {
+			return
+		}
+		if c.Timeout() <= 0 || c.Kubeconfig == "" || c.LogFile == "" {
+			t.Errorf("accepted configuration without defaults: %+v", c)
+		}
+		if _, err := ParseLogLevel(c.LogLevel); err != nil {
+			t.Errorf("accepted log_level %q", c.LogLevel)
+		}
+	})
+}

@@ -1,0 +1,317 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// primaryConflist is the primary plugin's config as another agent writes it, formatted its way.
+const primaryConflist = `{
+    "cniVersion": "1.1.0",
+    "name": "k8s-pod-network",
+    "x-agent": {"generation": 7},
+    "plugins": [
+        {
+            "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": %q}
+        }
+    ]
+}
+`
+
+// TestInstallCNI runs `shunt install-cni` on a node as the DaemonSet does — with its service
+// account's RBAC, against a real kube-apiserver — and checks that it chains shunt-cni into the
+// primary conflist, that a pod then gets its rules through the config it wrote, that it puts its
+// entry back after another agent rewrites the file, that it removes the node's startup taint,
+// that its repair loop deletes a pod that started without rules, and that on SIGTERM it leaves
+// the conflist byte-identical and removes the binary and kubeconfig.
+func TestInstallCNI(t *testing.T) {
+	n := newCNINode(t)
+	ctx := context.Background()
+	c := n.cluster.Client
+
+	// The DaemonSet's RBAC (deploy/shunt-cni/templates/clusterrole.yaml, repair mode delete).
+	sa := "shunt-cni"
+	if _, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: sa},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "delete"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: sa},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: sa},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kube-system", Name: sa}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token := n.cluster.TokenFor(t, "kube-system", sa)
+	secrets := t.TempDir()
+	tokenFile, caFile := filepath.Join(secrets, "token"), filepath.Join(secrets, "ca.crt")
+	writeFile(t, tokenFile, []byte(token), 0o600)
+	writeFile(t, caFile, n.cluster.CAData, 0o644)
+
+	// A new node, tainted by its provisioning until the plugin is in the chain.
+	if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: nodeName},
+		Spec: corev1.NodeSpec{Taints: []corev1.Taint{
+			{Key: "cni.shunt.io/not-ready", Effect: corev1.TaintEffectNoSchedule},
+			{Key: "example.com/other", Effect: corev1.TaintEffectNoSchedule},
+		}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The host's CNI dirs, with the primary plugin's binaries and config.
+	binDir, netDir := t.TempDir(), t.TempDir()
+	for _, pkg := range []string{pkgBridge, pkgHostLocal} {
+		src := bins.Path(t, pkg)
+		if err := os.Symlink(src, filepath.Join(binDir, filepath.Base(src))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conflistPath := filepath.Join(netDir, "10-bridge.conflist")
+	original := []byte(fmt.Sprintf(primaryConflist, filepath.Join(n.dataDir, "ipam-installer")))
+	writeFile(t, conflistPath, original, 0o644)
+
+	health := "127.0.0.1:19102"
+	run := t.TempDir()
+	cmd := n.ns.Command(nil, bins.Path(t, pkgShunt), "install-cni",
+		"--cni-bin-dir", binDir, "--cni-net-dir", netDir,
+		"--kubeconfig-file", filepath.Join(netDir, "shunt-kubeconfig"),
+		"--host-kubeconfig-path", filepath.Join(netDir, "shunt-kubeconfig"),
+		"--token-file", tokenFile, "--ca-file", caFile, "--api-server", n.cluster.URL,
+		"--kubeconfig", n.cluster.KubeconfigFor(t, token),
+		"--node-name", nodeName, "--report-socket", filepath.Join(run, "cni.sock"),
+		"--cni-log-file", n.logFile, "--cni-log-level", "debug",
+		"--health-addr", health, "--log-format", "json", "--log-level", "debug")
+	var logs lockedLog
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("install-cni log:\n%s", tail(logs.String(), 80))
+		}
+	})
+
+	web := n.nodeHTTP()
+	get := func(path string) (int, string) {
+		resp, err := web.Get("http://" + health + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, "/readyz 200", func() bool { code, _ := get("/readyz"); return code == http.StatusOK })
+
+	t.Run("installed", func(t *testing.T) {
+		b, err := os.ReadFile(conflistPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := libcni.ConfListFromBytes(b)
+		if err != nil {
+			t.Fatalf("the conflist the installer wrote does not load: %v", err)
+		}
+		var types []string
+		for _, p := range list.Plugins {
+			types = append(types, p.Network.Type)
+		}
+		if strings.Join(types, ",") != "bridge,shunt-cni" {
+			t.Errorf("plugins %v, want bridge then shunt-cni", types)
+		}
+		if !bytes.Contains(b, []byte(`"x-agent"`)) {
+			t.Error("the installer dropped a field of the primary config")
+		}
+		for file, mode := range map[string]os.FileMode{
+			conflistPath:                              0o644,
+			filepath.Join(binDir, "shunt-cni"):        0o755,
+			filepath.Join(netDir, "shunt-kubeconfig"): 0o600,
+		} {
+			st, err := os.Stat(file)
+			if err != nil || st.Mode().Perm() != mode {
+				t.Errorf("%s: %v, mode %v; want %v", file, err, st.Mode().Perm(), mode)
+			}
+		}
+	})
+
+	t.Run("taint_removed", func(t *testing.T) {
+		waitFor(t, "the startup taint gone", func() bool {
+			node, err := c.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			other := false
+			for _, taint := range node.Spec.Taints {
+				switch taint.Key {
+				case "cni.shunt.io/not-ready":
+					return false
+				case "example.com/other":
+					other = true
+				}
+			}
+			if !other {
+				t.Fatalf("another taint went too: %v", node.Spec.Taints)
+			}
+			return true
+		})
+	})
+
+	t.Run("pod_through_installed_config", func(t *testing.T) {
+		list, err := libcni.LoadConfList(netDir, "k8s-pod-network")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(n.dataDir, "cache-installer"), nil)
+		p := n.podSandbox(t, meshedPod("shop", "through-installer", nil))
+		err = n.inNode(t, func() error {
+			_, err := cfg.AddNetworkList(ctx, list, p.runtimeConf())
+			return err
+		})
+		if err != nil {
+			t.Fatalf("ADD with the installed config and the service account's kubeconfig: %v", err)
+		}
+		if ourRules(save(t, p.ns, false)) == "" {
+			t.Error("no rules in the pod")
+		}
+		waitFor(t, "the ADD counted in /metrics", func() bool {
+			_, body := get("/metrics")
+			return strings.Contains(body, "shunt_cni_pods_programmed_total 1")
+		})
+	})
+
+	t.Run("survives_rewrite", func(t *testing.T) {
+		// Another agent rewrites its config, without our entry.
+		writeFile(t, conflistPath, original, 0o644)
+		waitFor(t, "our entry back", func() bool {
+			b, _ := os.ReadFile(conflistPath)
+			return bytes.Contains(b, []byte(`"shunt-cni"`))
+		})
+		waitFor(t, "the fight counted", func() bool {
+			_, body := get("/metrics")
+			return strings.Contains(body, "shunt_cni_conflist_rewrites_total 1")
+		})
+	})
+
+	t.Run("repair_deletes_pod_without_rules", func(t *testing.T) {
+		pod := meshedPod("shop", "unmeshed", nil)
+		pod.Spec.InitContainers = []corev1.Container{{Name: "istio-validation"}}
+		created := n.createPod(t, pod)
+		created.Status.InitContainerStatuses = []corev1.ContainerStatus{{
+			Name: "istio-validation", Image: "example.invalid/proxy", ImageID: "x",
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 126, Reason: "Error"}},
+		}}
+		if _, err := c.CoreV1().Pods("shop").UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the pod deleted", func() bool {
+			p, err := c.CoreV1().Pods("shop").Get(ctx, "unmeshed", metav1.GetOptions{})
+			// No kubelet confirms the deletion: the pod stays, terminating.
+			return err != nil || p.DeletionTimestamp != nil
+		})
+		waitFor(t, "an event on the pod", func() bool {
+			evs, err := c.CoreV1().Events("shop").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=unmeshed"})
+			return err == nil && len(evs.Items) > 0 && evs.Items[0].Reason == "ShuntRepair"
+		})
+		waitFor(t, "the repair counted", func() bool {
+			_, body := get("/metrics")
+			return strings.Contains(body, `shunt_cni_repairs_total{action="delete"} 1`)
+		})
+	})
+
+	t.Run("uninstall_on_sigterm", func(t *testing.T) {
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-exited:
+			stopped = true
+			if err != nil {
+				t.Errorf("install-cni exit: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("install-cni did not exit within 30s of SIGTERM")
+		}
+		b, err := os.ReadFile(conflistPath)
+		if err != nil || !bytes.Equal(b, original) {
+			t.Errorf("conflist after uninstall differs from the original (%v):\n%s", err, b)
+		}
+		for _, f := range []string{filepath.Join(binDir, "shunt-cni"), filepath.Join(netDir, "shunt-kubeconfig")} {
+			if _, err := os.Stat(f); !os.IsNotExist(err) {
+				t.Errorf("%s still there after uninstall (%v)", f, err)
+			}
+		}
+	})
+}
+
+// waitFor polls cond every 50 ms until it holds, failing t after 30 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func writeFile(t *testing.T, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, data, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// lockedLog collects a process's output.
+type lockedLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
