@@ -5,8 +5,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,8 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +37,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/internal/testutil/kube"
 )
 
@@ -909,88 +906,30 @@ func helmCommand(t testing.TB, helm string, args ...string) *exec.Cmd {
 // built into bin/tools/helm under the repository root.
 const helmPackage = "helm.sh/helm/v3/cmd/helm"
 
-var helmBuilt struct {
-	mu   sync.Mutex
-	path string
-	err  error
-}
-
-// helmBinary returns the helm binary, building it on first use unless bin/tools/helm is a build
-// of the current e2e/tools/helm go.mod and go.sum. A cold build takes minutes. Test binaries
-// running at once share one build through a lock file; a failed build fails t and later callers.
+// helmBinary returns the helm binary, built into bin/tools/helm from e2e/tools/helm unless a build
+// of its current go.mod and go.sum is there (see testutil.ToolBinary). As helm's Makefile, the build
+// sets helm's version and the Kubernetes version it assumes without a cluster (.Capabilities.KubeVersion,
+// lint's deprecations), from client-go's: v0.N -> 1.N.
 func helmBinary(t testing.TB) string {
 	t.Helper()
-	helmBuilt.mu.Lock()
-	defer helmBuilt.mu.Unlock()
-	if helmBuilt.path == "" && helmBuilt.err == nil {
-		root, err := filepath.Abs("..")
-		if err == nil {
-			helmBuilt.path, err = buildHelm(t, root)
-		}
-		helmBuilt.err = err
-	}
-	if helmBuilt.err != nil {
-		t.Fatalf("helm: %v", helmBuilt.err)
-	}
-	return helmBuilt.path
-}
-
-// helmRecipe names how buildHelm builds; changing the build changes it, so old builds are redone.
-const helmRecipe = "helm-build-2 CGO_ENABLED=0 -trimpath -ldflags=-s,-w,version,k8s-version"
-
-// buildHelm builds helm under the lock bin/tools/.helm.lock. The stamp beside the binary holds a
-// hash of the tools module's go.mod and go.sum and of the recipe; the binary and then the stamp
-// are renamed into place, so no reader sees a partial file.
-func buildHelm(t testing.TB, root string) (string, error) {
-	modDir := filepath.Join(root, "e2e", "tools", "helm")
-	binDir := filepath.Join(root, "bin", "tools")
-	path := filepath.Join(binDir, "helm")
-	stampPath := path + ".stamp"
-
-	h := sha256.New()
-	fmt.Fprintln(h, helmRecipe)
-	for _, name := range []string{"go.mod", "go.sum"} {
-		data, err := os.ReadFile(filepath.Join(modDir, name))
-		if err != nil {
-			return "", err
-		}
-		fmt.Fprintf(h, "%s %d\n", name, len(data))
-		h.Write(data)
-	}
-	stamp := hex.EncodeToString(h.Sum(nil)) + "\n"
-
-	if err := os.MkdirAll(binDir, 0o755); err != nil {
-		return "", err
-	}
-	unlock, err := helmLock(filepath.Join(binDir, ".helm.lock"))
+	root, err := testutil.RepoRoot()
 	if err != nil {
-		return "", err
+		t.Fatal(err)
 	}
-	defer unlock()
-	if have, err := os.ReadFile(stampPath); err == nil && string(have) == stamp {
-		if _, err := os.Stat(path); err == nil {
-			return path, nil
-		}
-	}
-
-	// -mod=readonly: the committed go.mod and go.sum are complete and a test must not rewrite
-	// them; GOWORK=off: a go.work above the repository must not take the module in.
-	env := append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly -buildvcs=false", "CGO_ENABLED=0")
+	modDir := filepath.Join(root, "e2e", "tools", "helm")
 	list := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "helm.sh/helm/v3", "k8s.io/client-go")
-	list.Dir, list.Env = modDir, env
+	list.Dir, list.Env = modDir, testutil.ToolEnv
 	out, err := list.Output()
 	if err != nil {
-		return "", fmt.Errorf("go list -m in %s: %w", modDir, helmExitDetail(err))
+		t.Fatalf("go list -m in %s: %v", modDir, helmExitDetail(err))
 	}
 	versions := strings.Fields(string(out))
 	if len(versions) != 2 {
-		return "", fmt.Errorf("go list -m in %s: %q", modDir, out)
+		t.Fatalf("go list -m in %s: %q", modDir, out)
 	}
-	// As helm's Makefile: its version, and the Kubernetes version it assumes without a cluster
-	// (.Capabilities.KubeVersion, lint's deprecations) from client-go's, v0.N -> 1.N.
 	var minor int
 	if _, err := fmt.Sscanf(versions[1], "v0.%d.", &minor); err != nil {
-		return "", fmt.Errorf("client-go version %s: %w", versions[1], err)
+		t.Fatalf("client-go version %s: %v", versions[1], err)
 	}
 	ldflags := []string{"-s", "-w"}
 	for _, kv := range []string{
@@ -1003,42 +942,7 @@ func buildHelm(t testing.TB, root string) (string, error) {
 	} {
 		ldflags = append(ldflags, "-X", "helm.sh/helm/v3/"+kv)
 	}
-
-	// go build does not overwrite a file that is not a binary: build into a fresh directory
-	// beside the binary, then rename.
-	tmpDir, err := os.MkdirTemp(binDir, ".helm-build-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(tmpDir)
-	tmpPath := filepath.Join(tmpDir, "helm")
-	start := time.Now()
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", strings.Join(ldflags, " "), "-o", tmpPath, helmPackage)
-	build.Dir, build.Env = modDir, env
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build %s in %s: %w\n%s", helmPackage, modDir, err, out)
-	}
-	t.Logf("built helm %s in %v", versions[0], time.Since(start).Round(time.Second))
-	if err := os.Rename(tmpPath, path); err != nil {
-		return "", err
-	}
-	f, err := os.CreateTemp(binDir, ".helm.stamp-")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.WriteString(stamp); err != nil {
-		f.Close()
-		return "", err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return "", err
-	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
-	return path, os.Rename(f.Name(), stampPath)
+	return testutil.ToolBinary(t, "e2e/tools/helm", helmPackage, "bin/tools/helm", "-trimpath", "-ldflags="+strings.Join(ldflags, " "))
 }
 
 // helmExitDetail adds a failed command's standard error to err.
@@ -1048,24 +952,4 @@ func helmExitDetail(err error) error {
 		return fmt.Errorf("%w\n%s", err, ee.Stderr)
 	}
 	return err
-}
-
-// helmLock takes an exclusive flock on path, creating it, and returns the function that
-// releases it.
-func helmLock(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
 }
