@@ -34,8 +34,8 @@ type Options struct {
 	// Logger receives progress; nil discards.
 	Logger *slog.Logger
 
-	run     runner                           // nil: exec
-	program func(*redirect.FamilyPlan) error // nil: programNFT or programLegacy
+	run     runner                                             // nil: exec
+	program func(fp *redirect.FamilyPlan, drop []string) error // nil: programNFT or programLegacy
 }
 
 // ErrDrift is returned (wrapped) when rules of ours differ from the plan and Reconcile is off.
@@ -99,8 +99,17 @@ func familyTool(v Variant, fam redirect.Family, tool string) string {
 // readState returns our part of the rules of family fam in variant v; hasTables false skips the read
 // (the namespace holds no tables of that variant and family at all).
 func readState(ctx context.Context, r runner, v Variant, fam redirect.Family, hasTables bool) (State, error) {
+	tables, err := readTables(ctx, r, v, fam, hasTables)
+	if err != nil {
+		return nil, err
+	}
+	return OwnedState(tables), nil
+}
+
+// readTables returns the rules of family fam in variant v, as the save tool prints them.
+func readTables(ctx context.Context, r runner, v Variant, fam redirect.Family, hasTables bool) (map[string]*SavedTable, error) {
 	if !hasTables {
-		return State{}, nil
+		return map[string]*SavedTable{}, nil
 	}
 	out, err := r.Run(ctx, familyTool(v, fam, "save"), nil, nil, nil)
 	if err != nil {
@@ -110,7 +119,7 @@ func readState(ctx context.Context, r runner, v Variant, fam redirect.Family, ha
 	if err != nil {
 		return nil, fmt.Errorf("parse %s rules: %w", fam, err)
 	}
-	return OwnedState(tables), nil
+	return tables, nil
 }
 
 // restore feeds input to the variant's restore tool with --noflush: one atomic transaction per table.

@@ -144,11 +144,25 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	env, unlock := lockEnv(v, opts.NetNS)
 	defer unlock()
 	p4, p6 := tablesPresent(v)
-	var fresh []*redirect.FamilyPlan
+	program := opts.program
+	if program == nil {
+		program = programNFT
+		if v == VariantLegacy {
+			program = func(fp *redirect.FamilyPlan, drop []string) error {
+				return withXtablesLock(env, func() error { return programLegacy(fp, drop) })
+			}
+		}
+	}
+	var fresh []redirect.Family
 	rollback := func(cause error) error {
-		for _, fp := range fresh {
-			if err := restore(ctx, r, v, fp.Family, RenderReplace(PlanState(fp), nil, RenderOptions{}), env); err != nil {
-				return errors.Join(cause, fmt.Errorf("roll back %s rules: %w", fp.Family, err))
+		for _, fam := range fresh {
+			// Read back rather than render from the plan: rules are then deleted by number.
+			have, err := readState(ctx, r, v, fam, true)
+			if err == nil {
+				err = restore(ctx, r, v, fam, RenderReplace(have, nil, RenderOptions{}), env)
+			}
+			if err != nil {
+				return errors.Join(cause, fmt.Errorf("roll back %s rules: %w", fam, err))
 			}
 		}
 		return cause
@@ -159,52 +173,44 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		if fp.Family == redirect.IPv6 {
 			present = p6
 		}
-		have, err := readState(ctx, r, v, fp.Family, present)
+		tables, err := readTables(ctx, r, v, fp.Family, present)
 		if err != nil {
 			return rollback(err)
 		}
-		var input []byte
+		have := OwnedState(tables)
 		var diff []string
 		if !have.Empty() {
 			diff = Diff(have, PlanState(fp))
 		}
 		switch {
-		case have.Empty():
-			if !present {
-				// Nothing of this variant and family exists: program it from this process.
-				program := opts.program
-				if program == nil {
-					program = programNFT
-					if v == VariantLegacy {
-						program = func(fp *redirect.FamilyPlan) error {
-							return withXtablesLock(env, func() error { return programLegacy(fp) })
-						}
-					}
-				}
-				err := program(fp)
-				if err == nil {
-					fresh = append(fresh, fp)
-					log.Info("rules programmed", "family", fp.Family.String(), "variant", string(v), "via", "kernel API")
-					continue
-				}
-				log.Warn("programming through the kernel API failed, using the restore tool", "family", fp.Family.String(), "error", err.Error())
-				// Legacy replaces table by table: a failure may leave earlier tables programmed.
-				if have, err = readState(ctx, r, v, fp.Family, true); err != nil {
-					return rollback(err)
-				}
-				if !have.Empty() {
-					input = RenderReplace(have, fp, RenderOptions{})
-					break
-				}
-			}
-			input = Render(fp, RenderOptions{})
-		case len(diff) == 0 && !opts.Force:
+		case !have.Empty() && len(diff) == 0 && !opts.Force:
 			log.Info("rules already in place", "family", fp.Family.String())
 			continue
 		case len(diff) > 0 && !opts.Reconcile && !opts.Force:
 			return rollback(fmt.Errorf("%s: %w (run with --reconcile to replace them):\n  %s",
 				fp.Family, ErrDrift, strings.Join(diff, "\n  ")))
-		default:
+		}
+		// When the tables involved hold nothing but ours (always so in a fresh pod namespace), build them
+		// from this process: no tool to start, and libxtables' owner parser, which looks up a user or
+		// group name for every --uid-owner/--gid-owner even when given a number, never runs.
+		if involved := involvedTables(have, fp); onlyOurs(tables, involved) {
+			err := program(fp, existing(tables, involved))
+			if err == nil {
+				if have.Empty() {
+					fresh = append(fresh, fp.Family)
+				}
+				log.Info("rules programmed", "family", fp.Family.String(), "variant", string(v), "via", "kernel API", "replaced", len(diff))
+				continue
+			}
+			log.Warn("programming through the kernel API failed, using the restore tool", "family", fp.Family.String(), "error", err.Error())
+			// Legacy replaces table by table: a failure may leave earlier tables programmed.
+			if tables, err = readTables(ctx, r, v, fp.Family, true); err != nil {
+				return rollback(err)
+			}
+			have = OwnedState(tables)
+		}
+		input := Render(fp, RenderOptions{})
+		if !have.Empty() {
 			log.Info("replacing rules", "family", fp.Family.String(), "differences", len(diff))
 			input = RenderReplace(have, fp, RenderOptions{})
 		}
@@ -213,7 +219,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 			return rollback(err)
 		}
 		if have.Empty() {
-			fresh = append(fresh, fp)
+			fresh = append(fresh, fp.Family)
 		}
 		log.Info("rules programmed", "family", fp.Family.String())
 	}
@@ -221,6 +227,31 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		return rollback(err)
 	}
 	return nil
+}
+
+// involvedTables names the tables a replacement of have by fp changes.
+func involvedTables(have State, fp *redirect.FamilyPlan) []string {
+	var names []string
+	for _, t := range fp.Tables {
+		names = append(names, t.Name)
+	}
+	for _, name := range sortedKeys(have) {
+		if !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// existing returns the names of those that tables holds.
+func existing(tables map[string]*SavedTable, names []string) []string {
+	var out []string
+	for _, n := range names {
+		if tables[n] != nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // Check compares the rules of ours in the namespace with plan, family by family, and returns an error

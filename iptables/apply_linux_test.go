@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -204,11 +205,11 @@ func TestApplyRollsBackOnFailure(t *testing.T) {
 			if v == VariantLegacy {
 				program = programLegacy
 			}
-			failV6 := func(fp *redirect.FamilyPlan) error {
+			failV6 := func(fp *redirect.FamilyPlan, drop []string) error {
 				if fp.Family == redirect.IPv6 {
 					return errors.New("ip6tables: injected failure")
 				}
-				return program(fp)
+				return program(fp, drop)
 			}
 			err := Apply(context.Background(), mustBuild(t, fullConfig()), Options{Variant: v, NetNS: ns.Path(),
 				run: &countingRunner{failOn: "ip6tables"}, program: failV6})
@@ -326,10 +327,10 @@ func TestApplyFallsBackAfterPartialProgram(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
 	plan := mustBuild(t, fullConfig())
-	partial := func(fp *redirect.FamilyPlan) error {
+	partial := func(fp *redirect.FamilyPlan, drop []string) error {
 		first := *fp
 		first.Tables = fp.Tables[:1] // mangle only, then "fail"
-		if err := programLegacy(&first); err != nil {
+		if err := programLegacy(&first, drop); err != nil {
 			return err
 		}
 		return errors.New("injected failure after the first table")
@@ -344,6 +345,109 @@ func TestApplyFallsBackAfterPartialProgram(t *testing.T) {
 		}
 		if d := Diff(have, PlanState(plan.Family(fam))); len(d) > 0 {
 			t.Errorf("%s after the fallback:\n%s", fam, strings.Join(d, "\n"))
+		}
+	}
+}
+
+// recordingRunner keeps the input of every restore.
+type recordingRunner struct {
+	mu     sync.Mutex
+	inputs []string
+}
+
+func (r *recordingRunner) Run(ctx context.Context, name string, args []string, stdin []byte, env []string) ([]byte, error) {
+	if strings.HasSuffix(name, "-restore") {
+		r.mu.Lock()
+		r.inputs = append(r.inputs, string(stdin))
+		r.mu.Unlock()
+	}
+	return execRunner{}.Run(ctx, name, args, stdin, env)
+}
+
+// ownerText returns the restore inputs that hold an owner match: libxt_owner would look its value up
+// as a user or group name (getpwnam/getgrnam, which may go to LDAP or sssd from the pod's namespace).
+func (r *recordingRunner) ownerText() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, in := range r.inputs {
+		if strings.Contains(in, "-owner") {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// TestNoNameLookups: installing, reinstalling into emptied tables, reconciling and cleaning up a pod
+// namespace never hands iptables an owner match to parse, so no user or group name is ever looked up.
+// When other software's rules share the tables, installs and reconciles go through the restore tool and
+// must give it the rules as text; its cleanups still do not.
+func TestNoNameLookups(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, v := range variants {
+		for _, withForeign := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/foreign=%v", v, withForeign), func(t *testing.T) {
+				ns := testutil.NewNetNS(t)
+				if withForeign {
+					for tool, rules := range map[string]string{"iptables": foreignV4, "ip6tables": foreignV6} {
+						cmd := ns.Command(nil, tool+"-"+string(v)+"-restore", "--noflush")
+						cmd.Stdin = strings.NewReader(rules)
+						if out, err := cmd.CombinedOutput(); err != nil {
+							t.Fatalf("load foreign %s rules: %v: %s", tool, err, out)
+						}
+					}
+				}
+				tproxy := fullConfig() // TPROXY: owner matches in mangle OUTPUT too
+				changed := redirect.DefaultConfig()
+				changed.IPv6, changed.ProxyUIDs, changed.ProxyGIDs = true, []uint32{1337, 1338}, []uint32{1337}
+				apply := func(c redirect.Config, reconcile bool) func(Options) error {
+					return func(o Options) error {
+						o.Reconcile = reconcile
+						return Apply(context.Background(), mustBuild(t, c), o)
+					}
+				}
+				cleanup := func(o Options) error { return Cleanup(context.Background(), o) }
+				steps := []struct {
+					name    string
+					do      func(Options) error
+					want    *redirect.Plan // nil: nothing of ours left
+					cleanup bool
+				}{
+					{"install", apply(tproxy, false), mustBuild(t, tproxy), false},
+					{"cleanup", cleanup, nil, true},
+					{"reinstall", apply(tproxy, false), mustBuild(t, tproxy), false},
+					{"reconcile", apply(changed, true), mustBuild(t, changed), false},
+					{"cleanup again", cleanup, nil, true},
+				}
+				for _, s := range steps {
+					rec := &recordingRunner{}
+					if err := s.do(Options{Variant: v, NetNS: ns.Path(), run: rec}); err != nil {
+						t.Fatalf("%s: %v", s.name, err)
+					}
+					for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
+						have, err := readState(context.Background(), execRunnerIn(ns), v, fam, true)
+						if err != nil {
+							t.Fatal(err)
+						}
+						want := State{}
+						if s.want != nil {
+							want = PlanState(s.want.Family(fam))
+						}
+						if d := Diff(have, want); len(d) > 0 {
+							t.Errorf("%s: %s rules:\n%s", s.name, fam, strings.Join(d, "\n"))
+						}
+					}
+					if withForeign && !strings.Contains(save(t, ns, v), "FOREIGN_NAT") {
+						t.Fatalf("%s removed foreign rules", s.name)
+					}
+					if s.cleanup && len(rec.inputs) == 0 {
+						t.Errorf("%s: no restore ran", s.name)
+					}
+					if got := rec.ownerText(); len(got) > 0 && (s.cleanup || !withForeign) {
+						t.Errorf("%s: owner matches given to iptables-restore:\n%s", s.name, strings.Join(got, "\n----\n"))
+					}
+				}
+			})
 		}
 	}
 }

@@ -44,8 +44,10 @@ var (
 	legacyV6 = legacyLayout{entrySize: 168, targetOffset: 140, nextOffset: 142, level: unix.SOL_IPV6, domain: unix.AF_INET6}
 )
 
-// programLegacy installs fp into a namespace whose legacy tables of fp's family hold nothing.
-func programLegacy(fp *redirect.FamilyPlan) error {
+// programLegacy replaces, table by table, the tables of fp and those named in drop (tables of fp's
+// family that hold nothing but ours, see onlyOurs) with fp's rules: a table of drop that fp does not
+// use is left with empty built-in chains.
+func programLegacy(fp *redirect.FamilyPlan, drop []string) error {
 	if strconv.IntSize != 64 {
 		return errNot64Bit // the payload layouts below are those of 64-bit kernels
 	}
@@ -58,9 +60,15 @@ func programLegacy(fp *redirect.FamilyPlan) error {
 		return fmt.Errorf("raw socket: %w", err)
 	}
 	defer unix.Close(fd)
-	for i := range fp.Tables {
-		if err := replaceTable(fd, &lay, fp.Family, &fp.Tables[i]); err != nil {
-			return fmt.Errorf("program %s %s table: %w", fp.Family, fp.Tables[i].Name, err)
+	tables := slices.Clone(fp.Tables)
+	for _, name := range drop {
+		if !slices.ContainsFunc(tables, func(t redirect.Table) bool { return t.Name == name }) {
+			tables = append(tables, redirect.Table{Name: name})
+		}
+	}
+	for i := range tables {
+		if err := replaceTable(fd, &lay, fp.Family, &tables[i]); err != nil {
+			return fmt.Errorf("program %s %s table: %w", fp.Family, tables[i].Name, err)
 		}
 	}
 	return nil

@@ -59,8 +59,9 @@ var nftBaseChains = map[string]map[string]baseChain{
 	},
 }
 
-// programNFT installs fp into a namespace that holds no nft tables of fp's family.
-func programNFT(fp *redirect.FamilyPlan) error {
+// programNFT installs fp in one transaction that first deletes the tables named in drop: existing
+// tables of fp's family that hold nothing but ours (see onlyOurs), so that the result is fp alone.
+func programNFT(fp *redirect.FamilyPlan, drop []string) error {
 	if strconv.IntSize != 64 {
 		return errNot64Bit // the payload layouts below are those of 64-bit kernels
 	}
@@ -68,7 +69,7 @@ func programNFT(fp *redirect.FamilyPlan) error {
 	if fp.Family == redirect.IPv6 {
 		fam = unix.NFPROTO_IPV6
 	}
-	msgs, err := nftBatch(fp, fam)
+	msgs, err := nftBatch(fp, fam, drop)
 	if err != nil {
 		return err
 	}
@@ -170,9 +171,9 @@ func (s *nfSock) dump(req netlink.Message) ([]syscall.NetlinkMessage, error) {
 	}
 }
 
-// nftBatch returns the netlink messages of one nftables transaction creating fp's tables, chains and
-// rules.
-func nftBatch(fp *redirect.FamilyPlan, fam byte) ([]netlink.Message, error) {
+// nftBatch returns the netlink messages of one nftables transaction deleting the tables in drop and
+// creating fp's tables, chains and rules.
+func nftBatch(fp *redirect.FamilyPlan, fam byte, drop []string) ([]netlink.Message, error) {
 	msg := func(typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) (netlink.Message, error) {
 		data, err := netlink.MarshalAttributes(attrs)
 		if err != nil {
@@ -197,6 +198,11 @@ func nftBatch(fp *redirect.FamilyPlan, fam byte) ([]netlink.Message, error) {
 		m, err := msg(typ, flags, attrs)
 		msgs = append(msgs, m)
 		return err
+	}
+	for _, name := range drop {
+		if err := add(unix.NFT_MSG_DELTABLE, 0, []netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: str(name)}}); err != nil {
+			return nil, err
+		}
 	}
 	for _, t := range fp.Tables {
 		if err := add(unix.NFT_MSG_NEWTABLE, netlink.Create, []netlink.Attribute{

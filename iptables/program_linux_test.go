@@ -16,7 +16,7 @@ var nftHandles = regexp.MustCompile(` # handle \d+|counter packets \d+ bytes \d+
 // variant's iptables-restore installs from Render's text.
 func TestProgramMatchesRestore(t *testing.T) {
 	testutil.RequireRoot(t)
-	programs := map[Variant]func(*redirect.FamilyPlan) error{VariantNFT: programNFT, VariantLegacy: programLegacy}
+	programs := map[Variant]func(*redirect.FamilyPlan, []string) error{VariantNFT: programNFT, VariantLegacy: programLegacy}
 	for name, cfg := range programCases(t) {
 		plan := mustBuild(t, cfg)
 		for i := range plan.Families {
@@ -24,7 +24,7 @@ func TestProgramMatchesRestore(t *testing.T) {
 			for v, program := range programs {
 				t.Run(name+"/"+fp.Family.String()+"/"+string(v), func(t *testing.T) {
 					direct, viaRestore := testutil.NewNetNS(t), testutil.NewNetNS(t)
-					if err := inNetNS(direct.Path(), func() error { return program(fp) }); err != nil {
+					if err := inNetNS(direct.Path(), func() error { return program(fp, nil) }); err != nil {
 						t.Fatalf("program: %v", err)
 					}
 					tool := "iptables"
@@ -69,7 +69,7 @@ func TestProgramNFTAtomic(t *testing.T) {
 	nat.Chains = append(append([]redirect.Chain{}, nat.Chains...), redirect.Chain{Name: "OUTPUT", Builtin: true,
 		Rules: []redirect.Rule{{Target: redirect.Target{Kind: redirect.TargetJump, Chain: "NO_SUCH_CHAIN"}}}})
 	bad.Tables[0] = nat
-	err := inNetNS(ns.Path(), func() error { return programNFT(&bad) })
+	err := inNetNS(ns.Path(), func() error { return programNFT(&bad, nil) })
 	if err == nil {
 		t.Fatal("programNFT with a jump to a missing chain = nil error")
 	}
@@ -77,7 +77,7 @@ func TestProgramNFTAtomic(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Errorf("a refused batch left rules behind (%v):\n%s", err, out)
 	}
-	if err := inNetNS(ns.Path(), func() error { return programNFT(fp) }); err != nil {
+	if err := inNetNS(ns.Path(), func() error { return programNFT(fp, nil) }); err != nil {
 		t.Fatalf("programNFT after a refused batch: %v", err)
 	}
 }

@@ -14,9 +14,10 @@ import (
 
 // SavedTable is one table of iptables-save output.
 type SavedTable struct {
-	Name   string
-	Chains []string            // every chain, built-in and user-defined, in save order
-	Rules  map[string][]string // chain → rule specs (the text after "-A CHAIN ")
+	Name     string
+	Chains   []string            // every chain, built-in and user-defined, in save order
+	Policies map[string]string   // chain → policy ("ACCEPT", "DROP"; "-" for user-defined chains)
+	Rules    map[string][]string // chain → rule specs (the text after "-A CHAIN ")
 }
 
 // ParseSave parses iptables-save output (counters, if any, are dropped).
@@ -34,7 +35,7 @@ func ParseSave(data []byte) (map[string]*SavedTable, error) {
 			if name == "" {
 				return nil, fmt.Errorf("line %d: table without a name", n)
 			}
-			cur = &SavedTable{Name: name, Rules: make(map[string][]string)}
+			cur = &SavedTable{Name: name, Policies: make(map[string]string), Rules: make(map[string][]string)}
 			tables[name] = cur
 		case cur == nil:
 			return nil, fmt.Errorf("line %d: %q outside a table", n, line)
@@ -47,6 +48,9 @@ func ParseSave(data []byte) (map[string]*SavedTable, error) {
 			}
 			if !slices.Contains(cur.Chains, fields[0]) {
 				cur.Chains = append(cur.Chains, fields[0])
+			}
+			if len(fields) > 1 {
+				cur.Policies[fields[0]] = fields[1]
 			}
 		case line[0] == '[':
 			// "[pkts:bytes] -A CHAIN ..." from iptables-save -c
@@ -79,6 +83,10 @@ type State map[string]*TableState
 type TableState struct {
 	Owned   map[string][]string // our chains → rule specs
 	Builtin map[string][]string // built-in chain → our rule specs, in order
+	// Positions holds, for state read from a namespace, the 1-based position in its chain of each rule
+	// of Builtin, so that cleanup deletes rules by number: iptables then parses no rule text, and
+	// libxt_owner looks up no user or group name.
+	Positions map[string][]int
 }
 
 // Empty reports whether nothing of ours is installed.
@@ -139,9 +147,13 @@ func OwnedState(tables map[string]*SavedTable) State {
 			if !redirect.IsBuiltin(c) {
 				continue
 			}
-			for _, spec := range t.Rules[c] {
+			for i, spec := range t.Rules[c] {
 				if isOurs(spec, has) {
 					ts.Builtin[c] = append(ts.Builtin[c], spec)
+					if ts.Positions == nil {
+						ts.Positions = map[string][]int{}
+					}
+					ts.Positions[c] = append(ts.Positions[c], i+1)
 				}
 			}
 		}
@@ -234,7 +246,8 @@ func unionKeys[V any](a, b map[string]V) []string {
 
 // RenderReplace returns restore input that, in one transaction per table, removes everything of ours in
 // have and installs fp (when fp is nil: only removes, which is cleanup). Our chains are flushed by
-// declaring them, our rules in built-in chains deleted one by one, chains not in fp deleted.
+// declaring them, our rules in built-in chains deleted one by one (by number when have was read from
+// the namespace), chains not in fp deleted.
 func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []byte {
 	var b bytes.Buffer
 	planned := map[string]*redirect.Table{}
@@ -273,8 +286,16 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 			}
 		}
 		for _, chain := range sortedKeys(h.Builtin) {
-			for _, spec := range h.Builtin[chain] {
-				fmt.Fprintf(&b, "-D %s %s\n", chain, spec)
+			specs, pos := h.Builtin[chain], h.Positions[chain]
+			if len(pos) != len(specs) {
+				for _, spec := range specs {
+					fmt.Fprintf(&b, "-D %s %s\n", chain, spec)
+				}
+				continue
+			}
+			// By number, last first, so that each deletion leaves the earlier positions valid.
+			for i := len(pos) - 1; i >= 0; i-- {
+				fmt.Fprintf(&b, "-D %s %d\n", chain, pos[i])
 			}
 		}
 		for _, chain := range sortedKeys(h.Owned) {
@@ -310,4 +331,31 @@ func ExplainSetup(fp *redirect.FamilyPlan) []string {
 		out = append(out, fmt.Sprintf("%s/%s: ip addr add %s dev lo (source of the proxy's inbound passthrough)", redirect.FlowInbound, redirect.FlowIPv6, a))
 	}
 	return out
+}
+
+// onlyOurs reports whether the tables named hold nothing but ours: every chain is either one of ours or a
+// built-in chain with policy ACCEPT whose rules are all ours. Such tables can be rebuilt whole, from the
+// plan alone, without losing anything.
+func onlyOurs(tables map[string]*SavedTable, names []string) bool {
+	for _, name := range names {
+		t := tables[name]
+		if t == nil {
+			continue
+		}
+		has := slices.ContainsFunc(t.Chains, redirect.IsOwned)
+		for _, c := range t.Chains {
+			switch {
+			case redirect.IsOwned(c):
+			case redirect.IsBuiltin(c) && t.Policies[c] == "ACCEPT":
+				for _, spec := range t.Rules[c] {
+					if !isOurs(spec, has) {
+						return false
+					}
+				}
+			default:
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -37,20 +37,23 @@ func TestOwnedState(t *testing.T) {
 	got := OwnedState(tables)
 	want := State{
 		"nat": {
-			Owned:   map[string][]string{"ISTIO_OUTPUT": {"-j ISTIO_REDIRECT"}, "ISTIO_REDIRECT": {"-p tcp -j REDIRECT --to-ports 15001"}},
-			Builtin: map[string][]string{"PREROUTING": {"-i eth1 -j RETURN"}, "OUTPUT": {"-j ISTIO_OUTPUT"}},
+			Owned:     map[string][]string{"ISTIO_OUTPUT": {"-j ISTIO_REDIRECT"}, "ISTIO_REDIRECT": {"-p tcp -j REDIRECT --to-ports 15001"}},
+			Builtin:   map[string][]string{"PREROUTING": {"-i eth1 -j RETURN"}, "OUTPUT": {"-j ISTIO_OUTPUT"}},
+			Positions: map[string][]int{"PREROUTING": {1}, "OUTPUT": {1}},
 		},
 		// A table without chains of ours: an interface RETURN there is not ours, the CONNMARK rule is.
 		"mangle": {
-			Owned:   map[string][]string{},
-			Builtin: map[string][]string{"PREROUTING": {"-p tcp -m mark --mark 0x539 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff"}},
+			Owned:     map[string][]string{},
+			Builtin:   map[string][]string{"PREROUTING": {"-p tcp -m mark --mark 0x539 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff"}},
+			Positions: map[string][]int{"PREROUTING": {2}},
 		},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("OwnedState (-want +got):\n%s", diff)
 	}
 	cleanup := string(RenderReplace(got, nil, RenderOptions{}))
-	for _, w := range []string{"-D OUTPUT -j ISTIO_OUTPUT", "-X ISTIO_REDIRECT", ":ISTIO_OUTPUT - [0:0]", "-D PREROUTING -i eth1 -j RETURN"} {
+	// Rules of ours in built-in chains go by number: no rule text for iptables to parse.
+	for _, w := range []string{"*nat\n", "-D OUTPUT 1\n", "-X ISTIO_REDIRECT", ":ISTIO_OUTPUT - [0:0]", "-D PREROUTING 1\n", "*mangle\n", "-D PREROUTING 2\n"} {
 		if !strings.Contains(cleanup, w) {
 			t.Errorf("cleanup input lacks %q:\n%s", w, cleanup)
 		}
