@@ -3,8 +3,11 @@ GO       ?= go
 BIN      := bin/shunt
 SHARED   ?= ../shared
 FUZZTIME ?= 15s
+# The compiler of the eBPF programs: Debian bookworm's, which CI installs (.ci/deps). Another
+# clang produces another (working) object, which check-generate reports as a difference.
+CLANG    ?= clang-14
 
-.PHONY: all build test unit compat bench fuzz demo lint clean
+.PHONY: all build test unit compat bench fuzz demo lint clean generate check-generate
 
 all: build test
 
@@ -49,6 +52,15 @@ fuzz:
 demo: build
 	@.ci/deps
 	@cd e2e && $(GO) test -run '^TestDemo$$' -args -demo -shunt $(abspath $(BIN)) $(DEMOFLAGS)
+
+# Rebuild the eBPF programs and their Go bindings (ebpf/redirect_bpfel.{go,o}) with bpf2go.
+generate:
+	BPF2GO_CC=$(CLANG) $(GO) generate ./ebpf/
+
+# Fail when the committed eBPF output is not what `make generate` makes of the committed source.
+check-generate: generate
+	@git diff --exit-code -- ebpf/ && test -z "$$(git status --porcelain -- ebpf/)" || { \
+		echo "generated files are not up to date, run 'make generate' and commit ebpf/" >&2; exit 1; }
 
 lint:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: files above need formatting"; exit 1; }

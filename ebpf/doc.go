@@ -1,0 +1,32 @@
+// Package ebpf is shunt's eBPF fast path: kernel programs that capture a meshed pod's outbound TCP
+// at connect(2), answer the proxy's SO_ORIGINAL_DST, and move bytes between the app and its sidecar
+// socket to socket, plus the Go loader that attaches them to a cgroup v2 and registers pods.
+//
+// One Load per node attaches the programs (as bpf_links, in multi mode, so other BPF users of the
+// cgroup keep working) and pins maps and links under a bpffs directory; the CNI plugin then uses
+// Open and AddPod / RemovePod for each pod. A pod is its network namespace, named by the namespace
+// cookie (NetNSCookie): sockets of any other namespace are never touched.
+//
+// What the programs do, per traffic path of FLOWS.md:
+//
+//   - F2 (app → remote): cgroup/connect4 and connect6 decide as nat ISTIO_OUTPUT would (see
+//     PodFromConfig for what is and is not represented), rewrite a captured destination to
+//     127.0.0.1 (or ::1, or ::ffff:127.0.0.1 for an IPv4-mapped destination, which is decided by
+//     the IPv4 rules) at the pod's ProxyPort and keep the original destination in the socket's
+//     storage. cgroup/getsockopt answers SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST
+//     (SOL_IPV6) on the proxy's accepted socket; cgroup/getpeername4/6 show the app the peer it
+//     dialed. The app's socket is bound to loopback, so the proxy sees it come from 127.0.0.1
+//     rather than from the pod IP as with nat REDIRECT.
+//   - F4, F5, F6, F7, F8: the proxy's uids and gids, localhost, the pod's own IPs, the include and
+//     exclude lists and IPv6 decide as in the engine's rules. The proxy's hairpin to its own pod
+//     IP (rule 2) is left to the nat rules.
+//   - F9: TCP DNS to a captured server goes to the agent's DNS proxy (15053); UDP DNS, like all
+//     UDP, is left to the nat rules.
+//   - F1, F3: inbound capture stays with the nat/mangle rules; the proxy's passthrough connection
+//     from 127.0.0.6 / ::6 to the app is accelerated by sk_msg like the app↔proxy legs.
+//
+// sk_msg moves each sendmsg(2) to the peer socket's ingress queue. A receiver that reads with
+// splice(2) (Go's io.Copy between two TCP connections) stalls on such bytes on current kernels:
+// Pod.NoSockMsg keeps a pod's sockets out of the socket hash, and so out of sk_msg, while
+// keeping every other part of the fast path.
+package ebpf

@@ -1,0 +1,744 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * shunt's eBPF fast path for meshed pods: the outbound capture of ISTIO_OUTPUT done at connect(2)
+ * instead of in nat OUTPUT, SO_ORIGINAL_DST answered from what connect saw, and the bytes between
+ * the app and its sidecar moved socket to socket with sk_msg instead of through two TCP stacks.
+ *
+ * A pod is the network namespace the CNI plugin registered in shunt_pods, keyed by its cookie
+ * (bpf_get_netns_cookie). Nothing outside a registered namespace is touched. The pod's lists live
+ * in shunt_cidrs (an LPM trie) and shunt_sets (ports and group ids), both keyed by cookie and the
+ * pod entry's generation, so that user space replaces a pod's settings at once: it writes the new
+ * generation's entries, flips the pod entry, then deletes the old generation's.
+ *
+ * Programs (names are at most 15 characters, the kernel's limit, and start with "shunt_"):
+ *   shunt_connect4/6   cgroup/connect4, connect6: capture decision, rewrite to loopback:ProxyPort
+ *   shunt_sockops      sockops: pair app<->proxy sockets in shunt_sockhash, publish original dsts
+ *   shunt_sk_msg       sk_msg: redirect a message to the peer socket's ingress queue
+ *   shunt_sockopt      cgroup/getsockopt: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST
+ *   shunt_peername4/6  cgroup/getpeername4, getpeername6: the app sees the peer it dialed
+ */
+
+#include "uapi.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+#define SOL_IP 0
+#define SOL_IPV6 41
+/* SO_ORIGINAL_DST (linux/netfilter_ipv4.h) and IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h). */
+#define SO_ORIGINAL_DST 80
+
+/* How many proxy uids and gids a pod entry holds; unused slots hold (uid_t)-1, which no process has. */
+#define MAX_IDS 4
+
+/* The bits of a shunt_cidrs key before the address: kind, cookie, gen, family and pad. */
+#define CIDR_FIXED_BITS 128
+
+/* pod.flags */
+enum pod_flag {
+	/* Never put the pod's sockets in shunt_sockhash (receivers that splice(2) stall on sk_msg). */
+	POD_NO_SOCKMSG = 1 << 0,
+	/* Capture IPv6 (redirect.Config.IPv6); otherwise only IPv4 and IPv4-mapped destinations. */
+	POD_IPV6 = 1 << 1,
+	/* OutboundIPRanges is '*'. */
+	POD_INCLUDE_ALL = 1 << 2,
+	/* An included range is a loopback range: istio-iptables then omits "-o lo ! --uid-owner RETURN". */
+	POD_CAPTURE_LOCAL = 1 << 3,
+	/* --redirect-dns with servers to capture: TCP port 53 goes to dns_port. */
+	POD_DNS = 1 << 4,
+	/* --capture-all-dns. */
+	POD_DNS_ALL = 1 << 5,
+	/* ISTIO_OUTBOUND_OWNER_GROUPS is a list: only those groups are captured. */
+	POD_GROUPS_INCLUDE = 1 << 6,
+};
+
+/* Per-pod settings, the value of shunt_pods. Ports are in host byte order. */
+struct pod {
+	enum pod_flag flags;
+	__u16 proxy_port;
+	__u16 inbound_port;
+	__u16 dns_port;
+	__u16 gen;
+	__u32 uids[MAX_IDS];
+	__u32 gids[MAX_IDS];
+	__be32 lo4_addr; /* HostIPv4LoopbackCIDR, masked */
+	__be32 lo4_mask;
+};
+
+enum cidr_kind {
+	CIDR_EXCLUDE = 1, /* OutboundIPRangesExclude */
+	CIDR_INCLUDE = 2, /* OutboundIPRanges */
+	CIDR_SELF = 3,    /* the pod's own IPs */
+	CIDR_DNS = 4,     /* DNSServers */
+};
+
+/* Key of shunt_cidrs: everything up to addr is always matched in full (CIDR_FIXED_BITS). */
+struct cidr_key {
+	__u32 prefixlen;
+	enum cidr_kind kind;
+	__u64 cookie;
+	__u16 gen;
+	__u8 family; /* 4 or 6 */
+	__u8 pad;
+	__u32 addr[4]; /* network byte order; IPv4 in addr[0] */
+};
+
+enum set_kind {
+	SET_PORT_EXCLUDE = 1, /* OutboundPortsExclude */
+	SET_PORT_INCLUDE = 2, /* OutboundPorts: captured whatever the destination */
+	SET_GID_EXCLUDE = 3,  /* OwnerGroups.Exclude */
+	SET_GID_INCLUDE = 4,  /* OwnerGroups.Include */
+};
+
+/* Key of shunt_sets. */
+struct set_key {
+	__u64 cookie;
+	enum set_kind kind;
+	__u32 value;
+	__u16 gen;
+	__u8 pad[6];
+};
+
+/* An app socket's original destination, as connect(2) was asked for it. */
+struct origdst {
+	__u32 addr[4]; /* network byte order; IPv4 in addr[0] */
+	__be16 port;
+	__u8 family; /* 4, also for an IPv4-mapped IPv6 destination, or 6 */
+	__u8 pad;
+};
+
+/* Key of shunt_origkey: an app socket's local address, which is the proxy's accepted socket's peer. */
+struct peer_key {
+	__u64 cookie;
+	__u32 addr[4];
+	__u16 port; /* host byte order */
+	__u8 family;
+	__u8 pad[5];
+};
+
+/* Key of shunt_sockhash: a socket's own 4-tuple in its namespace. */
+struct pair_key {
+	__u64 cookie;
+	__u32 local[4];
+	__u32 remote[4];
+	__u16 lport; /* host byte order */
+	__u16 rport;
+	__u32 family;
+};
+
+/* Indexes of shunt_stats. */
+enum stat {
+	STAT_CONNECT_REDIRECTED = 0,
+	STAT_SOCKETS_PAIRED = 1,
+	STAT_MSG_REDIRECTED = 2,
+	STAT_MSG_BYTES = 3,
+	STAT_MSG_MISS = 4,
+	STAT_MSG_FALLBACK = 5,
+	STAT_ORIGDST_ANSWERED = 6,
+	STAT_PEERNAME_ANSWERED = 7,
+	STAT_MAX = 8,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct pod);
+} shunt_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cidr_key);
+	__type(value, __u8);
+} shunt_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct set_key);
+	__type(value, __u8);
+} shunt_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct origdst);
+} shunt_origdst SEC(".maps");
+
+/* A socket whose sk_msg once found no peer sends through TCP from then on, so that bytes never
+ * overtake bytes still in the peer's TCP receive queue. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} shunt_msgstate SEC(".maps");
+
+/* Entries are deleted when the app socket reaches TCP_CLOSE; LRU so that a missed close never
+ * fills the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct origdst);
+} shunt_origkey SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct pair_key);
+	__type(value, __u64);
+} shunt_sockhash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, enum stat);
+	__type(value, __u64);
+} shunt_stats SEC(".maps");
+
+/* An address in the form the maps use: IPv4 (also when IPv4-mapped) in a[0], family 4 or 6. */
+struct addr {
+	__u32 a[4];
+	__u8 family;
+};
+
+static __always_inline void count(enum stat idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&shunt_stats, &idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline void addr4(struct addr *out, __u32 ip4)
+{
+	out->a[0] = ip4;
+	out->a[1] = 0;
+	out->a[2] = 0;
+	out->a[3] = 0;
+	out->family = 4;
+}
+
+/* addr6 stores an IPv6 address, unmapping an IPv4-mapped one. */
+static __always_inline void addr6(struct addr *out, __u32 a0, __u32 a1, __u32 a2, __u32 a3)
+{
+	if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0x0000ffff)) {
+		addr4(out, a3);
+		return;
+	}
+	out->a[0] = a0;
+	out->a[1] = a1;
+	out->a[2] = a2;
+	out->a[3] = a3;
+	out->family = 6;
+}
+
+/* port_from_ctx returns a "network byte order" remote port of sock_ops or sk_msg in host order:
+ * the kernel stores it shifted into the upper half of the u32 on little-endian machines, and
+ * unshifted on others; both forms are accepted. */
+static __always_inline __u16 port_from_ctx(__u32 p)
+{
+	if (p > 0xffff)
+		p >>= 16;
+	return bpf_ntohs((__u16)p);
+}
+
+static __always_inline int is_loopback(const struct addr *a)
+{
+	if (a->family == 4)
+		return (a->a[0] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 && a->a[3] == bpf_htonl(1);
+}
+
+/* is_passthrough reports whether a is 127.0.0.6 or ::6, the source of the proxy's inbound
+ * passthrough connections to the app. */
+static __always_inline int is_passthrough(const struct addr *a)
+{
+	if (a->family == 4)
+		return a->a[0] == bpf_htonl(0x7f000006);
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 && a->a[3] == bpf_htonl(6);
+}
+
+static __always_inline int ids_contain(const __u32 *ids, __u32 id)
+{
+	return ids[0] == id || ids[1] == id || ids[2] == id || ids[3] == id;
+}
+
+static __always_inline int set_has(__u64 cookie, __u16 gen, enum set_kind kind, __u32 value)
+{
+	struct set_key k = {
+		.cookie = cookie,
+		.kind = kind,
+		.gen = gen,
+		.value = value,
+	};
+	return bpf_map_lookup_elem(&shunt_sets, &k) != 0;
+}
+
+static __always_inline int cidr_has(__u64 cookie, __u16 gen, enum cidr_kind kind, const struct addr *a)
+{
+	struct cidr_key k = {
+		.prefixlen = CIDR_FIXED_BITS + (a->family == 4 ? 32 : 128),
+		.kind = kind,
+		.family = a->family,
+		.gen = gen,
+		.cookie = cookie,
+	};
+	k.addr[0] = a->a[0];
+	k.addr[1] = a->a[1];
+	k.addr[2] = a->a[2];
+	k.addr[3] = a->a[3];
+	return bpf_map_lookup_elem(&shunt_cidrs, &k) != 0;
+}
+
+/* is_local reports whether a connection to dst leaves through lo ("-o lo"): loopback addresses,
+ * ::6, and the pod's own IPs. Other addresses that happen to be assigned in the namespace are
+ * treated as remote. */
+static __always_inline int is_local(const struct pod *pod, __u64 cookie, const struct addr *dst)
+{
+	return is_loopback(dst) || is_passthrough(dst) || cidr_has(cookie, pod->gen, CIDR_SELF, dst);
+}
+
+enum verdict {
+	VERDICT_PASS = 0,
+	VERDICT_PROXY = 1,
+	VERDICT_DNS = 2,
+};
+
+/*
+ * decide mirrors nat ISTIO_OUTPUT of redirect.Build for one TCP connect(2) of the current process
+ * to dst:dport from a socket bound to src (zero when unbound), in the rules' order:
+ *
+ *   -p tcp --dport <OutboundPortsExclude> RETURN
+ *   -o lo -s 127.0.0.6 RETURN
+ *   per proxy uid/gid: hairpin to ISTIO_IN_REDIRECT; -o lo ! owner RETURN; owner RETURN
+ *   owner groups: excluded gid RETURN / gid not included RETURN
+ *   DNS: --dport 53 (to a listed server) REDIRECT :15053
+ *   -d <loopback> RETURN
+ *   -d <OutboundIPRangesExclude> RETURN
+ *   --dport <OutboundPorts> REDIRECT
+ *   -d <OutboundIPRanges> (or everything) REDIRECT
+ *
+ * The proxy's own connections are never touched: its hairpin to its own pod IP stays with the
+ * nat rules.
+ */
+static __always_inline enum verdict decide(const struct pod *pod, __u64 cookie, const struct addr *dst,
+					   __u16 dport, const struct addr *src)
+{
+	__u64 ugid = bpf_get_current_uid_gid();
+	__u32 uid = (__u32)ugid;
+	__u32 gid = (__u32)(ugid >> 32);
+	__u16 gen = pod->gen;
+	int dns = (pod->flags & POD_DNS) && dport == 53;
+
+	if (dst->family == 6 && !(pod->flags & POD_IPV6))
+		return VERDICT_PASS;
+	if (set_has(cookie, gen, SET_PORT_EXCLUDE, dport))
+		return VERDICT_PASS;
+	if (is_passthrough(src))
+		return VERDICT_PASS;
+	if (ids_contain(pod->uids, uid) || ids_contain(pod->gids, gid))
+		return VERDICT_PASS;
+	if (!(pod->flags & POD_CAPTURE_LOCAL) && !dns && is_local(pod, cookie, dst))
+		return VERDICT_PASS;
+	if (pod->flags & POD_GROUPS_INCLUDE) {
+		if (!set_has(cookie, gen, SET_GID_INCLUDE, gid))
+			return VERDICT_PASS;
+	} else if (set_has(cookie, gen, SET_GID_EXCLUDE, gid)) {
+		return VERDICT_PASS;
+	}
+	if (dns && ((pod->flags & POD_DNS_ALL) || cidr_has(cookie, gen, CIDR_DNS, dst)))
+		return VERDICT_DNS;
+	if (dst->family == 4) {
+		if ((dst->a[0] & pod->lo4_mask) == pod->lo4_addr)
+			return VERDICT_PASS;
+	} else if (is_loopback(dst)) {
+		return VERDICT_PASS;
+	}
+	if (cidr_has(cookie, gen, CIDR_EXCLUDE, dst))
+		return VERDICT_PASS;
+	if (set_has(cookie, gen, SET_PORT_INCLUDE, dport))
+		return VERDICT_PROXY;
+	if ((pod->flags & POD_INCLUDE_ALL) || cidr_has(cookie, gen, CIDR_INCLUDE, dst))
+		return VERDICT_PROXY;
+	return VERDICT_PASS;
+}
+
+/*
+ * capture decides for a TCP connect(2) in a registered namespace and, when captured, records the
+ * original destination in the socket's storage and returns the port to rewrite the destination
+ * to (on loopback), or 0 to leave the connect alone.
+ */
+static __always_inline __u16 capture(struct bpf_sock_addr *ctx, const struct addr *dst, __u16 dport,
+				     const struct addr *src)
+{
+	__u64 cookie = bpf_get_netns_cookie(ctx);
+	struct pod *pod = bpf_map_lookup_elem(&shunt_pods, &cookie);
+	if (!pod)
+		return 0;
+
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 0;
+	__u16 port = 0;
+	switch (decide(pod, cookie, dst, dport, src)) {
+	case VERDICT_PROXY:
+		port = pod->proxy_port;
+		break;
+	case VERDICT_DNS:
+		port = pod->dns_port;
+		break;
+	default:
+		/* A socket disconnected with AF_UNSPEC and connected again must not keep the
+		 * destination of its earlier connection. */
+		bpf_sk_storage_delete(&shunt_origdst, sk);
+		return 0;
+	}
+	if (port == 0)
+		return 0;
+
+	struct origdst *od = bpf_sk_storage_get(&shunt_origdst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!od)
+		return 0; /* no memory: leave the connection alone rather than lose its destination */
+	od->addr[0] = dst->a[0];
+	od->addr[1] = dst->a[1];
+	od->addr[2] = dst->a[2];
+	od->addr[3] = dst->a[3];
+	od->port = bpf_htons(dport);
+	od->family = dst->family;
+	count(STAT_CONNECT_REDIRECTED, 1);
+	return port;
+}
+
+static __always_inline int tcp(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
+}
+
+SEC("cgroup/connect4")
+int shunt_connect4(struct bpf_sock_addr *ctx)
+{
+	if (!tcp(ctx))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct addr dst, src;
+	addr4(&dst, ctx->user_ip4);
+	addr4(&src, sk->src_ip4);
+	__u16 port = capture(ctx, &dst, bpf_ntohs((__u16)ctx->user_port), &src);
+	if (port) {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+		ctx->user_port = bpf_htons(port);
+	}
+	return 1;
+}
+
+/* shunt_connect6 handles an IPv4-mapped destination (a dual-stack socket dialing IPv4) as IPv4:
+ * the IPv4 rules decide, and it goes to ::ffff:127.0.0.1. */
+SEC("cgroup/connect6")
+int shunt_connect6(struct bpf_sock_addr *ctx)
+{
+	if (!tcp(ctx))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct addr dst, src;
+	addr6(&dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+	addr6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
+	__u16 port = capture(ctx, &dst, bpf_ntohs((__u16)ctx->user_port), &src);
+	if (port) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		if (dst.family == 4) {
+			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+			ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+		} else {
+			ctx->user_ip6[2] = 0;
+			ctx->user_ip6[3] = bpf_htonl(1);
+		}
+		ctx->user_port = bpf_htons(port);
+	}
+	return 1;
+}
+
+/* pairs reports whether an established socket belongs in shunt_sockhash: one end of an app<->proxy
+ * connection over loopback to the outbound or inbound listener, or of the proxy's passthrough
+ * connection from 127.0.0.6 / ::6 to the app. */
+static __always_inline int pairs(const struct pod *pod, int active, const struct addr *local, __u16 lport,
+				 const struct addr *remote, __u16 rport)
+{
+	__u16 listener = active ? rport : lport;
+	if (is_loopback(remote) && (listener == pod->proxy_port || listener == pod->inbound_port))
+		return 1;
+	return active ? is_passthrough(local) : is_passthrough(remote);
+}
+
+SEC("sockops")
+int shunt_sockops(struct bpf_sock_ops *skops)
+{
+	__u32 op = skops->op;
+	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_STATE_CB)
+		return 1;
+
+	struct addr local, remote;
+	__u32 family = skops->family;
+	if (family == AF_INET) {
+		addr4(&local, skops->local_ip4);
+		addr4(&remote, skops->remote_ip4);
+	} else if (family == AF_INET6) {
+		addr6(&local, skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3]);
+		addr6(&remote, skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
+		      skops->remote_ip6[3]);
+	} else {
+		return 1;
+	}
+	__u16 lport = (__u16)skops->local_port;
+	__u16 rport = port_from_ctx(skops->remote_port);
+	__u64 cookie = bpf_get_netns_cookie(skops);
+
+	struct peer_key pk = {
+		.cookie = cookie,
+		.port = lport,
+		.family = local.family,
+	};
+	pk.addr[0] = local.a[0];
+	pk.addr[1] = local.a[1];
+	pk.addr[2] = local.a[2];
+	pk.addr[3] = local.a[3];
+
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		/* Only redirected app sockets ask for state callbacks. */
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			bpf_map_delete_elem(&shunt_origkey, &pk);
+		return 1;
+	}
+
+	struct pod *pod = bpf_map_lookup_elem(&shunt_pods, &cookie);
+	if (!pod)
+		return 1;
+
+	int active = op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
+	if (active) {
+		/* Publish a redirected app socket's original destination under its local address,
+		 * which is the peer of the proxy's accepted socket, for shunt_sockopt. */
+		struct bpf_sock *sk = skops->sk;
+		if (sk) {
+			struct origdst *od = bpf_sk_storage_get(&shunt_origdst, sk, 0, 0);
+			if (od && bpf_map_update_elem(&shunt_origkey, &pk, od, BPF_ANY) == 0)
+				bpf_sock_ops_cb_flags_set(skops,
+							  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		}
+	}
+
+	if (pod->flags & POD_NO_SOCKMSG)
+		return 1;
+	if (!pairs(pod, active, &local, lport, &remote, rport))
+		return 1;
+	struct pair_key key = {
+		.cookie = cookie,
+		.lport = lport,
+		.rport = rport,
+		.family = local.family,
+	};
+	key.local[0] = local.a[0];
+	key.local[1] = local.a[1];
+	key.local[2] = local.a[2];
+	key.local[3] = local.a[3];
+	key.remote[0] = remote.a[0];
+	key.remote[1] = remote.a[1];
+	key.remote[2] = remote.a[2];
+	key.remote[3] = remote.a[3];
+	if (bpf_sock_hash_update(skops, &shunt_sockhash, &key, BPF_ANY) == 0)
+		count(STAT_SOCKETS_PAIRED, 1);
+	return 1;
+}
+
+SEC("sk_msg")
+int shunt_sk_msg(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	if (sk) {
+		__u32 *fallback = bpf_sk_storage_get(&shunt_msgstate, sk, 0, 0);
+		if (fallback && *fallback) {
+			count(STAT_MSG_FALLBACK, 1);
+			return SK_PASS;
+		}
+	}
+
+	struct addr local, remote;
+	__u32 family = msg->family;
+	if (family == AF_INET) {
+		addr4(&local, msg->local_ip4);
+		addr4(&remote, msg->remote_ip4);
+	} else if (family == AF_INET6) {
+		addr6(&local, msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2], msg->local_ip6[3]);
+		addr6(&remote, msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2], msg->remote_ip6[3]);
+	} else {
+		return SK_PASS;
+	}
+	/* The peer's key: its local end is our remote end. */
+	struct pair_key key = {
+		.cookie = bpf_get_netns_cookie(msg),
+		.lport = port_from_ctx(msg->remote_port),
+		.rport = (__u16)msg->local_port,
+		.family = local.family,
+	};
+	key.local[0] = remote.a[0];
+	key.local[1] = remote.a[1];
+	key.local[2] = remote.a[2];
+	key.local[3] = remote.a[3];
+	key.remote[0] = local.a[0];
+	key.remote[1] = local.a[1];
+	key.remote[2] = local.a[2];
+	key.remote[3] = local.a[3];
+
+	__u32 size = msg->size;
+	if (bpf_msg_redirect_hash(msg, &shunt_sockhash, &key, BPF_F_INGRESS) == SK_PASS) {
+		count(STAT_MSG_REDIRECTED, 1);
+		count(STAT_MSG_BYTES, size);
+		return SK_PASS;
+	}
+	count(STAT_MSG_MISS, 1);
+	if (sk) {
+		__u32 *fallback = bpf_sk_storage_get(&shunt_msgstate, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (fallback)
+			*fallback = 1;
+	}
+	return SK_PASS;
+}
+
+/* Only the first fields of these are written; the rest is zeroed. */
+struct sockaddr_in {
+	__u16 sin_family;
+	__be16 sin_port;
+	__be32 sin_addr;
+	__u8 sin_zero[8];
+};
+
+struct sockaddr_in6 {
+	__u16 sin6_family;
+	__be16 sin6_port;
+	__be32 sin6_flowinfo;
+	__u32 sin6_addr[4];
+	__u32 sin6_scope_id;
+};
+
+/*
+ * shunt_sockopt answers SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6) on a socket
+ * whose peer is a redirected app socket (the proxy's accepted socket). Anything else, including a
+ * buffer too small for the answer, is left exactly as the kernel answered it.
+ */
+SEC("cgroup/getsockopt")
+int shunt_sockopt(struct bpf_sockopt *ctx)
+{
+	if (ctx->optname != SO_ORIGINAL_DST)
+		return 1;
+	int level = ctx->level;
+	if (level != SOL_IP && level != SOL_IPV6)
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return 1;
+
+	struct addr peer;
+	if (sk->family == AF_INET)
+		addr4(&peer, sk->dst_ip4);
+	else if (sk->family == AF_INET6)
+		addr6(&peer, sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]);
+	else
+		return 1;
+	struct peer_key pk = {
+		.cookie = bpf_get_netns_cookie(ctx),
+		.port = bpf_ntohs(sk->dst_port),
+		.family = peer.family,
+	};
+	pk.addr[0] = peer.a[0];
+	pk.addr[1] = peer.a[1];
+	pk.addr[2] = peer.a[2];
+	pk.addr[3] = peer.a[3];
+	struct origdst *od = bpf_map_lookup_elem(&shunt_origkey, &pk);
+	if (!od)
+		return 1;
+
+	if (level == SOL_IP) {
+		struct sockaddr_in *sin = ctx->optval;
+		if (od->family != 4 || (void *)(sin + 1) > ctx->optval_end)
+			return 1;
+		sin->sin_family = AF_INET;
+		sin->sin_port = od->port;
+		sin->sin_addr = od->addr[0];
+		__builtin_memset(sin->sin_zero, 0, sizeof(sin->sin_zero));
+		ctx->optlen = sizeof(*sin);
+	} else {
+		struct sockaddr_in6 *sin6 = ctx->optval;
+		if (od->family != 6 || (void *)(sin6 + 1) > ctx->optval_end)
+			return 1;
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = od->port;
+		sin6->sin6_flowinfo = 0;
+		sin6->sin6_addr[0] = od->addr[0];
+		sin6->sin6_addr[1] = od->addr[1];
+		sin6->sin6_addr[2] = od->addr[2];
+		sin6->sin6_addr[3] = od->addr[3];
+		sin6->sin6_scope_id = 0;
+		ctx->optlen = sizeof(*sin6);
+	}
+	ctx->retval = 0;
+	count(STAT_ORIGDST_ANSWERED, 1);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int shunt_peername4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct origdst *od = bpf_sk_storage_get(&shunt_origdst, sk, 0, 0);
+	if (!od || od->family != 4)
+		return 1;
+	ctx->user_ip4 = od->addr[0];
+	ctx->user_port = od->port;
+	count(STAT_PEERNAME_ANSWERED, 1);
+	return 1;
+}
+
+/* shunt_peername6 answers an IPv4 destination dialed on a dual-stack socket IPv4-mapped. */
+SEC("cgroup/getpeername6")
+int shunt_peername6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct origdst *od = bpf_sk_storage_get(&shunt_origdst, sk, 0, 0);
+	if (!od)
+		return 1;
+	if (od->family == 4) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = od->addr[0];
+	} else {
+		ctx->user_ip6[0] = od->addr[0];
+		ctx->user_ip6[1] = od->addr[1];
+		ctx->user_ip6[2] = od->addr[2];
+		ctx->user_ip6[3] = od->addr[3];
+	}
+	ctx->user_port = od->port;
+	count(STAT_PEERNAME_ANSWERED, 1);
+	return 1;
+}
