@@ -12,15 +12,15 @@ type mount struct {
 	Source, Point, Type, Options string
 }
 
-// parseMounts parses the text of /proc/mounts (or /proc/self/mounts). Lines that do not have the
-// four fields are skipped; the kernel's octal escapes (\040 for a space, \011, \012, \134) are
-// undone.
+// parseMounts parses the text of /proc/mounts (or /proc/self/mounts): fields separated by single
+// spaces, in which the kernel escapes space, tab, newline and backslash in octal (\040, \011,
+// \012, \134) and leaves every other byte as it is. Lines without the four fields are skipped.
 func parseMounts(data []byte) []mount {
 	var out []mount
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
+		f := strings.Split(sc.Text(), " ")
 		if len(f) < 4 {
 			continue
 		}
