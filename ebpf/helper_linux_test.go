@@ -54,6 +54,7 @@ func runHelper(role string, args []string) int {
 func runProxy(args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
 	listen := fs.String("listen", "[::]:15001", "address")
+	name := fs.String("name", "proxy", "first word of the greeting")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -67,26 +68,26 @@ func runProxy(args []string) error {
 		if err != nil {
 			return err
 		}
-		go proxyConn(c.(*net.TCPConn))
+		go proxyConn(c.(*net.TCPConn), *name)
 	}
 }
 
-func proxyConn(c *net.TCPConn) {
+func proxyConn(c *net.TCPConn, name string) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(helperTimeout))
 	if err := checkOtherSockopts(c); err != nil {
-		fmt.Fprintf(c, "proxy error=%q\n", err)
+		fmt.Fprintf(c, "%s error=%q\n", name, err)
 		return
 	}
 	orig, err := originalDst(c)
 	if err != nil {
-		fmt.Fprintf(c, "proxy error=%q\n", err)
+		fmt.Fprintf(c, "%s error=%q\n", name, err)
 		return
 	}
-	fmt.Fprintf(c, "proxy orig=%s\n", orig)
+	fmt.Fprintf(c, "%s orig=%s\n", name, orig)
 	up, err := net.DialTimeout("tcp", orig.String(), 5*time.Second)
 	if err != nil {
-		fmt.Fprintf(c, "proxy error=%q\n", err)
+		fmt.Fprintf(c, "%s error=%q\n", name, err)
 		return
 	}
 	defer up.Close()
@@ -287,7 +288,7 @@ func appConn(target, bind string, hold bool, r *appResult) error {
 		if strings.HasPrefix(line, "server ") {
 			break
 		}
-		if !strings.HasPrefix(line, "proxy orig=") {
+		if !strings.Contains(line, " orig=") {
 			return fmt.Errorf("greeting %q", line)
 		}
 	}

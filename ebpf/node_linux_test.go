@@ -141,6 +141,7 @@ var (
 	podIP4      = netip.MustParseAddr("192.0.2.1")
 	remoteIP4   = netip.MustParseAddr("192.0.2.2")
 	excludedIP4 = netip.MustParseAddr("192.0.2.200") // in OutboundIPRangesExclude
+	remote2IP4  = netip.MustParseAddr("192.0.2.3")   // another remote address
 	podIP6      = netip.MustParseAddr("2001:db8::1")
 	remoteIP6   = netip.MustParseAddr("2001:db8::2")
 	excludedIP6 = netip.MustParseAddr("2001:db8::200")
@@ -195,7 +196,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e.pod.Run(t, "ip", "addr", "add", "::6/128", "dev", "lo")
 	e.pod.Run(t, "ip", "link", "set", "eth0", "up")
-	for _, a := range []netip.Addr{remoteIP4, excludedIP4} {
+	for _, a := range []netip.Addr{remoteIP4, remote2IP4, excludedIP4} {
 		e.remote.Run(t, "ip", "addr", "add", a.String()+"/24", "dev", "eth0r")
 	}
 	for _, a := range []netip.Addr{remoteIP6, excludedIP6} {
@@ -206,7 +207,7 @@ func newEnv(t *testing.T) *env {
 	e.pod.WaitLinkUp(t, "eth0")
 	e.remote.WaitLinkUp(t, "eth0r")
 
-	for _, port := range []int{echoPort, excludedPort, includedPort} {
+	for _, port := range []int{echoPort, excludedPort, includedPort, 53} {
 		e.echo(e.remote, fmt.Sprintf("[::]:%d", port), "remote")
 	}
 	// The pod's own servers, outside the cgroup: for the app calling its own pod IP and localhost.
@@ -469,6 +470,7 @@ func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a,
 type expect struct {
 	target     string
 	redirected bool
+	via        string         // the greeting's first word when redirected; "proxy" when empty
 	orig       netip.AddrPort // when redirected; and the peer getpeername must show
 	server     string
 }
@@ -487,7 +489,11 @@ func check(t *testing.T, results map[string]appResult, want []expect) {
 		}
 		var lines []string
 		if w.redirected {
-			lines = append(lines, "proxy orig="+w.orig.String())
+			via := w.via
+			if via == "" {
+				via = "proxy"
+			}
+			lines = append(lines, via+" orig="+w.orig.String())
 		}
 		if len(r.Lines) != len(lines)+1 || !slices.Equal(r.Lines[:len(lines)], lines) ||
 			!strings.HasPrefix(r.Lines[len(r.Lines)-1], "server "+w.server+" ") {
@@ -937,4 +943,65 @@ func TestNetNSCookie(t *testing.T) {
 	if _, err := NetNSCookie("/nonexistent"); err == nil {
 		t.Error("cookie of a missing namespace: no error")
 	}
+}
+
+// TestCaptureRules checks the rules beyond the default config's: TCP DNS to a listed server goes
+// to the DNS proxy, owner groups include and exclude, and an included loopback range captures the
+// app's connections to its own pod IP.
+func TestCaptureRules(t *testing.T) {
+	e := newEnv(t)
+	e.start(e.pod, proxyCred, "proxy", "-listen", "[::]:15001")
+	e.start(e.pod, proxyCred, "proxy", "-listen", "[::]:15053", "-name", "dns")
+	remote, dns := ap(remoteIP4, echoPort), ap(remoteIP4, 53)
+	otherDNS := ap(remote2IP4, 53) // not a listed DNS server
+
+	t.Run("DNS", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.RedirectDNS = true
+		cfg.DNSServers = []netip.Addr{remoteIP4}
+		e.addPod(cfg, false)
+		check(t, e.app(e.pod, appCred, dns.String(), otherDNS.String(), remote.String()), []expect{
+			{target: dns.String(), redirected: true, via: "dns", orig: dns, server: "remote"},
+			{target: otherDNS.String(), redirected: true, orig: otherDNS, server: "remote"}, // to the outbound proxy
+			{target: remote.String(), redirected: true, orig: remote, server: "remote"},
+		})
+		// The agent's own queries are not captured.
+		check(t, e.app(e.pod, proxyCred, dns.String()), []expect{{target: dns.String(), server: "remote"}})
+	})
+
+	t.Run("OwnerGroupsInclude", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.OwnerGroups = redirect.GroupFilter{Include: []uint32{2000}}
+		e.addPod(cfg, false)
+		check(t, e.app(e.pod, appCred, remote.String()), []expect{{target: remote.String(), server: "remote"}})
+		check(t, e.app(e.pod, &testutil.Cred{UID: 1002, GID: 2000}, remote.String()), []expect{
+			{target: remote.String(), redirected: true, orig: remote, server: "remote"},
+		})
+	})
+
+	t.Run("OwnerGroupsExclude", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.OwnerGroups = redirect.GroupFilter{All: true, Exclude: []uint32{uint32(appCred.GID)}}
+		e.addPod(cfg, false)
+		check(t, e.app(e.pod, appCred, remote.String()), []expect{{target: remote.String(), server: "remote"}})
+		check(t, e.app(e.pod, &testutil.Cred{UID: 1002, GID: 2000}, remote.String()), []expect{
+			{target: remote.String(), redirected: true, orig: remote, server: "remote"},
+		})
+	})
+
+	t.Run("IncludedLoopbackRange", func(t *testing.T) {
+		// istio-iptables then has no "-o lo ! --uid-owner 1337 RETURN": the app calling its
+		// own pod IP is captured when the pod IP is included, localhost still is not.
+		cfg := testConfig()
+		cfg.OutboundIPRanges = redirect.PrefixList{Prefixes: []netip.Prefix{
+			netip.MustParsePrefix("127.0.0.0/8"), netip.PrefixFrom(podIP4, 32),
+		}}
+		e.addPod(cfg, false)
+		self, local := ap(podIP4, echoPort), ap(netip.MustParseAddr("127.0.0.1"), echoPort)
+		check(t, e.app(e.pod, appCred, self.String(), local.String(), remote.String()), []expect{
+			{target: self.String(), redirected: true, orig: self, server: "self"},
+			{target: local.String(), server: "self"},
+			{target: remote.String(), server: "remote"},
+		})
+	})
 }
