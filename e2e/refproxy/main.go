@@ -16,6 +16,11 @@
 // "proxy=outbound-loop", "proxy=inbound-loop" or "dns=proxy-loop" and closed,
 // so a bad rule shows up in the reply instead of as an endless loop.
 //
+// With -direct-upstream IP:PORT, a connection dialed to the outbound port
+// directly (it has no original destination) is tagged "proxy=outbound
+// direct=IP:PORT;" and relayed there: the data-path benchmark's baseline
+// without interception. Without the flag it is answered with an error.
+//
 // The proxy prints the line "ready" on standard output once every listener
 // is bound.
 package main
@@ -49,6 +54,8 @@ func run(args []string, stdout io.Writer) error {
 	dnsPort := fs.Int("dns-port", 15053, "DNS proxy port (UDP and TCP, on 127.0.0.1 and ::1)")
 	mode := fs.String("mode", "REDIRECT", "interception mode: REDIRECT or TPROXY")
 	mark := fs.Int("tproxy-mark", 1337, "SO_MARK of inbound upstream sockets in TPROXY mode")
+	var direct addrPortFlag
+	fs.Var(&direct, "direct-upstream", "IP:PORT outbound connections without an original destination (dialed to the outbound port directly) are relayed to; without it they are answered with an error")
 	var dnsUpstreams upstreamList
 	fs.Var(&dnsUpstreams, "dns-upstream", "IP:PORT the DNS proxy forwards queries of that IP family to (repeatable)")
 	services := serviceMap{}
@@ -56,7 +63,7 @@ func run(args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	p := &proxy{services: services, mark: *mark, dnsUpstreams: dnsUpstreams, own: newOwnSockets()}
+	p := &proxy{services: services, mark: *mark, dnsUpstreams: dnsUpstreams, own: newOwnSockets(), direct: netip.AddrPort(direct)}
 	switch *mode {
 	case "REDIRECT":
 	case "TPROXY":
@@ -113,6 +120,7 @@ type proxy struct {
 	services     serviceMap
 	dnsUpstreams upstreamList
 	own          *ownSockets
+	direct       netip.AddrPort // see -direct-upstream
 }
 
 func serveTCP(l net.Listener, handle func(*net.TCPConn)) error {
@@ -132,6 +140,18 @@ func (p *proxy) outbound(c *net.TCPConn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(connTimeout))
 	orig, err := originalDst(c)
+	if err != nil && p.direct.IsValid() {
+		// Dialed directly: the benchmark's baseline without interception.
+		fmt.Fprintf(c, "proxy=outbound direct=%s;", p.direct)
+		up, release, err := p.dial(p.direct, upstreamOutbound, netip.Addr{})
+		if err != nil {
+			fmt.Fprintf(c, "error=%q\n", err)
+			return
+		}
+		defer release()
+		relay(c, up)
+		return
+	}
 	if err != nil {
 		fmt.Fprintf(c, "proxy=outbound error=%q\n", err)
 		return
@@ -257,6 +277,22 @@ func (m serviceMap) Set(s string) error {
 	}
 	m[v] = e
 	return nil
+}
+
+// addrPortFlag is an IP:PORT flag, invalid when not given.
+type addrPortFlag netip.AddrPort
+
+func (f *addrPortFlag) String() string {
+	if a := netip.AddrPort(*f); a.IsValid() {
+		return a.String()
+	}
+	return ""
+}
+
+func (f *addrPortFlag) Set(s string) error {
+	a, err := netip.ParseAddrPort(s)
+	*f = addrPortFlag(a)
+	return err
 }
 
 // upstreamList holds the DNS upstreams, at most one used per IP family.
