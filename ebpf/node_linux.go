@@ -281,7 +281,7 @@ func (n *Node) Close() error {
 }
 
 // Unload detaches every program of the node pinned at pinDir (DefaultPinDir when empty) and
-// removes every pin and the directory. Nothing of the node is left once the last file descriptor
+// removes its pins and the directory (an error if the directory holds anything else). Nothing of the node is left once the last file descriptor
 // of its maps (a Node not yet closed) is closed; with none, nothing is left at return. Unloading
 // what is not loaded is not an error.
 func Unload(pinDir string) error {
@@ -319,12 +319,11 @@ func unload(pinDir string, log *slog.Logger) error {
 		log.Debug("detached", "program", p.name)
 	}
 	errs = append(errs, detachSkMsg(pinDir))
-	entries, err := os.ReadDir(pinDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, err)
-	}
-	for _, e := range entries {
-		errs = append(errs, os.Remove(filepath.Join(pinDir, e.Name())))
+	// Only our pins: a directory that holds anything else is reported, not emptied.
+	for _, name := range pinNames() {
+		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	if err := os.Remove(pinDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)

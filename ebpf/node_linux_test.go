@@ -810,6 +810,30 @@ func TestLoadTwiceAndUnload(t *testing.T) {
 	o.Close()
 	n.Close()
 
+	// A node missing a pin (a Load that died half way) is replaced, not completed.
+	if err := os.Remove(filepath.Join(pinDir, linkPinPrefix+redirectProgShuntSockopt)); err != nil {
+		t.Fatal(err)
+	}
+	n3, err := Load(Options{Cgroup: cg, PinDir: pinDir})
+	if err != nil {
+		t.Fatalf("load over a partial node: %v", err)
+	}
+	progs3, links3, maps3 := n3.ids(t)
+	n3.Close()
+	if missing := missingPins(pinDir); len(missing) > 0 {
+		t.Errorf("after the reload: missing %v", missing)
+	}
+	if attached := cgroupLinks(t, cg); len(attached) != len(cgroupPrograms) || !slices.Equal(attached, slices.Sorted(slices.Values(links3))) {
+		t.Errorf("links on the cgroup after the reload: %v, want the new node's %v", attached, links3)
+	}
+	if pods, err := Open(pinDir); err == nil {
+		if ids, _ := pods.Pods(); len(ids) != 0 {
+			t.Errorf("pods of the replaced node survived: %v", ids)
+		}
+		pods.Close()
+	}
+	progs, links, maps = append(progs, progs3...), append(links, links3...), append(maps, maps3...)
+
 	if err := Unload(pinDir); err != nil {
 		t.Fatal(err)
 	}
