@@ -87,3 +87,14 @@ func hasMount(mounts []byte, point, fsType string) bool {
 	}
 	return false
 }
+
+// hasFilesystem reports whether /proc/filesystems (its text) lists the file system name.
+func hasFilesystem(data []byte, name string) bool {
+	for line := range strings.Lines(string(data)) {
+		f := strings.Fields(line)
+		if len(f) > 0 && f[len(f)-1] == name {
+			return true
+		}
+	}
+	return false
+}

@@ -107,14 +107,3 @@ func helperName(fn asm.BuiltinFunc) string {
 	}
 	return "bpf_" + b.String()
 }
-
-// hasFilesystem reports whether /proc/filesystems (its text) lists the file system name.
-func hasFilesystem(data []byte, name string) bool {
-	for line := range strings.Lines(string(data)) {
-		f := strings.Fields(line)
-		if len(f) > 0 && f[len(f)-1] == name {
-			return true
-		}
-	}
-	return false
-}
