@@ -25,6 +25,18 @@
 //   - F1, F3: inbound capture stays with the nat/mangle rules; the proxy's passthrough connection
 //     from 127.0.0.6 / ::6 to the app is accelerated by sk_msg like the app↔proxy legs.
 //
+// Where the fast path differs from the nat rules:
+//
+//   - Owners: the programs see the real uid and gid of the task calling connect(2); the owner
+//     match sees the fsuid and fsgid of whoever opened the socket. They differ only for setuid
+//     programs and sockets handed between processes.
+//   - "-o lo" is approximated as loopback, ::6 and the pod's own IPs; another address assigned in
+//     the pod's namespace counts as remote.
+//   - A connection whose peer socket was not yet in the socket hash when it first sent (the
+//     proxy's accepted socket is inserted when the handshake's last ACK is processed, which can
+//     lag connect(2)) is sent through TCP for good, counted in Stats.RedirectMisses and
+//     MessagesFallback, so that redirected bytes never overtake bytes in the TCP receive queue.
+//
 // sk_msg moves each sendmsg(2) to the peer socket's ingress queue. A receiver that reads with
 // splice(2) (Go's io.Copy between two TCP connections) stalls on such bytes on current kernels:
 // Pod.NoSockMsg keeps a pod's sockets out of the socket hash, and so out of sk_msg, while

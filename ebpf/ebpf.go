@@ -11,8 +11,8 @@ const DefaultPinDir = "/sys/fs/bpf/shunt"
 
 // Errors.
 var (
-	// ErrNotSupported is returned on systems without the kernel features the fast path needs
-	// (and always outside Linux).
+	// ErrNotSupported is returned on systems without the kernel features the fast path needs,
+	// and always outside Linux on little-endian machines (the programs are compiled for bpfel).
 	ErrNotSupported = errors.New("eBPF fast path not supported")
 	// ErrNotLoaded is returned by Open when nothing is loaded at the pin directory.
 	ErrNotLoaded = errors.New("eBPF fast path not loaded")

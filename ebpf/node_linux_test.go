@@ -1,3 +1,5 @@
+//go:build linux && (386 || amd64 || arm || arm64 || loong64 || mips64le || mipsle || ppc64le || riscv64)
+
 package ebpf
 
 import (
@@ -677,6 +679,20 @@ func TestPassthrough(t *testing.T) {
 				t.Errorf("stats %+v: want no connect redirected, 2 sockets paired, messages redirected, no misses", d)
 			}
 		})
+	}
+}
+
+// TestPeerNotPaired checks the fallback of a paired socket whose peer is not in the socket hash
+// (here the pod's server outside the test cgroup, which the programs never see): its first
+// message misses, every later one goes through TCP, and the bytes arrive intact and in order.
+func TestPeerNotPaired(t *testing.T) {
+	e := newEnv(t)
+	before := e.stats()
+	target := ap(podIP4, echoPort).String()
+	check(t, e.app(e.pod, proxyCred, "-bind", "127.0.0.6", target), []expect{{target: target, server: "self"}})
+	d := statsDelta(before, e.stats())
+	if d.SocketsPaired != 1 || d.MessagesRedirected != 0 || d.RedirectMisses != 1 || d.MessagesFallback == 0 {
+		t.Errorf("stats %+v: want 1 socket paired, 1 miss, then messages through TCP", d)
 	}
 }
 
