@@ -407,7 +407,8 @@ func (m *redirectMaps) set(name string, v *cebpf.Map) {
 
 // AddPod registers p, or replaces what was registered under its cookie, at once: the pod's new
 // lists are written under a new generation before its entry switches to it, and the old
-// generation's entries are removed after.
+// generation's entries are removed after. Calls for the same cookie must not run concurrently;
+// calls for different pods may.
 func (n *Node) AddPod(p Pod) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("%v: %w", p, err)

@@ -217,8 +217,9 @@ struct addr {
 static __always_inline void count(enum stat idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&shunt_stats, &idx);
+	/* Atomic: a softirq's sockops can interrupt a task's program on the same CPU. */
 	if (v)
-		*v += n;
+		__sync_fetch_and_add(v, n);
 }
 
 static __always_inline void addr4(struct addr *out, __u32 ip4)
