@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ const (
 	DefaultLogFile        = "/var/run/shunt/cni.log"
 	DefaultReportSocket   = "/var/run/shunt/cni.sock"
 	DefaultAPITimeout     = 20 * time.Second
+	DefaultEBPFPinDir     = "/sys/fs/bpf/shunt"
 	CapabilityAnnotations = "io.kubernetes.cri.pod-annotations"
 )
 
@@ -54,6 +56,9 @@ type NetConf struct {
 	// ReportSocket is the installer's datagram socket the plugin reports each ADD, CHECK and DEL to,
 	// for its metrics and repair loop. Reports are best effort: a missing socket is no error.
 	ReportSocket string `json:"report_socket,omitempty"`
+	// EBPFPinDir is where the node's eBPF agent pins its maps; pods annotated shunt.io/mode: ebpf are
+	// registered there.
+	EBPFPinDir string `json:"ebpf_pin_dir,omitempty"`
 
 	apiTimeout time.Duration
 }
@@ -82,6 +87,9 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	if c.EBPFPinDir == "" {
+		c.EBPFPinDir = DefaultEBPFPinDir
+	}
 	var errs []error
 	bad := func(field, value string, err error) {
 		errs = append(errs, &redirect.FieldError{Field: field, Value: value, Err: err})
@@ -105,6 +113,9 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	case "", "nft", "legacy":
 	default:
 		bad("iptables_variant", c.IptablesVariant, errors.New(`must be "nft", "legacy" or empty`))
+	}
+	if !filepath.IsAbs(c.EBPFPinDir) {
+		bad("ebpf_pin_dir", c.EBPFPinDir, errors.New("not an absolute path"))
 	}
 	for _, ns := range c.ExcludeNamespaces {
 		if ns == "" || strings.ContainsAny(ns, "/ ") {
@@ -147,7 +158,9 @@ type Report struct {
 	// ProgramSeconds the time spent programming or checking rules, TotalSeconds the whole command.
 	APISeconds     float64 `json:"api_seconds,omitempty"`
 	ProgramSeconds float64 `json:"program_seconds,omitempty"`
-	TotalSeconds   float64 `json:"total_seconds"`
+	// DataPath is "ebpf" when an ADD registered the pod with the node's eBPF agent, else "iptables".
+	DataPath     string  `json:"data_path,omitempty"`
+	TotalSeconds float64 `json:"total_seconds"`
 }
 
 // Outcomes of a command.

@@ -38,6 +38,10 @@ type Plugin struct {
 	Apply   func(context.Context, *redirect.Plan, iptables.Options) error
 	Check   func(context.Context, *redirect.Plan, iptables.Options) error
 	Cleanup func(context.Context, iptables.Options) error
+	// JoinEBPF registers a pod's namespace with the node's eBPF agent, LeaveEBPF removes it; nil uses
+	// the agent's maps pinned in the NetConf's ebpf_pin_dir.
+	JoinEBPF  func(pinDir string, pod EBPFPod) error
+	LeaveEBPF func(pinDir, netns string) error
 	// Logger, when set, is used instead of the NetConf's log file.
 	Logger *slog.Logger
 }
@@ -145,7 +149,7 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return inv.finish(OutcomeFailed, "no usable prevResult", err)
 	}
-	plan, skip, err := p.plan(inv, prev)
+	pp, skip, err := p.plan(inv, prev)
 	if err != nil {
 		return inv.finish(OutcomeFailed, "", err)
 	}
@@ -157,7 +161,10 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 		apply = iptables.Apply
 	}
 	t := time.Now()
-	err = apply(context.Background(), plan, inv.options(true))
+	err = apply(context.Background(), &pp.plan, inv.options(true))
+	if err == nil && pp.dataPath.EBPF {
+		p.joinEBPF(inv, pp)
+	}
 	inv.report.ProgramSeconds = time.Since(t).Seconds()
 	if err != nil {
 		return inv.finish(OutcomeFailed, "programming failed", types.NewError(types.ErrInternal,
@@ -166,8 +173,23 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	return inv.finish(OutcomeProgrammed, "", types.PrintResult(prev, inv.conf.CNIVersion))
 }
 
-// CmdCheck compares the rules in the pod's namespace with the plan for the pod as it is now, and
-// fails naming each difference.
+// joinEBPF registers an eBPF pod with the node's agent. The iptables rules are in place already, so a
+// node that cannot (no agent loaded, a kernel without the features) leaves the pod on iptables, with a
+// warning: it is captured either way.
+func (p *Plugin) joinEBPF(inv *invocation, pp *podPlan) {
+	join := p.JoinEBPF
+	if join == nil {
+		join = joinEBPF
+	}
+	pod := EBPFPod{NetNS: inv.args.Netns, Config: pp.config, IPs: pp.ips, SockMsg: pp.dataPath.SockMsg}
+	if err := join(inv.conf.EBPFPinDir, pod); err != nil {
+		inv.log.Warn("eBPF data path unavailable, the pod stays on iptables", "pod", inv.pod(), "error", err.Error())
+		inv.report.DataPath = "iptables"
+		return
+	}
+	inv.report.DataPath = "ebpf"
+}
+
 func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	inv, err := p.begin("CHECK", args)
 	if err != nil {
@@ -177,7 +199,7 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return inv.finish(OutcomeCheckFailed, "no usable prevResult", err)
 	}
-	plan, skip, err := p.plan(inv, prev)
+	pp, skip, err := p.plan(inv, prev)
 	if err != nil {
 		return inv.finish(OutcomeCheckFailed, "", err)
 	}
@@ -189,7 +211,7 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 		check = iptables.Check
 	}
 	t := time.Now()
-	err = check(context.Background(), plan, inv.options(false))
+	err = check(context.Background(), &pp.plan, inv.options(false))
 	inv.report.ProgramSeconds = time.Since(t).Seconds()
 	if err != nil {
 		return inv.finish(OutcomeCheckFailed, "rules differ from the plan", types.NewError(types.ErrInternal,
@@ -215,7 +237,16 @@ func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
 	if cleanup == nil {
 		cleanup = iptables.Cleanup
 	}
+	leave := p.LeaveEBPF
+	if leave == nil {
+		leave = leaveEBPF
+	}
 	t := time.Now()
+	// Every pod's namespace may have been registered (the annotation may have changed since ADD):
+	// leaving is idempotent, and a node without an agent has nothing to leave.
+	if err := leave(inv.conf.EBPFPinDir, args.Netns); err != nil {
+		inv.log.Warn("could not remove the pod from the eBPF agent", "pod", inv.pod(), "error", err.Error())
+	}
 	err = cleanup(context.Background(), inv.options(false))
 	inv.report.ProgramSeconds = time.Since(t).Seconds()
 	if err != nil {
@@ -250,7 +281,15 @@ func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
 }
 
 // plan decides whether the pod is captured and with which rules. skip is the reason it is not.
-func (p *Plugin) plan(inv *invocation, prev *types100.Result) (plan *redirect.Plan, skip string, err error) {
+// podPlan is what ADD programs for a pod.
+type podPlan struct {
+	plan     redirect.Plan
+	config   redirect.Config
+	ips      []netip.Addr
+	dataPath DataPath
+}
+
+func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip string, err error) {
 	if inv.name == "" {
 		return nil, "not a Kubernetes pod (no K8S_POD_NAME in CNI_ARGS)", nil
 	}
@@ -274,19 +313,21 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (plan *redirect.Pl
 	if err != nil {
 		return nil, "", types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s: read the pod from the API server", inv.pod()), err.Error())
 	}
-	cfg, skip, err := ConfigForPod(pod, podIPs(prev))
-	if err != nil {
-		return nil, "", types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: invalid capture settings", inv.pod()), err.Error())
-	}
+	ips := podIPs(prev)
+	cfg, skip, err := ConfigForPod(pod, ips)
 	if skip != "" {
 		return nil, skip, nil
+	}
+	dp, dpErr := DataPathForPod(pod.Metadata.Annotations)
+	if err = errors.Join(err, dpErr); err != nil {
+		return nil, "", types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: invalid capture settings", inv.pod()), err.Error())
 	}
 	built, err := redirect.Build(cfg)
 	if err != nil {
 		return nil, "", types.NewError(types.ErrInternal, fmt.Sprintf("pod %s: plan capture rules", inv.pod()), err.Error())
 	}
-	inv.log.Debug("plan built", "ipv6", cfg.IPv6, "mode", string(cfg.Mode))
-	return &built, "", nil
+	inv.log.Debug("plan built", "ipv6", cfg.IPv6, "mode", string(cfg.Mode), "ebpf", dp.EBPF)
+	return &podPlan{plan: built, config: cfg, ips: ips, dataPath: dp}, "", nil
 }
 
 func (inv *invocation) options(reconcile bool) iptables.Options {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -59,6 +60,9 @@ type fakePlugin struct {
 	applied *redirect.Plan
 	opts    iptables.Options
 	cleaned bool
+	joined  []EBPFPod
+	joinErr error
+	left    []string
 }
 
 func newFake(t *testing.T, pod *Pod, getErr error) *fakePlugin {
@@ -75,6 +79,17 @@ func newFake(t *testing.T, pod *Pod, getErr error) *fakePlugin {
 	f.Check = func(_ context.Context, p *redirect.Plan, o iptables.Options) error { return nil }
 	f.Cleanup = func(_ context.Context, o iptables.Options) error {
 		f.cleaned, f.opts = true, o
+		return nil
+	}
+	f.JoinEBPF = func(pinDir string, p EBPFPod) error {
+		if pinDir != DefaultEBPFPinDir {
+			t.Errorf("join with pin dir %q", pinDir)
+		}
+		f.joined = append(f.joined, p)
+		return f.joinErr
+	}
+	f.LeaveEBPF = func(pinDir, netns string) error {
+		f.left = append(f.left, netns)
 		return nil
 	}
 	quietStdout(t)
@@ -214,6 +229,67 @@ func TestAddFailsClosed(t *testing.T) {
 	})
 }
 
+// TestAddEBPF: a pod annotated shunt.io/mode: ebpf gets its iptables rules and joins the node's eBPF
+// agent with its settings; a node that cannot take it leaves the pod on iptables, captured, with a
+// warning; a bad value fails closed naming the annotation.
+func TestAddEBPF(t *testing.T) {
+	t.Run("joins", func(t *testing.T) {
+		f := newFake(t, meshedPod(map[string]string{AnnotationMode: "ebpf", AnnotationExcludeOutboundPorts: "9000"}), nil)
+		if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
+			t.Fatal(err)
+		}
+		if f.applied == nil || len(f.joined) != 1 {
+			t.Fatalf("applied=%v joined=%d, want the rules and one join", f.applied != nil, len(f.joined))
+		}
+		j := f.joined[0]
+		if j.NetNS != "/var/run/netns/x" || !j.SockMsg || !slices.Equal(j.Config.OutboundPortsExclude, []uint16{9000}) || len(j.IPs) != 2 {
+			t.Errorf("joined %+v, want the netns, sk_msg, the pod's exclusions and its two IPs", j)
+		}
+	})
+	t.Run("sk_msg opt-out", func(t *testing.T) {
+		f := newFake(t, meshedPod(map[string]string{AnnotationMode: "ebpf", AnnotationEBPFSockMsg: "false"}), nil)
+		if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs)); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.joined) != 1 || f.joined[0].SockMsg {
+			t.Errorf("joined %+v, want one join without sk_msg", f.joined)
+		}
+	})
+	t.Run("iptables pods do not join", func(t *testing.T) {
+		f := newFake(t, meshedPod(map[string]string{AnnotationMode: "iptables"}), nil)
+		if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs)); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.joined) != 0 {
+			t.Errorf("joined %+v", f.joined)
+		}
+	})
+	t.Run("falls back to iptables", func(t *testing.T) {
+		f := newFake(t, meshedPod(map[string]string{AnnotationMode: "ebpf"}), nil)
+		f.joinErr = errors.New("eBPF agent not loaded")
+		var log strings.Builder
+		f.Logger = slog.New(slog.NewTextHandler(&log, nil))
+		if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs)); err != nil {
+			t.Fatalf("ADD = %v, want success on iptables", err)
+		}
+		if f.applied == nil || !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "not loaded") {
+			t.Errorf("applied=%v, log:\n%s\nwant the rules and a warning with the cause", f.applied != nil, log.String())
+		}
+	})
+	t.Run("bad values", func(t *testing.T) {
+		f := newFake(t, meshedPod(map[string]string{AnnotationMode: "bpf", AnnotationEBPFSockMsg: "maybe"}), nil)
+		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))
+		var e *types.Error
+		if !errors.As(err, &e) || !strings.Contains(e.Details, AnnotationMode) || !strings.Contains(e.Details, `"bpf"`) ||
+			!strings.Contains(e.Details, AnnotationEBPFSockMsg) || !strings.Contains(e.Details, `"maybe"`) {
+			t.Errorf("error %+v, want both annotations and values named", err)
+		}
+		if f.applied != nil || len(f.joined) != 0 {
+			t.Error("a pod with bad settings was programmed")
+		}
+	})
+}
+
 func TestCheckNamesDifference(t *testing.T) {
 	f := newFake(t, meshedPod(nil), nil)
 	f.Check = func(context.Context, *redirect.Plan, iptables.Options) error {
@@ -242,6 +318,9 @@ func TestDel(t *testing.T) {
 	}
 	if err := f.CmdDel(cmdArgs(netConf(t, ""), here, podArgs)); err != nil || !f.cleaned || f.opts.NetNS != here {
 		t.Errorf("DEL: err=%v cleaned=%v netns=%q", err, f.cleaned, f.opts.NetNS)
+	}
+	if !slices.Equal(f.left, []string{here}) {
+		t.Errorf("left the eBPF agent for %q, want only the existing namespace", f.left)
 	}
 }
 

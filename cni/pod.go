@@ -30,6 +30,14 @@ const (
 	AnnotationKubevirtInterfaces   = "traffic.sidecar.istio.io/kubevirtInterfaces"
 	AnnotationRerouteVirtualIfaces = "istio.io/reroute-virtual-interfaces"
 
+	// AnnotationMode chooses the data path: "iptables" (the default) or "ebpf", where the node's eBPF
+	// agent redirects the app's connections and splices the loopback legs, and the iptables rules stay
+	// for inbound capture and as the safety net.
+	AnnotationMode = "shunt.io/mode"
+	// AnnotationEBPFSockMsg "false" keeps an eBPF pod's connect and getsockopt redirection but not the
+	// sk_msg splicing of its loopback sockets (for receivers that read with splice(2)).
+	AnnotationEBPFSockMsg = "shunt.io/ebpf-sk-msg"
+
 	ProxyContainerName = "istio-proxy"
 	InitContainerName  = "istio-init"
 )
@@ -198,6 +206,33 @@ func ConfigForPod(pod *Pod, podIPs []netip.Addr) (cfg redirect.Config, skip stri
 		return redirect.Config{}, "", err
 	}
 	return cfg, "", nil
+}
+
+// DataPath is how a captured pod's outbound traffic reaches its proxy.
+type DataPath struct {
+	EBPF    bool // the node's eBPF agent redirects connections (shunt.io/mode: ebpf)
+	SockMsg bool // with EBPF: loopback sockets are spliced with sk_msg
+}
+
+// DataPathForPod reads the pod's shunt.io annotations; a bad value is an error naming the annotation.
+func DataPathForPod(ann map[string]string) (DataPath, error) {
+	var dp DataPath
+	var errs []error
+	switch v := ann[AnnotationMode]; v {
+	case "", "iptables":
+	case "ebpf":
+		dp.EBPF, dp.SockMsg = true, true
+	default:
+		errs = append(errs, &redirect.FieldError{Field: "annotation " + AnnotationMode, Value: v, Err: errors.New(`want "iptables" or "ebpf"`)})
+	}
+	if v, ok := ann[AnnotationEBPFSockMsg]; ok {
+		b, err := redirect.ParseBool(v)
+		if err != nil {
+			errs = append(errs, &redirect.FieldError{Field: "annotation " + AnnotationEBPFSockMsg, Value: v, Err: err})
+		}
+		dp.SockMsg = dp.EBPF && b
+	}
+	return dp, errors.Join(errs...)
 }
 
 // skipReason says why istio-cni would leave a pod alone, or "" when it captures it.

@@ -95,6 +95,7 @@ type chartWant struct {
 	port         int32
 	tolerations  []corev1.Toleration // tolerations beyond the chart's own
 	nodeSelector map[string]string
+	agentArgs    []string // the eBPF agent's arguments after "ebpf"; nil: no agent
 }
 
 func chartDefaults() chartWant {
@@ -115,6 +116,7 @@ func chartDefaults() chartWant {
 			"--exclude-namespaces=kube-system",
 			"--cni-log-level=info",
 			"--cni-api-timeout=20s",
+			"--ebpf-pin-dir=/sys/fs/bpf/shunt",
 			"--monitoring-port=9102",
 		},
 		port:         chartDefaultPort,
@@ -212,10 +214,23 @@ var chartCases = []chartCase{
 		},
 	},
 	{
+		name: "ebpf agent",
+		args: []string{"--set", "ebpf.enabled=true", "--set", "ebpf.pinDir=/sys/fs/bpf/mesh",
+			"--set", "ebpf.cgroup=/sys/fs/cgroup/kubepods.slice", "--set", "ebpf.gcInterval=30s"},
+		want: chartWant{
+			args: chartArgsWith([]string{"--ebpf-pin-dir=/sys/fs/bpf/mesh"}),
+			agentArgs: []string{"run", "--pin-dir=/sys/fs/bpf/mesh", "--cgroup=/sys/fs/cgroup/kubepods.slice",
+				"--gc-interval=30s", "--health-addr=:9103", "--unload-on-stop=false", "--log-level=info", "--log-format=text"},
+		},
+	},
+	{
 		// Names stay valid and within 63 characters however long the release name.
 		name:    "long release name",
 		release: strings.Repeat("r", 53), // helm's longest
-		want:    chartWant{fullname: strings.Repeat("r", 53) + "-shunt-cni"},
+		args:    []string{"--set", "ebpf.enabled=true"},
+		want: chartWant{fullname: strings.Repeat("r", 53) + "-shunt-cni",
+			agentArgs: []string{"run", "--pin-dir=/sys/fs/bpf/shunt", "--gc-interval=1m", "--health-addr=:9103",
+				"--unload-on-stop=false", "--log-level=info", "--log-format=text"}},
 	},
 	{
 		// The chart name is not repeated in a release named after it.
@@ -277,6 +292,13 @@ func TestChartTemplate(t *testing.T) {
 			if err != nil || !bytes.Contains(out, []byte("shunt install-cni [flags]")) {
 				t.Errorf("shunt %s: %v, want its usage:\n%s", strings.Join(args, " "), err, out)
 			}
+			if objs.agent != nil {
+				args := append(slices.Clone(objs.agent.Spec.Template.Spec.Containers[0].Args), "--help")
+				out, err := exec.Command(shunt, args...).CombinedOutput()
+				if err != nil || !bytes.Contains(out, []byte("shunt ebpf run [flags]")) {
+					t.Errorf("shunt %s: %v, want its usage:\n%s", strings.Join(args, " "), err, out)
+				}
+			}
 		})
 	}
 }
@@ -306,6 +328,9 @@ func TestChartSchemaRejects(t *testing.T) {
 		{"namespace name", []string{"--set-json", `excludeNamespaces=["Kube_System"]`}, []string{"at '/excludeNamespaces/0'"}},
 		{"api timeout", []string{"--set", "apiTimeout=20"}, []string{"at '/apiTimeout'"}},
 		{"capability prefix", []string{"--set-json", `extraCapabilities=["CAP_NET_ADMIN"]`}, []string{"at '/extraCapabilities/0'"}},
+		{"ebpf pin dir outside bpffs", []string{"--set", "ebpf.pinDir=/var/run/shunt"}, []string{"at '/ebpf/pinDir'"}},
+		{"ebpf gc interval", []string{"--set", "ebpf.gcInterval=often"}, []string{"at '/ebpf/gcInterval'"}},
+		{"ebpf misspelt key", []string{"--set", "ebpf.enable=true"}, []string{"at '/ebpf': additional properties 'enable' not allowed"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"template", chartRelease, chartDir, "--namespace", chartNamespace}, tc.args...)
@@ -569,6 +594,7 @@ type chartObjects struct {
 	clusterRole    *rbacv1.ClusterRole
 	binding        *rbacv1.ClusterRoleBinding
 	daemonSet      *appsv1.DaemonSet
+	agent          *appsv1.DaemonSet // the eBPF agent, when ebpf.enabled
 }
 
 // renderChart runs `helm template` and decodes its output. Each object is decoded strictly
@@ -614,7 +640,11 @@ func renderChart(t testing.TB, helm, release string, args ...string) *chartObjec
 		case "ClusterRoleBinding":
 			target = chartSet(t, &objs.binding)
 		case "DaemonSet":
-			target = chartSet(t, &objs.daemonSet)
+			if strings.HasSuffix(u.GetName(), "-ebpf") {
+				target = chartSet(t, &objs.agent)
+			} else {
+				target = chartSet(t, &objs.daemonSet)
+			}
 		default:
 			t.Fatalf("unexpected %s %s in the chart", u.GetKind(), u.GetName())
 		}
@@ -666,8 +696,12 @@ func checkChart(t *testing.T, objs *chartObjects, release string, w chartWant) {
 		"app.kubernetes.io/managed-by": "Helm",
 		"helm.sh/chart":                "shunt-cni-0.1.0",
 	}
+	checkAgent(t, objs, release, w)
 	for _, u := range objs.all {
 		what := u.GetKind() + " " + u.GetName()
+		if objs.agent != nil && u.GetKind() == "DaemonSet" && u.GetName() == objs.agent.Name {
+			continue // checkAgent
+		}
 		if u.GetName() != w.fullname {
 			t.Errorf("%s: name %q, want %q", what, u.GetName(), w.fullname)
 		}
@@ -952,4 +986,82 @@ func helmExitDetail(err error) error {
 		return fmt.Errorf("%w\n%s", err, ee.Stderr)
 	}
 	return err
+}
+
+// checkAgent checks the eBPF agent's DaemonSet: there only when enabled, its own name and selector,
+// the kernel-facing privileges it needs and no more, no API access, and its arguments.
+func checkAgent(t *testing.T, objs *chartObjects, release string, w chartWant) {
+	t.Helper()
+	if w.agentArgs == nil {
+		if objs.agent != nil {
+			t.Errorf("an eBPF agent DaemonSet %s without ebpf.enabled", objs.agent.Name)
+		}
+		return
+	}
+	ds := objs.agent
+	if ds == nil {
+		t.Fatal("ebpf.enabled renders no agent DaemonSet")
+	}
+	if want := w.fullname + "-ebpf"; len(w.fullname) <= 58 && ds.Name != want || len(ds.Name) > 63 || ds.Name == objs.daemonSet.Name {
+		t.Errorf("agent name %q (installer %q)", ds.Name, objs.daemonSet.Name)
+	}
+	if errs := validation.IsDNS1123Label(ds.Name); len(errs) > 0 {
+		t.Errorf("agent name not a DNS label: %v", errs)
+	}
+	selector := map[string]string{"app.kubernetes.io/name": chartName + "-ebpf", "app.kubernetes.io/instance": release}
+	if diff := cmp.Diff(selector, ds.Spec.Selector.MatchLabels); diff != "" {
+		t.Errorf("agent selector (-want +got):\n%s", diff)
+	}
+	// Neither DaemonSet may adopt the other's pods.
+	matches := func(sel, labels map[string]string) bool {
+		for k, v := range sel {
+			if labels[k] != v {
+				return false
+			}
+		}
+		return true
+	}
+	if matches(objs.daemonSet.Spec.Selector.MatchLabels, ds.Spec.Template.Labels) || matches(ds.Spec.Selector.MatchLabels, objs.daemonSet.Spec.Template.Labels) {
+		t.Error("the installer's and the agent's selectors overlap")
+	}
+	if c := ds.Labels["app.kubernetes.io/component"]; c != "ebpf-agent" {
+		t.Errorf("agent component label %q", c)
+	}
+	pod := ds.Spec.Template.Spec
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("the agent mounts a service-account token: it needs no API access")
+	}
+	if !pod.HostPID || !pod.HostNetwork || pod.HostIPC {
+		t.Errorf("hostPID %v hostNetwork %v hostIPC %v, want the host's PIDs and network only", pod.HostPID, pod.HostNetwork, pod.HostIPC)
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d agent containers", len(pod.Containers))
+	}
+	ctr := pod.Containers[0]
+	if diff := cmp.Diff(append([]string{"ebpf"}, w.agentArgs...), ctr.Args); diff != "" {
+		t.Errorf("agent args (-want +got):\n%s", diff)
+	}
+	sc := ctr.SecurityContext
+	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("agent security context %+v: want unprivileged, no escalation, read-only root", sc)
+	}
+	wantCaps := &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}}
+	if sc != nil {
+		if diff := cmp.Diff(wantCaps, sc.Capabilities); diff != "" {
+			t.Errorf("agent capabilities (-want +got):\n%s", diff)
+		}
+	}
+	mounts := map[string]string{}
+	for _, m := range ctr.VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	for _, p := range []string{"/sys/fs/bpf", "/sys/fs/cgroup"} {
+		if mounts[p] == "" {
+			t.Errorf("agent lacks a mount at %s", p)
+		}
+	}
+	if ctr.LivenessProbe == nil || ctr.ReadinessProbe == nil || ctr.ReadinessProbe.HTTPGet == nil || ctr.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Error("agent probes missing")
+	}
 }

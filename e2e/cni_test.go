@@ -4,9 +4,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,6 +38,7 @@ func TestCNI(t *testing.T) {
 	t.Run("status", func(t *testing.T) { testCNIStatus(t, n) })
 	t.Run("versions", func(t *testing.T) { testCNIVersions(t, n) })
 	t.Run("api_down", func(t *testing.T) { testCNIAPIDown(t, n) })
+	t.Run("ebpf", func(t *testing.T) { testCNIEBPF(t, n) })
 }
 
 // testCNICompat creates each of Istio's CNI scenarios as a pod and compares the rules its namespace
@@ -312,5 +315,98 @@ func testCNIVersions(t *testing.T, n *cniNode) {
 				t.Errorf("DEL: %v", err)
 			}
 		})
+	}
+}
+
+// cniEBPFStatus is what `shunt ebpf status --json` prints.
+type cniEBPFStatus struct {
+	Pods []struct {
+		NetNSCookie uint64 `json:"netns_cookie"`
+	} `json:"pods"`
+	Counters map[string]uint64 `json:"counters"`
+}
+
+func readCNIEBPFStatus(t *testing.T, pinDir string) cniEBPFStatus {
+	t.Helper()
+	out, err := exec.Command(bins.Path(t, pkgShunt), "ebpf", "status", "--json", "--pin-dir", pinDir).Output()
+	if err != nil {
+		t.Fatalf("shunt ebpf status: %v", err)
+	}
+	var st cniEBPFStatus
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	return st
+}
+
+// testCNIEBPF: a pod annotated shunt.io/mode: ebpf gets its iptables rules and joins the node's eBPF
+// data path at ADD — its app's connections then go to the proxy through the connect hook, with the
+// loopback legs spliced — and leaves it at DEL. Without a loaded data path the pod falls back to
+// iptables and is captured all the same.
+func testCNIEBPF(t *testing.T, n *cniNode) {
+	shunt := bins.Path(t, pkgShunt)
+	cg := testutil.NewCgroup(t)
+	pinDir := testutil.NewPinDir(t)
+	if out, err := exec.Command(shunt, "ebpf", "load", "--cgroup", cg.Path, "--pin-dir", pinDir).CombinedOutput(); err != nil {
+		t.Fatalf("shunt ebpf load: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(shunt, "ebpf", "unload", "--pin-dir", pinDir).CombinedOutput(); err != nil {
+			t.Errorf("shunt ebpf unload: %v\n%s", err, out)
+		}
+	})
+	list := n.conflist(t, `"kubeconfig":"`+n.cluster.Kubeconfig+`","ebpf_pin_dir":"`+pinDir+`"`)
+
+	fast := n.podSandbox(t, meshedPod("shop", "fast", map[string]string{"shunt.io/mode": "ebpf"}))
+	if err := n.add(t, list, fast); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if r := ourRules(save(t, fast.ns, false)); !strings.Contains(r, "ISTIO_INBOUND") {
+		t.Fatalf("no iptables rules for an eBPF pod (inbound capture stays with them):\n%s", r)
+	}
+	if st := readCNIEBPFStatus(t, pinDir); len(st.Pods) != 1 {
+		t.Fatalf("pods registered after ADD: %d, want 1", len(st.Pods))
+	}
+
+	remote := n.sandbox(t, "shop", "fast-remote", map[string]string{})
+	if err := n.add(t, list, remote); err != nil {
+		t.Fatalf("ADD remote: %v", err)
+	}
+	echo := bins.Path(t, pkgEchoserver)
+	remote.ns.Start(t, &root, echo, "serve", "-name", "remote", "-tcp", fmt.Sprint(appPort))
+	cg.Start(t, fast.ns, &proxyUser, bins.Path(t, pkgRefproxy), "-mode", "REDIRECT")
+	podIP, remoteIP := netip.MustParseAddr(fast.ip), netip.MustParseAddr(remote.ip)
+	before := readCNIEBPFStatus(t, pinDir).Counters
+	out, err := cg.Exec(fast.ns, &appUser, echo, "client", "-tcp", addr(remoteIP, appPort).String())
+	got := peerPort.ReplaceAllString(strings.TrimSpace(string(out)), "peer=$1")
+	// The app's socket is bound to loopback by the redirect, so the proxy dials from the pod's IP.
+	if want := viaOutbound(addr(remoteIP, appPort)) + app("remote", podIP, addr(remoteIP, appPort)); err != nil || got != want {
+		t.Errorf("F2 through the eBPF data path: %q (%v), want %q", got, err, want)
+	}
+	after := readCNIEBPFStatus(t, pinDir).Counters
+	for _, c := range []string{"connects_redirected", "origdst_answered", "messages_redirected"} {
+		if after[c] <= before[c] {
+			t.Errorf("counter %s did not grow (%d → %d): the connection did not take the eBPF path", c, before[c], after[c])
+		}
+	}
+	if after["redirect_misses"] != 0 {
+		t.Errorf("redirect_misses = %d, want 0", after["redirect_misses"])
+	}
+
+	if err := n.del(t, list, fast); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if st := readCNIEBPFStatus(t, pinDir); len(st.Pods) != 0 {
+		t.Errorf("pods registered after DEL: %d, want 0", len(st.Pods))
+	}
+
+	// A node without the data path: the pod is programmed for iptables and starts.
+	unloaded := n.conflist(t, `"kubeconfig":"`+n.cluster.Kubeconfig+`","ebpf_pin_dir":"`+filepath.Join(pinDir, "none")+`"`)
+	fallback := n.podSandbox(t, meshedPod("shop", "fallback", map[string]string{"shunt.io/mode": "ebpf"}))
+	if err := n.add(t, unloaded, fallback); err != nil {
+		t.Fatalf("ADD without a data path: %v, want the pod on iptables", err)
+	}
+	if r := ourRules(save(t, fallback.ns, false)); !strings.Contains(r, "ISTIO_REDIRECT") {
+		t.Errorf("the fallback pod has no capture rules:\n%s", r)
 	}
 }

@@ -32,6 +32,7 @@ type installCNIFlags struct {
 	apiTimeout                          time.Duration
 	iptablesVariant                     string
 	reportSocket, hostReportSocket      string
+	ebpfPinDir                          string
 	healthAddr                          string
 	monitoringPort                      int
 	repairMode, repairLabel, repairInit string
@@ -74,6 +75,7 @@ func newInstallCNICmd(env osEnv) *cobra.Command {
 	fs.StringVar(&f.iptablesVariant, "iptables-variant", "", "iptables the plugin uses: nft or legacy (default: detected per pod)")
 	fs.StringVar(&f.reportSocket, "report-socket", cni.DefaultReportSocket, "datagram socket the plugin reports to, as mounted")
 	fs.StringVar(&f.hostReportSocket, "host-report-socket", "", "the report socket as the host sees it (default: --report-socket)")
+	fs.StringVar(&f.ebpfPinDir, "ebpf-pin-dir", cni.DefaultEBPFPinDir, "bpffs directory of the node's eBPF agent, where the plugin registers pods annotated shunt.io/mode: ebpf")
 	fs.StringVar(&f.healthAddr, "health-addr", install.DefaultHealthAddr, "address of /healthz, /readyz and /metrics; empty for none")
 	fs.IntVar(&f.monitoringPort, "monitoring-port", 0, "port of /healthz, /readyz and /metrics on all addresses: --health-addr=:PORT")
 	fs.StringVar(&f.repairMode, "repair-mode", install.RepairDelete, "what to do with pods started without capture rules: delete, label or off")
@@ -201,6 +203,7 @@ func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
 			APITimeout:        f.apiTimeout,
 			IptablesVariant:   f.iptablesVariant,
 			ReportSocket:      hostSocket,
+			EBPFPinDir:        f.ebpfPinDir,
 		},
 		ReportSocket: f.reportSocket,
 		HealthAddr:   f.healthAddr,

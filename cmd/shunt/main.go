@@ -55,7 +55,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		SilenceErrors: true,
 	}
 	env := osEnv{stdin: stdin, stdout: stdout, stderr: stderr}
-	root.AddCommand(newIptablesCmd(env), newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env), newInstallCNICmd(env))
+	root.AddCommand(newIptablesCmd(env), newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env), newInstallCNICmd(env), newEBPFCmd(env))
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,4 +162,32 @@ func FuzzIptablesFlags(f *testing.F) {
 			t.Fatalf("shell metacharacters reached the rules: %q", args)
 		}
 	})
+}
+
+// TestEBPFBadInput: the eBPF commands name the flag and value they refuse, and say "not loaded"
+// with exit code 4 where nothing is pinned.
+func TestEBPFBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"ebpf", "join"}, []string{"--netns", "required"}},
+		{[]string{"ebpf", "join", "--netns", "/run/netns/x", "--pod-ip", "10.0.0.300"}, []string{"--pod-ip", `"10.0.0.300"`}},
+		{[]string{"ebpf", "join", "--netns", "/run/netns/x", "--pod-ip", "10.0.0.3", "-p", "http"}, []string{"--envoy-port", `"http"`}},
+		{[]string{"ebpf", "leave"}, []string{"--netns", "required"}},
+		{[]string{"ebpf", "run", "--log-format", "xml"}, []string{"--log-format", `"xml"`}},
+		{[]string{"ebpf", "run", "--gc-interval", "0s"}, []string{"--gc-interval", "above 0"}},
+	} {
+		_, err := runShunt(t, nil, tc.args...)
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("shunt %s: %v, want an error with %q", strings.Join(tc.args, " "), err, w)
+			}
+		}
+	}
+	_, err := runShunt(t, nil, "ebpf", "status", "--pin-dir", filepath.Join(t.TempDir(), "none"))
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != exitEBPFNotLoaded {
+		t.Errorf("status with nothing loaded: %v, want exit code %d", err, exitEBPFNotLoaded)
+	}
 }

@@ -24,6 +24,8 @@ type Entry struct {
 	IptablesVariant string
 	// ReportSocket is the installer's report socket as the host sees it.
 	ReportSocket string
+	// EBPFPinDir is where the node's eBPF agent pins its maps, as the host sees it.
+	EBPFPinDir string
 }
 
 // entryJSON is the entry as written, in this field order.
@@ -36,6 +38,7 @@ type entryJSON struct {
 	APITimeout        string          `json:"api_timeout"`
 	IptablesVariant   string          `json:"iptables_variant"`
 	ReportSocket      string          `json:"report_socket"`
+	EBPFPinDir        string          `json:"ebpf_pin_dir,omitempty"`
 	Capabilities      map[string]bool `json:"capabilities"`
 }
 
@@ -50,6 +53,7 @@ func (e Entry) JSON() ([]byte, error) {
 		APITimeout:        e.APITimeout.String(),
 		IptablesVariant:   e.IptablesVariant,
 		ReportSocket:      e.ReportSocket,
+		EBPFPinDir:        e.EBPFPinDir,
 		Capabilities:      map[string]bool{cni.CapabilityAnnotations: true},
 	}
 	if j.ExcludeNamespaces == nil {

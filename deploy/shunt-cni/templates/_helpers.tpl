@@ -49,6 +49,24 @@ app.kubernetes.io/part-of: shunt
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/*
+The eBPF agent's selector and labels: a name of its own, so that neither DaemonSet's selector
+matches the other's pods.
+*/}}
+{{- define "shunt-cni.ebpfSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-ebpf" (include "shunt-cni.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "shunt-cni.ebpfLabels" -}}
+helm.sh/chart: {{ include "shunt-cni.chart" . }}
+{{ include "shunt-cni.ebpfSelectorLabels" . }}
+app.kubernetes.io/version: {{ include "shunt-cni.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/component: ebpf-agent
+app.kubernetes.io/part-of: shunt
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
 {{- define "shunt-cni.imageTag" -}}
 {{- .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
