@@ -37,8 +37,8 @@ func TestCNI(t *testing.T) {
 	t.Run("concurrent", func(t *testing.T) { testCNIConcurrent(t, n, 50) })
 	t.Run("status", func(t *testing.T) { testCNIStatus(t, n) })
 	t.Run("versions", func(t *testing.T) { testCNIVersions(t, n) })
-	t.Run("api_down", func(t *testing.T) { testCNIAPIDown(t, n) })
 	t.Run("ebpf", func(t *testing.T) { testCNIEBPF(t, n) })
+	t.Run("api_down", func(t *testing.T) { testCNIAPIDown(t, n) }) // last: it stops the API server
 }
 
 // testCNICompat creates each of Istio's CNI scenarios as a pod and compares the rules its namespace
