@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bytes"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +18,16 @@ const ReadyTimeout = 15 * time.Second
 // logged when t has failed.
 func (n *NetNS) Start(t testing.TB, cred *Cred, argv ...string) {
 	t.Helper()
-	cmd := n.Command(cred, argv...)
+	n.StartCmd(t, n.Command(cred, argv...))
+}
+
+// StartCmd is Start for a command the caller made (with n.Command, then
+// changed, for example placed in a Cgroup): it starts cmd, waits until it
+// prints the line "ready" on standard output and kills it when t ends. It
+// fails t if the process exits or stays silent for ReadyTimeout first. The
+// output is logged when t has failed. cmd's Stdout and Stderr must be nil.
+func (n *NetNS) StartCmd(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
 	stdout := &readyWriter{ready: make(chan struct{})}
 	var stderr lockedBuffer
 	cmd.Stdout, cmd.Stderr = stdout, &stderr
@@ -34,7 +44,7 @@ func (n *NetNS) Start(t testing.TB, cred *Cred, argv ...string) {
 		_ = cmd.Process.Kill()
 		<-exited
 		if t.Failed() {
-			t.Logf("%s in %s:\nstdout:\n%s\nstderr:\n%s", argv[0], n.Name, stdout.String(), stderr.String())
+			t.Logf("%s in %s:\nstdout:\n%s\nstderr:\n%s", strings.Join(cmd.Args, " "), n.Name, stdout.String(), stderr.String())
 		}
 	})
 
