@@ -49,9 +49,11 @@ func TestRun(t *testing.T) {
 	ln.Close()
 
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan struct{}) // closed when Run has returned runErr
+	var runErr error
 	go func() {
-		done <- Run(ctx, Config{Cgroup: cg.Path, PinDir: pinDir, HealthAddr: addr, GCInterval: 20 * time.Millisecond, UnloadOnStop: true})
+		defer close(done)
+		runErr = Run(ctx, Config{Cgroup: cg.Path, PinDir: pinDir, HealthAddr: addr, GCInterval: 20 * time.Millisecond, UnloadOnStop: true})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -68,8 +70,8 @@ func TestRun(t *testing.T) {
 			}
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("agent stopped: %v", err)
+		case <-done:
+			t.Fatalf("agent stopped: %v", runErr)
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -132,10 +134,10 @@ func TestRun(t *testing.T) {
 
 	node.Close()
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
+	<-done
+	if runErr != nil {
+		t.Fatalf("Run: %v", runErr)
 	}
-	done <- nil // for the cleanup
 	if _, err := shuntebpf.Open(pinDir); !errors.Is(err, shuntebpf.ErrNotLoaded) {
 		t.Errorf("Open after a stop with UnloadOnStop = %v, want ErrNotLoaded", err)
 	}
