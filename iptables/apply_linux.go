@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/podroute"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -223,7 +223,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		}
 		log.Info("rules programmed", "family", fp.Family.String())
 	}
-	if err := setupRoutes(plan); err != nil {
+	if err := podroute.Setup(plan); err != nil {
 		return rollback(err)
 	}
 	return nil
@@ -325,117 +325,11 @@ func Cleanup(ctx context.Context, opts Options) error {
 				log.Info("rules removed", "variant", v, "family", fam.f.String())
 			}
 		}
-		if err := cleanupRoutes(); err != nil {
+		if err := podroute.Cleanup(); err != nil {
 			errs = append(errs, err)
 		}
 		return errors.Join(errs...)
 	})
-}
-
-// setupRoutes adds the TPROXY fwmark rule and local default route, and the IPv6 passthrough address.
-func setupRoutes(plan *redirect.Plan) error {
-	if !slices.ContainsFunc(plan.Families, func(fp redirect.FamilyPlan) bool { return fp.TProxy != nil || len(fp.LoopbackAddrs) > 0 }) {
-		return nil
-	}
-	h, lo, err := routeHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	for _, fp := range plan.Families {
-		family, all := unix.AF_INET, netip.MustParsePrefix("0.0.0.0/0")
-		if fp.Family == redirect.IPv6 {
-			family, all = unix.AF_INET6, netip.MustParsePrefix("::/0")
-		}
-		for _, a := range fp.LoopbackAddrs {
-			addr := &netlink.Addr{IPNet: prefixNet(a)}
-			if err := h.AddrAdd(lo, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("add %s to lo: %w", a, err)
-			}
-		}
-		if fp.TProxy == nil {
-			continue
-		}
-		// TPROXY delivers through lo: a local route needs it up (pods always have it up).
-		if lo.Attrs().Flags&net.FlagUp == 0 {
-			if err := h.LinkSetUp(lo); err != nil {
-				return fmt.Errorf("set lo up for TPROXY: %w", err)
-			}
-		}
-		// The kernel accepts duplicate rules: add ours only when it is missing.
-		rules, err := h.RuleList(family)
-		if err != nil {
-			return fmt.Errorf("list ip rules: %w", err)
-		}
-		if !slices.ContainsFunc(rules, func(r netlink.Rule) bool {
-			return r.Mark == fp.TProxy.Mark && r.Table == int(fp.TProxy.Table) && (r.Mask == nil || *r.Mask == 0xffffffff)
-		}) {
-			rule := netlink.NewRule()
-			rule.Family = family
-			rule.Mark = fp.TProxy.Mark
-			rule.Table = int(fp.TProxy.Table)
-			if err := h.RuleAdd(rule); err != nil {
-				return fmt.Errorf("add ip rule fwmark %d lookup %d: %w", rule.Mark, rule.Table, err)
-			}
-		}
-		route := &netlink.Route{Dst: prefixNet(all), Scope: netlink.SCOPE_HOST, Type: unix.RTN_LOCAL,
-			Table: int(fp.TProxy.Table), LinkIndex: lo.Attrs().Index}
-		if err := h.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add local default route in table %d: %w", fp.TProxy.Table, err)
-		}
-	}
-	return nil
-}
-
-// cleanupRoutes removes fwmark rules whose table holds only a local default route via lo (TPROXY's),
-// with those routes, and ::6/128 from lo.
-func cleanupRoutes() error {
-	h, lo, err := routeHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	var errs []error
-	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
-		rules, err := h.RuleList(family)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list ip rules: %w", err))
-			continue
-		}
-		for _, rule := range rules {
-			if rule.Mark == 0 || rule.Table <= 0 || rule.Table >= 253 {
-				continue
-			}
-			routes, err := h.RouteListFiltered(family, &netlink.Route{Table: rule.Table}, netlink.RT_FILTER_TABLE)
-			if err != nil || len(routes) != 1 || !isTProxyRoute(&routes[0], lo.Attrs().Index) {
-				continue
-			}
-			r := rule
-			if err := h.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("delete ip rule fwmark %d lookup %d: %w", rule.Mark, rule.Table, err))
-			}
-			if err := h.RouteDel(&routes[0]); err != nil && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("delete route of table %d: %w", rule.Table, err))
-			}
-		}
-	}
-	six := &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(redirect.PassthroughV6, 128))}
-	if err := h.AddrDel(lo, six); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-		errs = append(errs, fmt.Errorf("remove ::6 from lo: %w", err))
-	}
-	return errors.Join(errs...)
-}
-
-func isTProxyRoute(r *netlink.Route, lo int) bool {
-	ones := 0
-	if r.Dst != nil {
-		ones, _ = r.Dst.Mask.Size()
-	}
-	return r.Type == unix.RTN_LOCAL && r.LinkIndex == lo && ones == 0
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // DetectIPv6 says whether the namespace at path (current when empty) is IPv6, as Istio decides: by its
@@ -502,18 +396,4 @@ func withXtablesLock(env []string, fn func() error) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return fn()
-}
-
-// routeHandle opens a netlink route socket in the current namespace and finds lo.
-func routeHandle() (*netlink.Handle, netlink.Link, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, nil, fmt.Errorf("netlink: %w", err)
-	}
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		h.Close()
-		return nil, nil, fmt.Errorf("find lo: %w", err)
-	}
-	return h, lo, nil
 }

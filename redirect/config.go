@@ -97,6 +97,10 @@ type Config struct {
 
 	DropInvalid bool // --drop-invalid
 	IPv6        bool // program ip6tables too
+
+	// NativeNFTables plans nftables' inet tables, as Istio's native nftables mode programs them
+	// (--native-nftables): one Plan family, Inet, covering IPv4 and, with IPv6, IPv6.
+	NativeNFTables bool
 }
 
 // DefaultConfig returns the sidecar injector's settings: everything captured, in REDIRECT mode, with the

@@ -51,7 +51,7 @@ func Build(cfg Config) (Plan, error) {
 	if cfg.IPv6 {
 		fams = append(fams, IPv6)
 	}
-	b := newBuilder(fams)
+	b := newBuilder(fams, cfg.NativeNFTables)
 	b.build(&cfg)
 	return b.plan(&cfg), nil
 }
@@ -86,19 +86,45 @@ func (t *tableBuilder) chain(name string) *chainBuilder {
 }
 
 type builder struct {
-	families []Family
-	tables   map[Family]map[string]*tableBuilder
+	families []Family // the address families captured
+	// inet builds one set of tables for both families, as nftables' inet family holds them: a rule
+	// added for both families is added once, family-specific rules go into the same chains.
+	inet   bool
+	tables map[Family]map[string]*tableBuilder
 }
 
-func newBuilder(families []Family) *builder {
-	b := &builder{families: families, tables: make(map[Family]map[string]*tableBuilder)}
-	for _, f := range families {
+func newBuilder(families []Family, inet bool) *builder {
+	b := &builder{families: families, inet: inet, tables: make(map[Family]map[string]*tableBuilder)}
+	for _, f := range b.targets(both) {
 		b.tables[f] = make(map[string]*tableBuilder)
 		for _, t := range Tables {
 			b.tables[f][t] = &tableBuilder{}
 		}
 	}
 	return b
+}
+
+// targets returns the rule sets that an addition for the families sel selects goes into: one per
+// family, or the single inet one.
+func (b *builder) targets(sel fams) []Family {
+	var out []Family
+	b.each(sel, func(f Family) {
+		if b.inet {
+			f = Inet
+		}
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	})
+	return out
+}
+
+// store returns the rule set of family f's rules.
+func (b *builder) store(f Family) map[string]*tableBuilder {
+	if b.inet {
+		return b.tables[Inet]
+	}
+	return b.tables[f]
 }
 
 // each calls fn for every planned family that sel selects.
@@ -112,10 +138,10 @@ func (b *builder) each(sel fams, fn func(Family)) {
 
 // add appends r to table/chain in the selected families.
 func (b *builder) add(sel fams, table, chain string, r Rule) {
-	b.each(sel, func(f Family) {
+	for _, f := range b.targets(sel) {
 		c := b.tables[f][table].chain(chain)
 		c.rules = append(c.rules, r)
-	})
+	}
 }
 
 // insert inserts r at 1-based position pos of table/chain, as `iptables -I chain pos` would.
@@ -123,24 +149,28 @@ func (b *builder) insert(sel fams, table, chain string, pos int, r Rule) {
 	if IsBuiltin(chain) {
 		r.Head = true
 	}
-	b.each(sel, func(f Family) {
+	for _, f := range b.targets(sel) {
 		c := b.tables[f][table].chain(chain)
 		c.rules = slices.Insert(c.rules, min(pos-1, len(c.rules)), r)
-	})
+	}
 }
 
-// addPerFamily appends the rule mk returns for each selected family (rules with family-specific addresses).
+// addPerFamily appends the rule mk returns for each family (rules with family-specific addresses); in
+// inet tables the IPv4 rule comes first.
 func (b *builder) addPerFamily(table, chain string, mk func(Family) Rule) {
 	b.each(both, func(f Family) {
-		c := b.tables[f][table].chain(chain)
+		c := b.store(f)[table].chain(chain)
 		c.rules = append(c.rules, mk(f))
 	})
 }
 
 func (b *builder) plan(cfg *Config) Plan {
 	var p Plan
-	for _, f := range b.families {
-		fp := FamilyPlan{Family: f}
+	for _, f := range b.targets(both) {
+		fp := FamilyPlan{Family: f, Covers: []Family{f}}
+		if f == Inet {
+			fp.Covers = b.families
+		}
 		for _, tn := range Tables {
 			tb := b.tables[f][tn]
 			// A chain that is only jumped to still has to exist.
@@ -163,7 +193,7 @@ func (b *builder) plan(cfg *Config) Plan {
 		if cfg.Mode == ModeTProxy && (cfg.InboundPorts.All || len(cfg.InboundPorts.Ports) > 0) {
 			fp.TProxy = &TProxyRoute{Mark: cfg.TProxyMark, Table: cfg.TProxyRouteTable}
 		}
-		if f == IPv6 {
+		if slices.Contains(fp.Covers, IPv6) {
 			fp.LoopbackAddrs = []netip.Prefix{netip.PrefixFrom(PassthroughV6, 128)}
 		}
 		p.Families = append(p.Families, fp)
@@ -230,8 +260,12 @@ func (b *builder) build(cfg *Config) {
 			Why: "traffic from virtual interface " + name + " is not inbound traffic"})
 	}
 	if cfg.DropInvalid {
-		b.add(both, TableMangle, "PREROUTING", Rule{CTState: []string{"INVALID"}, Target: jump(ChainDrop), Flow: FlowInbound,
-			Why: "conntrack-invalid (out of window) packets are dropped instead of being reset"})
+		r := Rule{CTState: []string{"INVALID"}, Target: jump(ChainDrop), Flow: FlowInbound,
+			Why: "conntrack-invalid (out of window) packets are dropped instead of being reset"}
+		if b.inet {
+			r.Proto = "tcp" // Istio's native nftables mode drops only invalid TCP
+		}
+		b.add(both, TableMangle, "PREROUTING", r)
 		b.add(both, TableMangle, ChainDrop, Rule{Target: Target{Kind: TargetDrop}, Flow: FlowInbound, Why: "drop invalid packets"})
 	}
 
@@ -390,11 +424,17 @@ func (b *builder) ownerGroups(cfg *Config) {
 // and agent↔server legs of a UDP query apart.
 func (b *builder) dns(cfg *Config, dnsV4, dnsV6 []netip.Addr, owners []OwnerMatch) {
 	b.add(both, TableRaw, "OUTPUT", Rule{Target: jump(ChainOutputDNS), Flow: FlowDNS, Why: "DNS packets are sorted into conntrack zones"})
-	if cfg.CaptureAllDNS || len(dnsV4) > 0 {
-		b.add(v4, TableNAT, ChainOutput, Rule{Target: jump(ChainOutputDNS), Flow: FlowDNS, Why: "DNS queries go to the agent's DNS proxy"})
+	// The jumps of a family are left out when it has no servers, except in inet tables (one jump
+	// serves both families there).
+	toDNS := Rule{Target: jump(ChainOutputDNS), Flow: FlowDNS, Why: "DNS queries go to the agent's DNS proxy"}
+	if b.inet {
+		b.add(both, TableNAT, ChainOutput, toDNS)
 	}
-	if cfg.CaptureAllDNS || len(dnsV6) > 0 {
-		b.add(v6, TableNAT, ChainOutput, Rule{Target: jump(ChainOutputDNS), Flow: FlowDNS, Why: "DNS queries go to the agent's DNS proxy"})
+	if !b.inet && (cfg.CaptureAllDNS || len(dnsV4) > 0) {
+		b.add(v4, TableNAT, ChainOutput, toDNS)
+	}
+	if !b.inet && (cfg.CaptureAllDNS || len(dnsV6) > 0) {
+		b.add(v6, TableNAT, ChainOutput, toDNS)
 	}
 	for _, proto := range []string{"tcp", "udp"} {
 		redirect := Rule{Proto: proto, DPort: dport(53), Target: Target{Kind: TargetRedirect, Port: DNSProxyPort}, Flow: FlowDNS}
@@ -424,12 +464,16 @@ func (b *builder) dns(cfg *Config, dnsV4, dnsV6 []netip.Addr, owners []OwnerMatc
 			Why: "answers from DNS servers use conntrack zone 1"})
 		return
 	}
+	toZones := Rule{Target: jump(ChainInbound), Flow: FlowDNS, Why: "DNS answers are sorted into conntrack zones"}
+	if b.inet {
+		b.add(both, TableRaw, "PREROUTING", toZones)
+	}
 	for _, set := range []struct {
 		sel     fams
 		servers []netip.Addr
 	}{{v4, dnsV4}, {v6, dnsV6}} {
-		if len(set.servers) > 0 {
-			b.add(set.sel, TableRaw, "PREROUTING", Rule{Target: jump(ChainInbound), Flow: FlowDNS, Why: "DNS answers are sorted into conntrack zones"})
+		if !b.inet && len(set.servers) > 0 {
+			b.add(set.sel, TableRaw, "PREROUTING", toZones)
 		}
 		for _, s := range set.servers {
 			b.add(set.sel, TableRaw, ChainOutputDNS, Rule{Dst: AddrMatch{Prefix: host(s)}, Proto: "udp", DPort: dport(53), Target: Target{Kind: TargetCTZone, Zone: 2},

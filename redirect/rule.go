@@ -130,18 +130,26 @@ type Family int
 const (
 	IPv4 Family = 4
 	IPv6 Family = 6
+	// Inet is nftables' inet family: one set of tables for IPv4 and IPv6 (Config.NativeNFTables).
+	Inet Family = 10
 )
 
 func (f Family) String() string {
-	if f == IPv6 {
+	switch f {
+	case IPv6:
 		return "IPv6"
+	case Inet:
+		return "inet"
 	}
 	return "IPv4"
 }
 
-// FamilyPlan is everything to program for one address family.
+// FamilyPlan is everything to program for one address family, or for both in one inet plan.
 type FamilyPlan struct {
 	Family Family
+	// Covers lists the address families the plan captures: its own, or IPv4 and (when enabled) IPv6
+	// for an inet plan. TProxy and LoopbackAddrs apply to each.
+	Covers []Family
 	Tables []Table // in the order mangle, nat, raw; tables without rules are left out
 	// TProxy is the policy routing TPROXY needs: packets marked Mark are looked up in routing table
 	// Table, which holds a local default route via lo. Nil outside TPROXY mode.
@@ -157,7 +165,8 @@ type TProxyRoute struct {
 	Table uint32
 }
 
-// Plan is the full set of rules for a Config: IPv4, and IPv6 when enabled.
+// Plan is the full set of rules for a Config: IPv4, and IPv6 when enabled, or one inet plan with
+// Config.NativeNFTables.
 type Plan struct {
 	Families []FamilyPlan
 }

@@ -30,7 +30,7 @@ type istioFlags struct {
 	probeTimeout                           time.Duration
 	netns, forceBinary                     string
 	ipv6, dnsServers, pod                  string
-	explain                                bool
+	explain, nativeNFT                     bool
 	logLevel                               string
 	logJSON                                bool
 }
@@ -76,6 +76,7 @@ func newIstioFlags(fs *pflag.FlagSet) *istioFlags {
 	fs.DurationVar(&f.probeTimeout, "probe-timeout", 5*time.Second, "how long validation may take")
 	fs.StringVar(&f.netns, "network-namespace", "", "path of the network namespace to program (default: the current one)")
 	fs.StringVar(&f.forceBinary, "force-iptables-binary", "", "iptables variant to use: nft or legacy (default: detected)")
+	fs.BoolVar(&f.nativeNFT, "native-nftables", false, "program nftables' inet tables over netlink (Istio's native nftables mode) instead of iptables")
 	fs.StringVar(&f.ipv6, "ipv6", "", "program IPv6 too: true or false (default: detected from the namespace's addresses)")
 	fs.StringVar(&f.dnsServers, "dns-servers", "", "DNS servers whose traffic is captured (default: /etc/resolv.conf); empty for none")
 	fs.StringVar(&f.pod, "pod", "", "program the rules the CNI plugin would for this Pod manifest (file, or - for stdin)")

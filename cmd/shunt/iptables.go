@@ -11,6 +11,7 @@ import (
 
 	"github.com/shuntmesh/shunt/cni"
 	"github.com/shuntmesh/shunt/iptables"
+	"github.com/shuntmesh/shunt/nftables"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -125,6 +126,12 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 
 // buildConfig returns the Config of the flags, or of the Pod manifest given with --pod.
 func (f *istioFlags) buildConfig(env osEnv) (redirect.Config, error) {
+	cfg, err := f.ruleConfig(env)
+	cfg.NativeNFTables = f.nativeNFT
+	return cfg, err
+}
+
+func (f *istioFlags) ruleConfig(env osEnv) (redirect.Config, error) {
 	if f.pod == "" {
 		return f.config(env.getenv, os.ReadFile, func(dualStack bool) (bool, error) {
 			return iptables.DetectIPv6(f.netns, dualStack)
@@ -163,8 +170,22 @@ func (f *istioFlags) buildConfig(env osEnv) (redirect.Config, error) {
 	return cfg, nil
 }
 
-// printPlan writes the restore input of every family, each after a comment line naming the tool.
+// printPlan writes the restore input of every family, each after a comment line naming the tool, or
+// the nft script of an inet plan.
 func printPlan(w io.Writer, plan *redirect.Plan, explain bool) error {
+	if fp := plan.Family(redirect.Inet); fp != nil {
+		script, err := nftables.Render(plan, nftables.RenderOptions{Explain: explain})
+		if err != nil {
+			return err
+		}
+		if explain {
+			for _, line := range iptables.ExplainSetup(fp) {
+				fmt.Fprintf(w, "# %s\n", line)
+			}
+		}
+		_, err = w.Write(script)
+		return err
+	}
 	for i := range plan.Families {
 		fp := &plan.Families[i]
 		tool := "iptables-restore"
