@@ -80,9 +80,17 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 	default:
 		return &redirect.FieldError{Field: "--force-iptables-binary", Value: f.forceBinary, Err: errors.New("want nft or legacy")}
 	}
+	if f.nativeNFT && f.forceBinary != "" {
+		return &redirect.FieldError{Field: "--force-iptables-binary", Value: f.forceBinary,
+			Err: errors.New("--native-nftables programs nftables directly and uses no iptables binary")}
+	}
+	nftOpts := nftables.Options{NetNS: f.netns, Reconcile: f.reconcile, Force: f.forceApply, Logger: log}
 	if f.cleanupOnly {
 		if f.dryRun {
 			return errors.New("--cleanup-only reads what is installed: it has no dry run")
+		}
+		if f.nativeNFT {
+			return nftables.Cleanup(ctx, nftOpts)
 		}
 		return iptables.Cleanup(ctx, opts)
 	}
@@ -99,7 +107,11 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 		return printPlan(env.stdout, &plan, f.explain)
 	}
 	if !f.skipRuleApply {
-		if err := iptables.Apply(ctx, &plan, opts); err != nil {
+		apply := func() error { return iptables.Apply(ctx, &plan, opts) }
+		if f.nativeNFT {
+			apply = func() error { return nftables.Apply(ctx, &plan, nftOpts) }
+		}
+		if err := apply(); err != nil {
 			return err
 		}
 	}

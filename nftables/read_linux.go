@@ -1,0 +1,197 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Rules are read with a dump of our own rather than google/nftables' GetRules, which drops the
+// expressions it cannot decode (tproxy among them) and a ct statement's register: a comparison must
+// see every expression the kernel holds.
+
+// rawExpr is one expression of a rule as netlink carries it: its name and its attributes.
+type rawExpr struct {
+	name string
+	data []byte
+}
+
+type rawRule []rawExpr
+
+// dumpRules returns every rule of the inet family, keyed by "table chain", in chain order.
+func dumpRules() (map[string][]rawRule, error) {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+	}
+	defer conn.Close()
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
+		Data:   []byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list nftables rules: %w", err)
+	}
+	out := map[string][]rawRule{}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		table, chain, rule, err := parseRule(m.Data[4:])
+		if err != nil {
+			return nil, fmt.Errorf("parse nftables rule: %w", err)
+		}
+		out[table+" "+chain] = append(out[table+" "+chain], rule)
+	}
+	return out, nil
+}
+
+// parseRule decodes the attributes of a NEWRULE message.
+func parseRule(b []byte) (table, chain string, rule rawRule, err error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return "", "", nil, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_RULE_TABLE:
+			table = ad.String()
+		case unix.NFTA_RULE_CHAIN:
+			chain = ad.String()
+		case unix.NFTA_RULE_EXPRESSIONS:
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					var e rawExpr
+					list.Nested(func(ed *netlink.AttributeDecoder) error {
+						for ed.Next() {
+							switch ed.Type() {
+							case unix.NFTA_EXPR_NAME:
+								e.name = ed.String()
+							case unix.NFTA_EXPR_DATA:
+								e.data = ed.Bytes()
+							}
+						}
+						return nil
+					})
+					rule = append(rule, e)
+				}
+				return nil
+			})
+		}
+	}
+	return table, chain, rule, ad.Err()
+}
+
+// rawExprs marshals built expressions the way they travel, so that both sides of a comparison are
+// decoded by the same code.
+func rawExprs(exprs []expr.Any) (rawRule, error) {
+	var rule rawRule
+	for _, e := range exprs {
+		b, err := expr.Marshal(unix.NFPROTO_INET, e)
+		if err != nil {
+			return nil, err
+		}
+		_, _, r, err := parseRule(mustAttr(unix.NFTA_RULE_EXPRESSIONS, mustAttr(unix.NFTA_LIST_ELEM, b)))
+		if err != nil {
+			return nil, err
+		}
+		rule = append(rule, r...)
+	}
+	return rule, nil
+}
+
+func mustAttr(typ uint16, data []byte) []byte {
+	b, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | typ, Data: data}})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// describe returns the canonical form of a rule's expressions: what the kernel evaluates, without
+// counter values, set names or ids. An expression shunt never writes is described whole, so that
+// any foreign change shows as a difference.
+func (r rawRule) describe(set func(*expr.Lookup) string) string {
+	words := make([]string, 0, len(r))
+	for _, re := range r {
+		words = append(words, re.describe(set))
+	}
+	return strings.Join(words, "; ")
+}
+
+func (re rawExpr) describe(set func(*expr.Lookup) string) string {
+	opaque := fmt.Sprintf("%s:%x", re.name, re.data)
+	decode := func(e expr.Any) bool { return expr.Unmarshal(unix.NFPROTO_INET, re.data, e) == nil }
+	switch re.name {
+	case "counter":
+		return "counter"
+	case "meta":
+		if e := (&expr.Meta{}); decode(e) {
+			return fmt.Sprintf("meta %d r%d set=%t", e.Key, e.Register, e.SourceRegister)
+		}
+	case "cmp":
+		if e := (&expr.Cmp{}); decode(e) {
+			return fmt.Sprintf("cmp %d r%d %x", e.Op, e.Register, e.Data)
+		}
+	case "payload":
+		if e := (&expr.Payload{}); decode(e) {
+			return fmt.Sprintf("payload %d+%d/%d r%d", e.Base, e.Offset, e.Len, e.DestRegister)
+		}
+	case "bitwise":
+		if e := (&expr.Bitwise{}); decode(e) {
+			return fmt.Sprintf("bitwise r%d r%d %d &%x ^%x", e.SourceRegister, e.DestRegister, e.Len, e.Mask, e.Xor)
+		}
+	case "lookup":
+		if e := (&expr.Lookup{}); decode(e) {
+			return fmt.Sprintf("lookup r%d %s invert=%t", e.SourceRegister, set(e), e.Invert)
+		}
+	case "immediate":
+		if e := (&expr.Immediate{}); decode(e) && (e.Register != unix.NFT_REG_VERDICT || len(e.Data) > 0) {
+			return fmt.Sprintf("immediate r%d %x", e.Register, e.Data)
+		}
+		if e := (&expr.Verdict{}); decode(e) {
+			return fmt.Sprintf("verdict %d %s", e.Kind, e.Chain)
+		}
+	case "redir":
+		if e := (&expr.Redir{}); decode(e) {
+			max := e.RegisterProtoMax
+			if max == 0 {
+				max = e.RegisterProtoMin // the kernel reports an unset maximum as the minimum
+			}
+			return fmt.Sprintf("redir r%d r%d %#x", e.RegisterProtoMin, max, e.Flags)
+		}
+	case "tproxy":
+		if e := (&expr.TProxy{}); decode(e) {
+			return fmt.Sprintf("tproxy %d addr=r%d port=r%d", e.Family, e.RegAddr, e.RegPort)
+		}
+	case "ct":
+		// Decoded here: google/nftables drops a ct statement's source register.
+		ad, err := netlink.NewAttributeDecoder(re.data)
+		if err != nil {
+			return opaque
+		}
+		ad.ByteOrder = binary.BigEndian
+		var key, dreg, sreg, dir uint32
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_CT_KEY:
+				key = ad.Uint32()
+			case unix.NFTA_CT_DREG:
+				dreg = ad.Uint32()
+			case unix.NFTA_CT_SREG:
+				sreg = ad.Uint32()
+			case unix.NFTA_CT_DIRECTION:
+				dir = uint32(ad.Uint8())
+			}
+		}
+		if ad.Err() == nil {
+			return fmt.Sprintf("ct %d dreg=%d sreg=%d dir=%d", key, dreg, sreg, dir)
+		}
+	}
+	return opaque
+}
