@@ -351,4 +351,3 @@ func hookName(h gonft.ChainHook) string {
 	}
 	return "hook" + strconv.Itoa(int(h))
 }
-
