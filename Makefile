@@ -7,13 +7,23 @@ FUZZTIME ?= 15s
 # clang produces another (working) object, which check-generate reports as a difference.
 CLANG    ?= clang-14
 
-.PHONY: all build test unit compat bench fuzz demo lint clean generate check-generate
+.PHONY: all build test unit compat bench fuzz demo lint clean generate check-generate image
 
 all: build test
 
 # Static: no dynamic loader at start-up (an init container starts it once per pod).
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/shunt
+
+# The container image: bin/shunt alone, as /shunt, in an OCI image layout tarball, built without a
+# container engine and reproducible (timestamps from SOURCE_DATE_EPOCH, default the commit's time).
+IMAGE             ?= ghcr.io/shuntmesh/shunt
+IMAGE_TAG         ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+image: build
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./deploy/image -binary $(BIN) -o bin/shunt-image.tar \
+		-name $(IMAGE) -tag $(IMAGE_TAG) -revision "$$(git rev-parse HEAD 2>/dev/null)"
 
 # Everything: vet, unit tests, privileged tests and e2e flows (root), and the Istio compatibility
 # checks in all three modes when ../shared/compat is present.

@@ -1,0 +1,386 @@
+//go:build linux
+
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
+)
+
+// pkgImage is `make image`'s builder.
+const pkgImage = "github.com/shuntmesh/shunt/deploy/image"
+
+// What TestImage builds: `make image` with these flags.
+const (
+	imageRepo     = "ghcr.io/shuntmesh/shunt"
+	imageTag      = "e2e"
+	imageRevision = "0123456789abcdef0123456789abcdef01234567"
+	imageEpoch    = 1700000000 // SOURCE_DATE_EPOCH
+)
+
+// TestImage builds the container image `make image` makes, from a static shunt, and proves it: an OCI
+// image layout with one image for linux/GOARCH whose single layer holds /shunt alone, static, mode
+// 0755, owned by root; the config starts it; the same inputs give the same bytes; and, chrooted into
+// the unpacked layer with nothing else in the file system, it prints its help, its rules, and
+// programs a fresh network namespace without any iptables tool (root).
+func TestImage(t *testing.T) {
+	shunt := staticShunt(t)
+	img := buildTestImage(t, shunt, imageEpoch)
+
+	t.Run("Layout", func(t *testing.T) {
+		idx, err := layout.ImageIndexFromPath(img.layout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(im.Manifests) != 1 {
+			t.Fatalf("index.json: %d manifests, want 1", len(im.Manifests))
+		}
+		desc := im.Manifests[0]
+		wantPlatform := &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+		if diff := cmp.Diff(wantPlatform, desc.Platform); diff != "" {
+			t.Errorf("index.json platform (-want +got):\n%s", diff)
+		}
+		ref := imageRepo + ":" + imageTag
+		for _, key := range []string{"org.opencontainers.image.ref.name", "io.containerd.image.name"} {
+			if got := desc.Annotations[key]; got != ref {
+				t.Errorf("index.json annotation %s = %q, want %q", key, got, ref)
+			}
+		}
+		if !strings.Contains(img.output, desc.Digest.String()) {
+			t.Errorf("the builder's report does not name the digest %s:\n%s", desc.Digest, img.output)
+		}
+
+		image, err := idx.Image(desc.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Digests, sizes and diff ids of every blob against what references them.
+		if err := validate.Image(image); err != nil {
+			t.Fatalf("validate: %v", err)
+		}
+		layers, err := image.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(layers) != 1 {
+			t.Fatalf("%d layers, want 1", len(layers))
+		}
+		if mt, err := layers[0].MediaType(); err != nil || mt != types.OCILayer {
+			t.Errorf("layer media type %q (%v), want %q", mt, err, types.OCILayer)
+		}
+		cfg, err := image.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		created := time.Unix(imageEpoch, 0).UTC()
+		if cfg.OS != "linux" || cfg.Architecture != runtime.GOARCH || !cfg.Created.Time.Equal(created) {
+			t.Errorf("config: os %q architecture %q created %v, want linux %s %v", cfg.OS, cfg.Architecture, cfg.Created.Time, runtime.GOARCH, created)
+		}
+		want := v1.Config{
+			Entrypoint: []string{"/shunt"},
+			Env:        []string{"PATH=/"},
+			WorkingDir: "/",
+			Labels: map[string]string{
+				"org.opencontainers.image.title":    "shunt",
+				"org.opencontainers.image.source":   "https://github.com/shuntmesh/shunt",
+				"org.opencontainers.image.version":  imageTag,
+				"org.opencontainers.image.revision": imageRevision,
+			},
+		}
+		if diff := cmp.Diff(want, cfg.Config); diff != "" {
+			t.Errorf("config (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("Layer", func(t *testing.T) {
+		want := []string{"-rwxr-xr-x 0/0 shunt " + time.Unix(imageEpoch, 0).UTC().Format(time.RFC3339)}
+		if diff := cmp.Diff(want, img.layerEntries); diff != "" {
+			t.Errorf("the layer's entries (-want +got):\n%s", diff)
+		}
+		f, err := elf.Open(filepath.Join(img.root, "shunt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Error("/shunt asks for a dynamic loader (PT_INTERP): the image has none")
+			}
+		}
+	})
+
+	t.Run("Reproducible", func(t *testing.T) {
+		again := buildTestImage(t, shunt, imageEpoch)
+		if !bytes.Equal(img.tarball, again.tarball) {
+			t.Errorf("two builds of the same binary differ: %d and %d bytes", len(img.tarball), len(again.tarball))
+		}
+		// The epoch is what stamps it: another gives another image.
+		later := buildTestImage(t, shunt, imageEpoch+1)
+		if bytes.Equal(img.tarball, later.tarball) {
+			t.Error("SOURCE_DATE_EPOCH changes nothing in the image")
+		}
+	})
+
+	t.Run("Help", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		out, err := runInImage(t, img, nil, "--help")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "Usage:") || !strings.Contains(out, "iptables") {
+			t.Errorf("shunt --help in the image:\n%s", out)
+		}
+	})
+
+	t.Run("DryRun", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		ns := testutil.NewNetNS(t)
+		out, err := runInImage(t, img, ns, "iptables", "--dry-run")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rule := range []string{
+			"-A OUTPUT -j ISTIO_OUTPUT",
+			"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+			"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+			"COMMIT",
+		} {
+			if !strings.Contains(out, rule+"\n") {
+				t.Errorf("shunt iptables --dry-run in the image: no %q in\n%s", rule, out)
+			}
+		}
+	})
+
+	// A pod's first run: a fresh namespace holds no tables, and shunt programs them through the
+	// kernel's API, so the image needs no iptables tool.
+	t.Run("Apply", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		ns := testutil.NewNetNS(t)
+		if _, err := runInImage(t, img, ns, "iptables"); err != nil {
+			t.Fatal(err)
+		}
+		// Read back with the host's tools.
+		rules := ns.Run(t, "iptables-nft-save", "-t", "nat")
+		for _, rule := range []string{"-A OUTPUT -j ISTIO_OUTPUT", "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"} {
+			if !strings.Contains(rules, rule+"\n") {
+				t.Errorf("after shunt iptables in the image, no %q in\n%s", rule, rules)
+			}
+		}
+	})
+}
+
+// testImage is an image built by `make image`'s builder, unpacked.
+type testImage struct {
+	tarball []byte
+	// output is what the builder printed.
+	output string
+	// layout is the tarball extracted: an OCI image layout directory.
+	layout string
+	// root is the single layer extracted: the image's root file system.
+	root string
+	// env is the config's environment: a container's, before the pod's.
+	env []string
+	// layerEntries lists the layer's tar entries as "mode uid/gid name mtime".
+	layerEntries []string
+}
+
+// buildTestImage runs the image builder on the static binary shunt with SOURCE_DATE_EPOCH epoch and
+// unpacks the result under t.TempDir.
+func buildTestImage(t *testing.T, shunt string, epoch int64) *testImage {
+	t.Helper()
+	dir := t.TempDir()
+	tarball := filepath.Join(dir, "shunt-image.tar")
+	cmd := exec.Command(bins.Path(t, pkgImage), "-binary", shunt, "-o", tarball,
+		"-name", imageRepo, "-tag", imageTag, "-revision", imageRevision)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", epoch))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+	}
+	img := &testImage{output: string(out), layout: filepath.Join(dir, "layout"), root: filepath.Join(dir, "root")}
+	if img.tarball, err = os.ReadFile(tarball); err != nil {
+		t.Fatal(err)
+	}
+	names, err := extractTar(bytes.NewReader(img.tarball), img.layout)
+	if err != nil {
+		t.Fatalf("extract %s: %v", tarball, err)
+	}
+	// The layout holds nothing but its index and the three blobs it references.
+	if len(names) != 7 || names[0] != "oci-layout" || names[1] != "index.json" {
+		t.Errorf("entries of %s: %q, want oci-layout, index.json, blobs/, blobs/sha256/ and 3 blobs", tarball, names)
+	}
+
+	idx, err := layout.ImageIndexFromPath(img.layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil || len(im.Manifests) == 0 {
+		t.Fatalf("index.json: %v", err)
+	}
+	image, err := idx.Image(im.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := image.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.env = cfg.Config.Env
+	layers, err := image.Layers()
+	if err != nil || len(layers) == 0 {
+		t.Fatalf("layers: %v", err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	layerTar, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(bytes.NewReader(layerTar))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		img.layerEntries = append(img.layerEntries, fmt.Sprintf("%s %d/%d %s %s",
+			h.FileInfo().Mode(), h.Uid, h.Gid, h.Name, h.ModTime.UTC().Format(time.RFC3339)))
+	}
+	if _, err := extractTar(bytes.NewReader(layerTar), img.root); err != nil {
+		t.Fatalf("extract the layer: %v", err)
+	}
+	return img
+}
+
+// staticShunt returns the -shunt binary, or builds ./cmd/shunt as `make build` does: CGO_ENABLED=0,
+// -trimpath. (bins builds with cgo when a C compiler is present: a dynamic binary, which the image
+// cannot start.)
+func staticShunt(t *testing.T) string {
+	t.Helper()
+	if *shuntBinary != "" {
+		return *shuntBinary
+	}
+	path := filepath.Join(t.TempDir(), "shunt")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", path, pkgShunt)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkgShunt, err, out)
+	}
+	return path
+}
+
+// runInImage runs /shunt with args chrooted into the image's root file system, with the config's
+// environment and nothing of the host's: no /etc, /proc, /dev or /sys (a container runtime would
+// mount those; mount them under img.root for a command that needs them). With ns, the process runs
+// in that network namespace, else in the test's. It returns standard output; a failure's error
+// carries standard error.
+func runInImage(t *testing.T, img *testImage, ns *testutil.NetNS, args ...string) (string, error) {
+	t.Helper()
+	var cmd *exec.Cmd
+	if ns == nil {
+		cmd = exec.Command("/shunt", args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: img.root}
+	} else {
+		// ip netns exec, then chroot(8): the namespace is entered before the root changes. Absolute
+		// paths: the environment is the image's, whose PATH holds nothing of the host's.
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		chroot, err := exec.LookPath("chroot")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd = exec.Command(ip, slices.Concat([]string{"netns", "exec", ns.Name, chroot, img.root, "/shunt"}, args)...)
+	}
+	cmd.Env = img.env
+	cmd.Dir = "/"
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("/shunt %s in the image: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// extractTar writes the regular files and directories of the tar stream r under dir, with their
+// modes, and returns the entry names in order. Anything else, or a name leaving dir, is an error: the
+// tarballs under test hold nothing else.
+func extractTar(r io.Reader, dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var names []string
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return names, nil
+		}
+		if err != nil {
+			return names, err
+		}
+		names = append(names, h.Name)
+		if !filepath.IsLocal(h.Name) {
+			return names, fmt.Errorf("entry %q leaves the directory", h.Name)
+		}
+		path := filepath.Join(dir, h.Name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(path, h.FileInfo().Mode().Perm()); err != nil {
+				return names, err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return names, err
+			}
+			data, err := io.ReadAll(tr)
+			if err != nil {
+				return names, err
+			}
+			if err := os.WriteFile(path, data, h.FileInfo().Mode().Perm()); err != nil {
+				return names, err
+			}
+			// WriteFile's mode passes through the umask.
+			if err := os.Chmod(path, h.FileInfo().Mode().Perm()); err != nil {
+				return names, err
+			}
+		default:
+			return names, fmt.Errorf("entry %q: unexpected type %q", h.Name, h.Typeflag)
+		}
+	}
+}
