@@ -27,6 +27,12 @@ const (
 	CapabilityAnnotations = "io.kubernetes.cri.pod-annotations"
 )
 
+// Rule backends (NetConf.Backend).
+const (
+	BackendIptables = "iptables"
+	BackendNFTables = "nftables"
+)
+
 // DefaultExcludeNamespaces are left alone when the conflist entry does not say otherwise.
 var DefaultExcludeNamespaces = []string{"kube-system"}
 
@@ -51,6 +57,9 @@ type NetConf struct {
 	ExcludeNamespaces []string `json:"exclude_namespaces,omitempty"`
 	// APITimeout bounds the whole read of the Pod from the API server, retries included ("20s").
 	APITimeout string `json:"api_timeout,omitempty"`
+	// Backend programs the rules: "iptables" (the default) or "nftables", Istio's native nftables
+	// mode programmed over netlink, with no iptables or nft binary.
+	Backend string `json:"backend,omitempty"`
 	// IptablesVariant forces "nft" or "legacy"; empty detects it in the pod's namespace.
 	IptablesVariant string `json:"iptables_variant,omitempty"`
 	// ReportSocket is the installer's datagram socket the plugin reports each ADD, CHECK and DEL to,
@@ -113,6 +122,17 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	case "", "nft", "legacy":
 	default:
 		bad("iptables_variant", c.IptablesVariant, errors.New(`must be "nft", "legacy" or empty`))
+	}
+	switch c.Backend {
+	case "":
+		c.Backend = BackendIptables
+	case BackendIptables:
+	case BackendNFTables:
+		if c.IptablesVariant != "" {
+			bad("iptables_variant", c.IptablesVariant, errors.New(`the nftables backend uses no iptables: leave it empty`))
+		}
+	default:
+		bad("backend", c.Backend, errors.New(`must be "iptables", "nftables" or empty`))
 	}
 	if !filepath.IsAbs(c.EBPFPinDir) {
 		bad("ebpf_pin_dir", c.EBPFPinDir, errors.New("not an absolute path"))

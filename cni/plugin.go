@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/shuntmesh/shunt/iptables"
+	"github.com/shuntmesh/shunt/nftables"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -34,10 +35,11 @@ const maxLogSize = 10 << 20
 type Plugin struct {
 	// GetPod reads a pod; nil reads it from the API server with the kubeconfig of the NetConf.
 	GetPod func(ctx context.Context, conf *NetConf, namespace, name string) (*Pod, error)
-	// Apply, Check and Cleanup program, compare and remove rules; nil uses the iptables backend.
-	Apply   func(context.Context, *redirect.Plan, iptables.Options) error
-	Check   func(context.Context, *redirect.Plan, iptables.Options) error
-	Cleanup func(context.Context, iptables.Options) error
+	// Apply, Check and Cleanup program, compare and remove rules; nil uses the backend the NetConf
+	// names (see applyRules).
+	Apply   func(context.Context, *redirect.Plan, RuleOptions) error
+	Check   func(context.Context, *redirect.Plan, RuleOptions) error
+	Cleanup func(context.Context, RuleOptions) error
 	// JoinEBPF registers a pod's namespace with the node's eBPF agent, LeaveEBPF removes it; nil uses
 	// the agent's maps pinned in the NetConf's ebpf_pin_dir.
 	JoinEBPF  func(pinDir string, pod EBPFPod) error
@@ -158,7 +160,7 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	}
 	apply := p.Apply
 	if apply == nil {
-		apply = iptables.Apply
+		apply = applyRules
 	}
 	t := time.Now()
 	err = apply(context.Background(), &pp.plan, inv.options(true))
@@ -208,7 +210,7 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	}
 	check := p.Check
 	if check == nil {
-		check = iptables.Check
+		check = checkRules
 	}
 	t := time.Now()
 	err = check(context.Background(), &pp.plan, inv.options(false))
@@ -235,7 +237,7 @@ func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
 	}
 	cleanup := p.Cleanup
 	if cleanup == nil {
-		cleanup = iptables.Cleanup
+		cleanup = cleanupRules
 	}
 	leave := p.LeaveEBPF
 	if leave == nil {
@@ -322,6 +324,7 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 	if err = errors.Join(err, dpErr); err != nil {
 		return nil, "", types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: invalid capture settings", inv.pod()), err.Error())
 	}
+	cfg.NativeNFTables = inv.conf.Backend == BackendNFTables
 	built, err := redirect.Build(cfg)
 	if err != nil {
 		return nil, "", types.NewError(types.ErrInternal, fmt.Sprintf("pod %s: plan capture rules", inv.pod()), err.Error())
@@ -330,13 +333,53 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 	return &podPlan{plan: built, config: cfg, ips: ips, dataPath: dp}, "", nil
 }
 
-func (inv *invocation) options(reconcile bool) iptables.Options {
-	return iptables.Options{
-		NetNS:     inv.args.Netns,
-		Variant:   iptables.Variant(inv.conf.IptablesVariant),
-		Reconcile: reconcile,
-		Logger:    inv.log,
+func (inv *invocation) options(reconcile bool) RuleOptions {
+	return RuleOptions{
+		NetNS:           inv.args.Netns,
+		Backend:         inv.conf.Backend,
+		IptablesVariant: inv.conf.IptablesVariant,
+		Reconcile:       reconcile,
+		Logger:          inv.log,
 	}
+}
+
+// RuleOptions tell a rule backend which namespace to program, and how.
+type RuleOptions struct {
+	NetNS           string
+	Backend         string // BackendIptables or BackendNFTables
+	IptablesVariant string
+	Reconcile       bool
+	Logger          *slog.Logger
+}
+
+func (o RuleOptions) iptables() iptables.Options {
+	return iptables.Options{NetNS: o.NetNS, Variant: iptables.Variant(o.IptablesVariant), Reconcile: o.Reconcile, Logger: o.Logger}
+}
+
+func (o RuleOptions) nftables() nftables.Options {
+	return nftables.Options{NetNS: o.NetNS, Reconcile: o.Reconcile, Logger: o.Logger}
+}
+
+// applyRules, checkRules and cleanupRules program, compare and remove rules with o's backend.
+func applyRules(ctx context.Context, plan *redirect.Plan, o RuleOptions) error {
+	if o.Backend == BackendNFTables {
+		return nftables.Apply(ctx, plan, o.nftables())
+	}
+	return iptables.Apply(ctx, plan, o.iptables())
+}
+
+func checkRules(ctx context.Context, plan *redirect.Plan, o RuleOptions) error {
+	if o.Backend == BackendNFTables {
+		return nftables.Check(ctx, plan, o.nftables())
+	}
+	return iptables.Check(ctx, plan, o.iptables())
+}
+
+func cleanupRules(ctx context.Context, o RuleOptions) error {
+	if o.Backend == BackendNFTables {
+		return nftables.Cleanup(ctx, o.nftables())
+	}
+	return iptables.Cleanup(ctx, o.iptables())
 }
 
 // prevResult is the primary plugin's result, which the plugin passes on and takes the pod's IPs from.

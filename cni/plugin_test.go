@@ -19,7 +19,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -58,7 +57,7 @@ type fakePlugin struct {
 	Plugin
 	gets    int
 	applied *redirect.Plan
-	opts    iptables.Options
+	opts    RuleOptions
 	cleaned bool
 	joined  []EBPFPod
 	joinErr error
@@ -72,12 +71,12 @@ func newFake(t *testing.T, pod *Pod, getErr error) *fakePlugin {
 		f.gets++
 		return pod, getErr
 	}
-	f.Apply = func(_ context.Context, p *redirect.Plan, o iptables.Options) error {
+	f.Apply = func(_ context.Context, p *redirect.Plan, o RuleOptions) error {
 		f.applied, f.opts = p, o
 		return nil
 	}
-	f.Check = func(_ context.Context, p *redirect.Plan, o iptables.Options) error { return nil }
-	f.Cleanup = func(_ context.Context, o iptables.Options) error {
+	f.Check = func(_ context.Context, p *redirect.Plan, o RuleOptions) error { return nil }
+	f.Cleanup = func(_ context.Context, o RuleOptions) error {
 		f.cleaned, f.opts = true, o
 		return nil
 	}
@@ -129,6 +128,37 @@ func TestAddProgramsMeshedPod(t *testing.T) {
 	}
 	if f.opts.NetNS != "/var/run/netns/x" || !f.opts.Reconcile {
 		t.Errorf("options %+v, want the pod's netns and reconcile", f.opts)
+	}
+}
+
+func TestAddNFTablesBackend(t *testing.T) {
+	f := newFake(t, meshedPod(nil), nil)
+	if err := f.CmdAdd(cmdArgs(netConf(t, `,"backend":"nftables","prevResult":`+prevV4V6), "/var/run/netns/x", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if f.applied == nil || len(f.applied.Families) != 1 || f.applied.Families[0].Family != redirect.Inet {
+		t.Fatalf("applied %+v, want one inet plan", f.applied)
+	}
+	if got := f.applied.Families[0].Covers; len(got) != 2 {
+		t.Errorf("inet plan covers %v, want IPv4 and IPv6 from prevResult's IPs", got)
+	}
+	if f.opts.Backend != BackendNFTables {
+		t.Errorf("options %+v, want the nftables backend", f.opts)
+	}
+}
+
+func TestParseNetConfBackend(t *testing.T) {
+	c, err := ParseNetConf(netConf(t, ""))
+	if err != nil || c.Backend != BackendIptables {
+		t.Errorf("default backend %q, %v; want iptables", c.Backend, err)
+	}
+	for conf, want := range map[string]string{
+		`,"backend":"ebpf"`: `backend: invalid value "ebpf": must be "iptables", "nftables" or empty`,
+		`,"backend":"nftables","iptables_variant":"legacy"`: `iptables_variant: invalid value "legacy": the nftables backend uses no iptables`,
+	} {
+		if _, err := ParseNetConf(netConf(t, conf)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", conf, err, want)
+		}
 	}
 }
 
@@ -212,7 +242,7 @@ func TestAddFailsClosed(t *testing.T) {
 	})
 	t.Run("programming fails", func(t *testing.T) {
 		f := newFake(t, meshedPod(nil), nil)
-		f.Apply = func(context.Context, *redirect.Plan, iptables.Options) error {
+		f.Apply = func(context.Context, *redirect.Plan, RuleOptions) error {
 			return errors.New("iptables-restore: exit 4")
 		}
 		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))
@@ -292,7 +322,7 @@ func TestAddEBPF(t *testing.T) {
 
 func TestCheckNamesDifference(t *testing.T) {
 	f := newFake(t, meshedPod(nil), nil)
-	f.Check = func(context.Context, *redirect.Plan, iptables.Options) error {
+	f.Check = func(context.Context, *redirect.Plan, RuleOptions) error {
 		return errors.New("nat/ISTIO_OUTPUT: rule missing: -A ISTIO_OUTPUT -j ISTIO_REDIRECT")
 	}
 	err := f.CmdCheck(cmdArgs(withPrev(t, ""), "/ns", podArgs))

@@ -137,6 +137,9 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 }
 
 func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
+	if plan.Family(redirect.Inet) != nil {
+		return errors.New("the plan is for nftables (--native-nftables): apply it with the nftables backend")
+	}
 	log := opts.logger()
 	r := opts.runner()
 	v, why := chooseVariant(opts.Variant)

@@ -323,9 +323,12 @@ func sortedKeys[V any](m map[string]V) []string {
 // ExplainSetup describes, for --explain, what is programmed besides iptables rules.
 func ExplainSetup(fp *redirect.FamilyPlan) []string {
 	var out []string
-	if fp.TProxy != nil {
+	for _, f := range fp.Covers {
+		if fp.TProxy == nil {
+			break
+		}
 		out = append(out, fmt.Sprintf("%s/%s: ip rule fwmark %d lookup %d; ip route add local default dev lo table %d (TPROXY delivery to the proxy)",
-			redirect.FlowInbound, fp.Family, fp.TProxy.Mark, fp.TProxy.Table, fp.TProxy.Table))
+			redirect.FlowInbound, f, fp.TProxy.Mark, fp.TProxy.Table, fp.TProxy.Table))
 	}
 	for _, a := range fp.LoopbackAddrs {
 		out = append(out, fmt.Sprintf("%s/%s: ip addr add %s dev lo (source of the proxy's inbound passthrough)", redirect.FlowInbound, redirect.FlowIPv6, a))

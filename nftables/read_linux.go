@@ -132,15 +132,18 @@ func (re rawExpr) describe(set func(*expr.Lookup) string) string {
 		return "counter"
 	case "meta":
 		if e := (&expr.Meta{}); decode(e) {
-			return fmt.Sprintf("meta %d r%d set=%t", e.Key, e.Register, e.SourceRegister)
+			if e.SourceRegister {
+				return fmt.Sprintf("meta %s set r%d", name(metaKeys, uint32(e.Key)), e.Register)
+			}
+			return fmt.Sprintf("meta %s r%d", name(metaKeys, uint32(e.Key)), e.Register)
 		}
 	case "cmp":
 		if e := (&expr.Cmp{}); decode(e) {
-			return fmt.Sprintf("cmp %d r%d %x", e.Op, e.Register, e.Data)
+			return fmt.Sprintf("r%d %s %x", e.Register, name(cmpOps, uint32(e.Op)), e.Data)
 		}
 	case "payload":
 		if e := (&expr.Payload{}); decode(e) {
-			return fmt.Sprintf("payload %d+%d/%d r%d", e.Base, e.Offset, e.Len, e.DestRegister)
+			return fmt.Sprintf("payload %s+%d/%d r%d", name(payloadBases, uint32(e.Base)), e.Offset, e.Len, e.DestRegister)
 		}
 	case "bitwise":
 		if e := (&expr.Bitwise{}); decode(e) {
@@ -155,7 +158,11 @@ func (re rawExpr) describe(set func(*expr.Lookup) string) string {
 			return fmt.Sprintf("immediate r%d %x", e.Register, e.Data)
 		}
 		if e := (&expr.Verdict{}); decode(e) {
-			return fmt.Sprintf("verdict %d %s", e.Kind, e.Chain)
+			v, ok := verdictNames[e.Kind]
+			if !ok {
+				v = fmt.Sprint("verdict ", e.Kind)
+			}
+			return strings.TrimSpace(v + " " + e.Chain)
 		}
 	case "redir":
 		if e := (&expr.Redir{}); decode(e) {
@@ -190,8 +197,35 @@ func (re rawExpr) describe(set func(*expr.Lookup) string) string {
 			}
 		}
 		if ad.Err() == nil {
-			return fmt.Sprintf("ct %d dreg=%d sreg=%d dir=%d", key, dreg, sreg, dir)
+			if sreg != 0 {
+				return fmt.Sprintf("ct %s set r%d dir=%d", name(ctKeys, key), sreg, dir)
+			}
+			return fmt.Sprintf("ct %s r%d dir=%d", name(ctKeys, key), dreg, dir)
 		}
 	}
 	return opaque
+}
+
+// Names of the numbers describe prints.
+var (
+	metaKeys = map[uint32]string{
+		uint32(expr.MetaKeyMARK): "mark", uint32(expr.MetaKeyIIFNAME): "iifname", uint32(expr.MetaKeyOIFNAME): "oifname",
+		uint32(expr.MetaKeySKUID): "skuid", uint32(expr.MetaKeySKGID): "skgid", uint32(expr.MetaKeyNFPROTO): "nfproto",
+		uint32(expr.MetaKeyL4PROTO): "l4proto",
+	}
+	ctKeys       = map[uint32]string{uint32(expr.CtKeySTATE): "state", uint32(expr.CtKeyMARK): "mark", uint32(expr.CtKeyZONE): "zone"}
+	cmpOps       = map[uint32]string{uint32(expr.CmpOpEq): "==", uint32(expr.CmpOpNeq): "!="}
+	payloadBases = map[uint32]string{uint32(expr.PayloadBaseNetworkHeader): "network", uint32(expr.PayloadBaseTransportHeader): "transport"}
+	verdictNames = map[expr.VerdictKind]string{
+		expr.VerdictReturn: "return", expr.VerdictAccept: "accept", expr.VerdictDrop: "drop",
+		expr.VerdictJump: "jump", expr.VerdictGoto: "goto",
+	}
+)
+
+// name returns the name of n in names, or n itself.
+func name(names map[uint32]string, n uint32) string {
+	if s, ok := names[n]; ok {
+		return s
+	}
+	return fmt.Sprint(int32(n))
 }

@@ -30,7 +30,7 @@ type installCNIFlags struct {
 	pluginLogLevel, pluginLogFile       string
 	excludeNamespaces                   []string
 	apiTimeout                          time.Duration
-	iptablesVariant                     string
+	iptablesVariant, backend            string
 	reportSocket, hostReportSocket      string
 	ebpfPinDir                          string
 	healthAddr                          string
@@ -72,6 +72,7 @@ func newInstallCNICmd(env osEnv) *cobra.Command {
 	fs.StringVar(&f.pluginLogFile, "cni-log-file", cni.DefaultLogFile, "plugin's log file on the host")
 	fs.StringSliceVar(&f.excludeNamespaces, "exclude-namespaces", cni.DefaultExcludeNamespaces, "namespaces the plugin never captures; empty for none")
 	fs.DurationVar(&f.apiTimeout, "cni-api-timeout", cni.DefaultAPITimeout, "bound of the plugin's read of a pod")
+	fs.StringVar(&f.backend, "backend", cni.BackendIptables, "rules the plugin programs in pods: iptables, or nftables (Istio's native nftables tables, over netlink)")
 	fs.StringVar(&f.iptablesVariant, "iptables-variant", "", "iptables the plugin uses: nft or legacy (default: detected per pod)")
 	fs.StringVar(&f.reportSocket, "report-socket", cni.DefaultReportSocket, "datagram socket the plugin reports to, as mounted")
 	fs.StringVar(&f.hostReportSocket, "host-report-socket", "", "the report socket as the host sees it (default: --report-socket)")
@@ -144,6 +145,15 @@ func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
 	default:
 		bad("--iptables-variant", f.iptablesVariant, "must be nft, legacy or empty")
 	}
+	switch f.backend {
+	case cni.BackendIptables:
+	case cni.BackendNFTables:
+		if f.iptablesVariant != "" {
+			bad("--iptables-variant", f.iptablesVariant, "the nftables backend uses no iptables: leave it empty")
+		}
+	default:
+		bad("--backend", f.backend, "must be iptables or nftables")
+	}
 	if f.monitoringPort < 0 || f.monitoringPort > 65535 {
 		bad("--monitoring-port", fmt.Sprint(f.monitoringPort), "not a port")
 	} else if f.monitoringPort > 0 {
@@ -201,6 +211,7 @@ func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
 			LogFile:           f.pluginLogFile,
 			ExcludeNamespaces: f.excludeNamespaces,
 			APITimeout:        f.apiTimeout,
+			Backend:           f.backend,
 			IptablesVariant:   f.iptablesVariant,
 			ReportSocket:      hostSocket,
 			EBPFPinDir:        f.ebpfPinDir,

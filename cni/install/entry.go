@@ -20,6 +20,8 @@ type Entry struct {
 	ExcludeNamespaces []string
 	// APITimeout bounds the plugin's read of a Pod.
 	APITimeout time.Duration
+	// Backend is "iptables" or "nftables".
+	Backend string
 	// IptablesVariant is "nft", "legacy" or empty (detected).
 	IptablesVariant string
 	// ReportSocket is the installer's report socket as the host sees it.
@@ -36,6 +38,7 @@ type entryJSON struct {
 	LogFile           string          `json:"log_file"`
 	ExcludeNamespaces []string        `json:"exclude_namespaces"`
 	APITimeout        string          `json:"api_timeout"`
+	Backend           string          `json:"backend,omitempty"`
 	IptablesVariant   string          `json:"iptables_variant"`
 	ReportSocket      string          `json:"report_socket"`
 	EBPFPinDir        string          `json:"ebpf_pin_dir,omitempty"`
@@ -51,6 +54,7 @@ func (e Entry) JSON() ([]byte, error) {
 		LogFile:           e.LogFile,
 		ExcludeNamespaces: e.ExcludeNamespaces,
 		APITimeout:        e.APITimeout.String(),
+		Backend:           e.Backend,
 		IptablesVariant:   e.IptablesVariant,
 		ReportSocket:      e.ReportSocket,
 		EBPFPinDir:        e.EBPFPinDir,
