@@ -103,13 +103,20 @@ func (b *bench) round(ctx context.Context, variant string, floorFirst bool) (shu
 	}
 	defer fp.Close()
 
+	// native is shunt's nftables backend, next to the floor of iptables-nft-restore.
+	floorVariant := variant
+	args := []string{"iptables", "--force-iptables-binary", variant}
+	if variant == "native" {
+		floorVariant = "nft"
+		args = []string{"iptables", "--native-nftables"}
+	}
 	runShunt := func() (err error) {
-		cmd := exec.CommandContext(ctx, b.shunt, "iptables", "--force-iptables-binary", variant)
+		cmd := exec.CommandContext(ctx, b.shunt, args...)
 		shunt, err = b.timed(sp, cmd, os.DevNull)
 		return err
 	}
 	runFloor := func() (err error) {
-		cmd := exec.CommandContext(ctx, "iptables-"+variant+"-restore", "--noflush")
+		cmd := exec.CommandContext(ctx, "iptables-"+floorVariant+"-restore", "--noflush")
 		floor, err = b.timed(fp, cmd, b.rules)
 		return err
 	}
@@ -124,11 +131,21 @@ func (b *bench) round(ctx context.Context, variant string, floorFirst bool) (shu
 	}
 
 	// Not timed: prove that shunt did the work the floor did.
-	got, err := sp.save(ctx, variant)
+	want, err := fp.save(ctx, floorVariant)
 	if err != nil {
 		return 0, 0, err
 	}
-	want, err := fp.save(ctx, variant)
+	if variant == "native" {
+		got, err := sp.output(exec.CommandContext(ctx, "nft", "list", "table", "inet", "istio-proxy-nat"))
+		if err != nil {
+			return 0, 0, err
+		}
+		if !bytes.Contains(got, []byte("jump istio-output")) || !bytes.Contains(got, []byte("redirect to :15001")) {
+			return 0, 0, fmt.Errorf("shunt --native-nftables exited 0 but programmed no output jump and redirect:\n%s", got)
+		}
+		return shunt, floor, nil
+	}
+	got, err := sp.save(ctx, variant)
 	if err != nil {
 		return 0, 0, err
 	}

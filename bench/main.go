@@ -66,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&opts.shunt, "shunt", "bin/shunt", "shunt binary to measure")
 	fs.IntVar(&opts.n, "n", 100, "measured runs per variant, of shunt and of the floor each")
 	fs.IntVar(&opts.warmup, "warmup", 2, "warm-up runs per variant, discarded")
-	fs.StringVar(&variants, "variants", "nft,legacy", "comma list of iptables variants: nft, legacy")
+	fs.StringVar(&variants, "variants", "nft,legacy,native", "comma list of variants: nft, legacy (iptables), native (--native-nftables)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -77,8 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("-n must be at least 1 and -warmup at least 0")
 	}
 	for _, v := range strings.Split(variants, ",") {
-		if v = strings.TrimSpace(v); v != "nft" && v != "legacy" {
-			return fmt.Errorf("-variants: %q: want nft or legacy", v)
+		if v = strings.TrimSpace(v); v != "nft" && v != "legacy" && v != "native" {
+			return fmt.Errorf("-variants: %q: want nft, legacy or native", v)
 		}
 		opts.variants = append(opts.variants, v)
 	}
@@ -104,8 +104,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 func printTable(w io.Writer, opts *options, results []result) error {
 	fmt.Fprintf(w, "Programming the default rules into a fresh pod-like netns: wall time of the whole process\n")
-	fmt.Fprintf(w, "shunt = %s iptables --force-iptables-binary VARIANT\n", opts.shunt)
-	fmt.Fprintf(w, "floor = iptables-VARIANT-restore --noflush of the same rules\n")
+	fmt.Fprintf(w, "shunt = %s iptables --force-iptables-binary VARIANT (native: --native-nftables)\n", opts.shunt)
+	fmt.Fprintf(w, "floor = iptables-VARIANT-restore --noflush of the same rules (native: iptables-nft-restore)\n")
 	fmt.Fprintf(w, "runs  = %d each (after %d warm-up), shunt and floor interleaved\n\n", opts.n, opts.warmup)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "variant\truns\tshunt median\tshunt p90\tfloor median\tfloor p90\tshunt/floor\t")

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/nfnl"
 	"github.com/shuntmesh/shunt/internal/podroute"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -44,12 +45,12 @@ func tablesPresent(v Variant) (v4, v6 bool) {
 // nftTablesPresent asks, with one netlink dump, whether nft tables of the ip and ip6 families exist.
 // When it cannot tell, it says yes: the rules are then read rather than assumed absent.
 func nftTablesPresent() (v4, v6 bool) {
-	sock, err := openNFNetlink()
+	sock, err := nfnl.Open()
 	if err != nil {
 		return true, true
 	}
-	defer sock.close()
-	msgs, err := sock.dump(mdnetlink.Message{
+	defer sock.Close()
+	msgs, err := sock.Dump(mdnetlink.Message{
 		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE)},
 		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
 	})

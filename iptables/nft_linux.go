@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -16,6 +15,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/nfnl"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -73,102 +73,10 @@ func programNFT(fp *redirect.FamilyPlan, drop []string) error {
 	if err != nil {
 		return err
 	}
-	sock, err := openNFNetlink()
-	if err != nil {
-		return err
+	if err := nfnl.Transact(msgs); err != nil {
+		return fmt.Errorf("program %s rules over netlink: %w", fp.Family, err)
 	}
-	defer sock.close()
-	if err := sock.send(msgs); err != nil {
-		return fmt.Errorf("send nftables batch: %w", err)
-	}
-	// Only the last message asks for an acknowledgement: the kernel reports any failing message
-	// regardless, and then aborts the whole batch, so that acknowledgement means all went in.
-	last := msgs[len(msgs)-2].Header.Sequence
-	for {
-		replies, err := sock.recv()
-		if err != nil {
-			return fmt.Errorf("program %s rules over netlink: %w", fp.Family, err)
-		}
-		for _, r := range replies {
-			if r.Header.Type == unix.NLMSG_ERROR && r.Header.Seq == last {
-				return nil
-			}
-		}
-	}
-}
-
-// nfSock is a blocking NETLINK_NETFILTER socket for a few requests: no poller, no goroutines.
-type nfSock struct{ fd int }
-
-func openNFNetlink() (*nfSock, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return nil, fmt.Errorf("netlink socket: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind netlink socket: %w", err)
-	}
-	return &nfSock{fd: fd}, nil
-}
-
-func (s *nfSock) close() { unix.Close(s.fd) }
-
-// send writes msgs in one datagram, numbering them.
-func (s *nfSock) send(msgs []netlink.Message) error {
-	var buf []byte
-	for i := range msgs {
-		msgs[i].Header.Sequence = uint32(i + 1)
-		msgs[i].Header.Length = uint32((unix.NLMSG_HDRLEN + len(msgs[i].Data) + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1))
-		b, err := msgs[i].MarshalBinary()
-		if err != nil {
-			return err
-		}
-		buf = append(buf, b...)
-	}
-	return unix.Sendto(s.fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-}
-
-// recv reads one datagram of replies; an error reply becomes an error.
-func (s *nfSock) recv() ([]syscall.NetlinkMessage, error) {
-	buf := make([]byte, 1<<16)
-	n, _, err := unix.Recvfrom(s.fd, buf, 0)
-	if err != nil {
-		return nil, err
-	}
-	replies, err := syscall.ParseNetlinkMessage(buf[:n])
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range replies {
-		if r.Header.Type == unix.NLMSG_ERROR && len(r.Data) >= 4 {
-			if errno := int32(binary.NativeEndian.Uint32(r.Data)); errno != 0 {
-				return nil, syscall.Errno(-errno)
-			}
-		}
-	}
-	return replies, nil
-}
-
-// dump sends a dump request and returns every reply up to NLMSG_DONE.
-func (s *nfSock) dump(req netlink.Message) ([]syscall.NetlinkMessage, error) {
-	req.Header.Flags |= netlink.Request | netlink.Dump
-	if err := s.send([]netlink.Message{req}); err != nil {
-		return nil, err
-	}
-	var all []syscall.NetlinkMessage
-	for {
-		replies, err := s.recv()
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range replies {
-			if r.Header.Type == unix.NLMSG_DONE {
-				return all, nil
-			}
-			all = append(all, r)
-		}
-	}
+	return nil
 }
 
 // nftBatch returns the netlink messages of one nftables transaction deleting the tables in drop and
@@ -282,7 +190,6 @@ func nftBatch(fp *redirect.FamilyPlan, fam byte, drop []string) ([]netlink.Messa
 			}
 		}
 	}
-	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
 	return append(msgs, marker(unix.NFNL_MSG_BATCH_END)), nil
 }
 

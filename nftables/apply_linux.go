@@ -12,7 +12,10 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	gonft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	mdnetlink "github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/nfnl"
 	"github.com/shuntmesh/shunt/internal/podroute"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -51,12 +54,7 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 	}
 	log := opts.logger()
 	return inNetNS(opts.NetNS, func() error {
-		conn, err := dial()
-		if err != nil {
-			return err
-		}
-		defer conn.CloseLasting()
-		have, present, err := readState(conn)
+		have, present, err := readState()
 		if err != nil {
 			return err
 		}
@@ -71,13 +69,13 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 			}
 			log.Info("replacing nftables rules", "differences", len(diff))
 		}
-		if err := program(conn, want, present); err != nil {
+		if err := program(want, present); err != nil {
 			return err
 		}
 		log.Info("nftables rules programmed", "tables", len(want), "replaced", len(present))
 		if err := podroute.Setup(plan); err != nil {
 			if have.Empty() {
-				if derr := deleteTables(conn, tableNames(want)); derr != nil {
+				if derr := deleteTables(tableNames(want)); derr != nil {
 					err = errors.Join(err, fmt.Errorf("roll back: %w", derr))
 				}
 			}
@@ -88,48 +86,85 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 }
 
 // program deletes the tables in drop and adds want, in one transaction: all of it happens or nothing.
-func program(conn *gonft.Conn, want []compiledTable, drop []string) error {
-	for _, name := range drop {
-		conn.DelTable(&gonft.Table{Name: name, Family: gonft.TableFamilyINet})
-	}
-	for i := range want {
-		t := conn.AddTable(&gonft.Table{Name: want[i].name, Family: gonft.TableFamilyINet})
-		chains := make([]*gonft.Chain, len(want[i].chains))
-		for j := range want[i].chains {
-			chains[j] = conn.AddChain(chainObject(t, &want[i].chains[j]))
+func program(want []compiledTable, drop []string) error {
+	msgs, err := batch(func(conn *gonft.Conn) error {
+		for _, name := range drop {
+			conn.DelTable(&gonft.Table{Name: name, Family: gonft.TableFamilyINet})
 		}
-		for j, c := range want[i].chains {
-			for _, r := range c.rules {
-				for _, s := range r.sets {
-					set := &gonft.Set{Table: t, Anonymous: true, Constant: true, KeyType: gonft.TypeInetService, Size: uint32(len(s.ports))}
-					elems := make([]gonft.SetElement, len(s.ports))
-					for k, p := range s.ports {
-						elems[k] = gonft.SetElement{Key: binary.BigEndian.AppendUint16(nil, p)}
+		for i := range want {
+			t := conn.AddTable(&gonft.Table{Name: want[i].name, Family: gonft.TableFamilyINet})
+			chains := make([]*gonft.Chain, len(want[i].chains))
+			for j := range want[i].chains {
+				chains[j] = conn.AddChain(chainObject(t, &want[i].chains[j]))
+			}
+			for j, c := range want[i].chains {
+				for _, r := range c.rules {
+					for _, s := range r.sets {
+						set := &gonft.Set{Table: t, Anonymous: true, Constant: true, KeyType: gonft.TypeInetService, Size: uint32(len(s.ports))}
+						elems := make([]gonft.SetElement, len(s.ports))
+						for k, p := range s.ports {
+							elems[k] = gonft.SetElement{Key: binary.BigEndian.AppendUint16(nil, p)}
+						}
+						if err := conn.AddSet(set, elems); err != nil {
+							return fmt.Errorf("%s/%s: set %v: %w", t.Name, c.name, s.ports, err)
+						}
+						s.lookup.SetName, s.lookup.SetID = set.Name, set.ID
 					}
-					if err := conn.AddSet(set, elems); err != nil {
-						return fmt.Errorf("%s/%s: set %v: %w", t.Name, c.name, s.ports, err)
-					}
-					s.lookup.SetName, s.lookup.SetID = set.Name, set.ID
+					conn.AddRule(&gonft.Rule{Table: t, Chain: chains[j], Exprs: r.exprs})
 				}
-				conn.AddRule(&gonft.Rule{Table: t, Chain: chains[j], Exprs: r.exprs})
 			}
 		}
+		return nil
+	})
+	if err == nil {
+		err = nfnl.Transact(msgs)
 	}
-	if err := conn.Flush(); err != nil {
+	if err != nil {
 		return fmt.Errorf("program nftables tables %s: %w", strings.Join(tableNames(want), ", "), err)
 	}
 	return nil
 }
 
+// batch returns the messages of the transaction queue builds on a google/nftables Conn. The library
+// encodes the tables, chains, sets and rules; nfnl.Transact then commits them with one send and one
+// acknowledgement, where Conn.Flush would wait for an acknowledgement of every message in turn.
+func batch(queue func(*gonft.Conn) error) ([]mdnetlink.Message, error) {
+	var msgs []mdnetlink.Message
+	ack := []mdnetlink.Message{{Header: mdnetlink.Header{Type: mdnetlink.Error}, Data: make([]byte, 4)}}
+	conn, err := gonft.New(gonft.WithTestDial(func(reqs []mdnetlink.Message) ([]mdnetlink.Message, error) {
+		if reqs == nil {
+			return ack, nil // Flush waits for one acknowledgement per message
+		}
+		msgs = append(msgs, reqs...)
+		return nil, nil
+	}))
+	if err != nil {
+		return nil, err
+	}
+	if err := queue(conn); err != nil {
+		return nil, err
+	}
+	if err := conn.Flush(); err != nil {
+		return nil, fmt.Errorf("encode nftables batch: %w", err)
+	}
+	return msgs, nil
+}
+
 // deleteTables deletes the named tables of ours in one transaction.
-func deleteTables(conn *gonft.Conn, names []string) error {
+func deleteTables(names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	for _, name := range names {
-		conn.DelTable(&gonft.Table{Name: name, Family: gonft.TableFamilyINet})
+	msgs, err := batch(func(conn *gonft.Conn) error {
+		for _, name := range names {
+			conn.DelTable(&gonft.Table{Name: name, Family: gonft.TableFamilyINet})
+		}
+		return nil
+	})
+	if err == nil {
+		err = nfnl.Transact(msgs)
 	}
-	if err := conn.Flush(); err != nil {
+	if err != nil {
 		return fmt.Errorf("delete nftables tables %s: %w", strings.Join(names, ", "), err)
 	}
 	return nil
@@ -155,12 +190,7 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 		return err
 	}
 	return inNetNS(opts.NetNS, func() error {
-		conn, err := dial()
-		if err != nil {
-			return err
-		}
-		defer conn.CloseLasting()
-		have, _, err := readState(conn)
+		have, _, err := readState()
 		if err != nil {
 			return err
 		}
@@ -175,12 +205,8 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 func Read(opts Options) (State, error) {
 	var s State
 	err := inNetNS(opts.NetNS, func() error {
-		conn, err := dial()
-		if err != nil {
-			return err
-		}
-		defer conn.CloseLasting()
-		s, _, err = readState(conn)
+		var err error
+		s, _, err = readState()
 		return err
 	})
 	return s, err
@@ -190,20 +216,11 @@ func Read(opts Options) (State, error) {
 // IPv6 passthrough address. Every other table stays as it is.
 func Cleanup(ctx context.Context, opts Options) error {
 	return inNetNS(opts.NetNS, func() error {
-		conn, err := dial()
+		names, err := ourTables()
 		if err != nil {
 			return err
 		}
-		defer conn.CloseLasting()
-		present, err := ourTables(conn)
-		if err != nil {
-			return err
-		}
-		var names []string
-		for _, t := range present {
-			names = append(names, t.Name)
-		}
-		err = deleteTables(conn, names)
+		err = deleteTables(names)
 		if err == nil && len(names) > 0 {
 			opts.logger().Info("nftables tables removed", "tables", strings.Join(names, ","))
 		}
@@ -211,27 +228,50 @@ func Cleanup(ctx context.Context, opts Options) error {
 	})
 }
 
-// ourTables lists the inet tables of ours that exist.
-func ourTables(conn *gonft.Conn) ([]*gonft.Table, error) {
-	all, err := conn.ListTablesOfFamily(gonft.TableFamilyINet)
+// ourTables lists the inet tables of ours that exist, with one netlink dump.
+func ourTables() ([]string, error) {
+	sock, err := nfnl.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer sock.Close()
+	msgs, err := sock.Dump(mdnetlink.Message{
+		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE)},
+		Data:   []byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
-	var ours []*gonft.Table
-	for _, t := range all {
-		if slices.Contains(Tables, t.Name) {
-			ours = append(ours, t)
+	var ours []string
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := mdnetlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, fmt.Errorf("list nftables tables: %w", err)
+		}
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_TABLE_NAME && slices.Contains(Tables, ad.String()) {
+				ours = append(ours, ad.String())
+			}
 		}
 	}
 	return ours, nil
 }
 
-// readState reads shunt's tables: their chains, hooks, rules and the anonymous sets the rules use.
-func readState(conn *gonft.Conn) (State, []string, error) {
-	tables, err := ourTables(conn)
-	if err != nil || len(tables) == 0 {
+// readState reads shunt's tables: their chains, hooks, rules and the anonymous sets the rules use. It
+// returns the names of the tables too.
+func readState() (State, []string, error) {
+	names, err := ourTables()
+	if err != nil || len(names) == 0 {
 		return State{}, nil, err
 	}
+	conn, err := dial()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.CloseLasting()
 	chains, err := conn.ListChainsOfTableFamily(gonft.TableFamilyINet)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list nftables chains: %w", err)
@@ -241,9 +281,8 @@ func readState(conn *gonft.Conn) (State, []string, error) {
 		return nil, nil, err
 	}
 	s := State{}
-	var names []string
-	for _, t := range tables {
-		names = append(names, t.Name)
+	for _, name := range names {
+		t := &gonft.Table{Name: name, Family: gonft.TableFamilyINet}
 		ts := &TableState{Chains: map[string]*ChainState{}}
 		s[t.Name] = ts
 		sets, err := setPorts(conn, t)
