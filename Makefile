@@ -34,17 +34,19 @@ unit:
 
 compat: build
 	@if [ -x $(SHARED)/compat/check-istio-compat ]; then \
-		set -e; \
-		$(SHARED)/compat/check-istio-compat $(BIN) | tail -n 1; \
-		$(SHARED)/compat/check-istio-compat --apply $(BIN) | tail -n 1; \
-		$(SHARED)/compat/check-istio-compat $(BIN) $(SHARED)/compat/istio-cni | tail -n 1; \
-		$(SHARED)/compat/check-istio-compat --apply $(BIN) $(SHARED)/compat/istio-cni | tail -n 1; \
+		fail=0; \
+		for dir in istio istio-cni istio-nft; do for mode in "" --apply; do \
+			out=$$($(SHARED)/compat/check-istio-compat $$mode $(BIN) $(SHARED)/compat/$$dir) || { echo "$$out" | grep -v '^PASS'; fail=1; }; \
+			echo "$$dir: $$(echo "$$out" | tail -n 1)"; \
+		done; done; exit $$fail; \
 	else echo "compat: $(SHARED)/compat not found, skipped"; fi
 
-# Median wall time of `shunt iptables` vs a bare iptables-restore of the same rules, then CNI ADD
-# latency on a node namespace with a real kube-apiserver (root).
+# Median wall time of `shunt iptables` (iptables-nft, iptables-legacy, --native-nftables) vs a bare
+# iptables-restore of the same rules, the in-process nftables apply, then CNI ADD latency on a node
+# namespace with a real kube-apiserver, then the data paths (root).
 bench: build
 	$(GO) run ./bench -shunt $(BIN)
+	@$(GO) test -count=1 -run '^$$' -bench '^BenchmarkApply' -benchtime 500x ./nftables/ | grep -E '^(Benchmark|ok)'
 	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkCNIAdd$$' -benchtime 1x -args -shunt $(abspath $(BIN)) \
 		| grep -v '^\s*{"time"'
 	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkDataPath$$' -benchtime 1x -args -shunt $(abspath $(BIN))

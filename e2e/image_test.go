@@ -192,6 +192,33 @@ func TestImage(t *testing.T) {
 			}
 		}
 	})
+	// The whole lifecycle of the native nftables backend works with nothing but the binary, as
+	// Istio's injector runs it (args: istio-iptables ...): apply, re-run, reconcile, clean up.
+	t.Run("NativeNFTables", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		ns := testutil.NewNetNS(t)
+		for _, args := range [][]string{
+			{"istio-iptables", "--native-nftables", "--ipv6=true"},
+			{"istio-iptables", "--native-nftables", "--ipv6=true"},
+			{"iptables", "--native-nftables", "--ipv6=true", "-m", "TPROXY", "--reconcile"},
+		} {
+			if out, err := runInImage(t, img, ns, args...); err != nil {
+				t.Fatalf("%v: %v\n%s", args, err, out)
+			}
+		}
+		rules := ns.Run(t, "nft", "list", "ruleset")
+		for _, want := range []string{"table inet istio-proxy-nat", "table inet istio-proxy-mangle", "tproxy ip6 to :15006"} {
+			if !strings.Contains(rules, want) {
+				t.Errorf("after shunt --native-nftables in the image, no %q in\n%s", want, rules)
+			}
+		}
+		if out, err := runInImage(t, img, ns, "cleanup", "--native-nftables"); err != nil {
+			t.Fatalf("cleanup: %v\n%s", err, out)
+		}
+		if rules := ns.Run(t, "nft", "list", "ruleset"); strings.Contains(rules, "istio-proxy") {
+			t.Errorf("after cleanup in the image:\n%s", rules)
+		}
+	})
 }
 
 // testImage is an image built by `make image`'s builder, unpacked.

@@ -309,6 +309,10 @@ func Cleanup(ctx context.Context, opts Options) error {
 					continue
 				}
 				if _, err := exec.LookPath(familyTool(v, fam.f, "save")); err != nil {
+					// Tables exist that may hold our rules, and nothing here can read them.
+					if opts.Variant != "" || v == VariantNFT {
+						errs = append(errs, fmt.Errorf("clean up %s %s: %w (with --native-nftables, shunt needs no iptables)", v, fam.f, err))
+					}
 					continue
 				}
 				have, err := readState(ctx, r, v, fam.f, true)

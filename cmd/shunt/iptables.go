@@ -21,8 +21,9 @@ const validationExitCode = 126
 
 func newIptablesCmd(env osEnv) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "iptables",
-		Short: "Program a pod's capture rules (drop-in for istio-iptables)",
+		Use:     "iptables",
+		Aliases: []string{"istio-iptables"}, // Istio's injector runs the init image with args [istio-iptables, ...]
+		Short:   "Program a pod's capture rules (drop-in for istio-iptables)",
 		Long: "Program the ISTIO_* chains that send a meshed pod's TCP to its sidecar proxy. Flags and\n" +
 			"environment variables are istio-iptables'; defaults are the sidecar injector's.",
 		Args: cobra.NoArgs,
