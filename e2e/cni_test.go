@@ -38,6 +38,7 @@ func TestCNI(t *testing.T) {
 	t.Run("status", func(t *testing.T) { testCNIStatus(t, n) })
 	t.Run("versions", func(t *testing.T) { testCNIVersions(t, n) })
 	t.Run("ebpf", func(t *testing.T) { testCNIEBPF(t, n) })
+	t.Run("nftables", func(t *testing.T) { testCNINFTables(t, n) })
 	t.Run("api_down", func(t *testing.T) { testCNIAPIDown(t, n) }) // last: it stops the API server
 }
 
