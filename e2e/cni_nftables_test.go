@@ -3,8 +3,6 @@
 package e2e
 
 import (
-	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -48,17 +46,7 @@ func testCNINFTables(t *testing.T, n *cniNode) {
 	if err := n.add(t, n.list, remote); err != nil {
 		t.Fatalf("ADD remote: %v", err)
 	}
-	echo := bins.Path(t, pkgEchoserver)
-	meshed.ns.Start(t, &appUser, echo, "serve", "-name", "pod", "-tcp", fmt.Sprint(appPort))
-	remote.ns.Start(t, &root, echo, "serve", "-name", "remote", "-tcp", fmt.Sprint(appPort))
-	meshed.ns.Start(t, &proxyUser, bins.Path(t, pkgRefproxy), "-mode", "REDIRECT")
-	podIP, remoteIP := netip.MustParseAddr(meshed.ip), netip.MustParseAddr(remote.ip)
-	runProbes(t, []probe{
-		{"F2_outbound", meshed.ns, appUser, "tcp", addr(remoteIP, appPort),
-			viaOutbound(addr(remoteIP, appPort)) + app("remote", podIP, addr(remoteIP, appPort))},
-		{"F1_inbound", remote.ns, root, "tcp", addr(podIP, appPort),
-			viaInbound(addr(podIP, appPort)) + app("pod", netip.MustParseAddr("127.0.0.6"), addr(podIP, appPort))},
-	})
+	runCNIFlows(t, meshed, remote)
 
 	if err := n.check(t, list, meshed); err != nil {
 		t.Fatalf("CHECK of an untouched pod: %v", err)

@@ -98,6 +98,13 @@ func testCNIFlows(t *testing.T, n *cniNode) {
 	if r := ourRules(save(t, remote.ns, false)); r != "" {
 		t.Fatalf("the unmeshed pod got rules:\n%s", r)
 	}
+	runCNIFlows(t, meshed, remote)
+}
+
+// runCNIFlows starts the app, the reference sidecar and the remote server, and sends F2 and F1
+// through the sidecar of meshed, from and to remote.
+func runCNIFlows(t *testing.T, meshed, remote *cniPod) {
+	t.Helper()
 	echo := bins.Path(t, pkgEchoserver)
 	meshed.ns.Start(t, &appUser, echo, "serve", "-name", "pod", "-tcp", fmt.Sprint(appPort))
 	remote.ns.Start(t, &root, echo, "serve", "-name", "remote", "-tcp", fmt.Sprint(appPort))
