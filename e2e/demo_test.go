@@ -19,7 +19,7 @@ import (
 
 var (
 	demo        = flag.Bool("demo", false, "TestDemo: print the path every flow took as a table on standard output (make demo)")
-	demoVariant = flag.String("demo-variant", "nft", "TestDemo with -demo: the iptables variant, nft or legacy")
+	demoVariant = flag.String("demo-variant", "nft", "TestDemo with -demo: the variant, nft, legacy or native")
 	demoMode    = flag.String("demo-mode", "REDIRECT", "TestDemo with -demo: the inbound interception mode, REDIRECT or TPROXY")
 )
 
@@ -38,12 +38,12 @@ func TestDemo(t *testing.T) {
 		forEachPod(t, func(t *testing.T, p *pod, mode string) { runDemo(t, p, mode, io.Discard) })
 		return
 	}
-	variant, mode := *demoVariant, *demoMode
-	if !slices.Contains(variants, variant) || !slices.Contains(modes, mode) {
-		t.Fatalf("-demo-variant %q -demo-mode %q: want one of %v and one of %v", variant, mode, variants, modes)
+	v, mode := variant(*demoVariant), *demoMode
+	if !slices.Contains(variants, v) || !slices.Contains(modes, mode) {
+		t.Fatalf("-demo-variant %q -demo-mode %q: want one of %v and one of %v", v, mode, variants, modes)
 	}
 	w := os.Stdout
-	fmt.Fprintf(w, "shunt demo: a meshed pod captured as Istio's sidecar injector captures it (%s mode, iptables-%s)\n\n", mode, variant)
+	fmt.Fprintf(w, "shunt demo: a meshed pod captured as Istio's sidecar injector captures it (%s mode, %s)\n\n", mode, v.title())
 	var namespaces []*testutil.NetNS
 	// Registered first, so it runs after every cleanup newPod registers.
 	t.Cleanup(func() {
@@ -56,7 +56,7 @@ func TestDemo(t *testing.T) {
 		}
 		fmt.Fprintf(w, "\nremoved the namespaces %s and every process in them\n", strings.Join(names, " and "))
 	})
-	p := newPod(t, variant)
+	p := newPod(t, v)
 	namespaces = append(namespaces, p.ns, p.remote)
 	runDemo(t, p, mode, w)
 }
@@ -90,21 +90,16 @@ func runDemo(t *testing.T, p *pod, mode string, w io.Writer) {
 		p.remote.Name, ipv4.remote, ipv6.remote, appPort, otherPort, dnsPort, ipv4.far)
 
 	fmt.Fprintf(w, "\nthe sidecar injector's flags, then DNS capture, IPv6, and an excluded port and CIDR for F7:\n")
-	fmt.Fprintf(w, "$ shunt iptables --force-iptables-binary %s %s \\\n    %s\n",
-		p.variant, shellQuote(injectorArgs(mode)), shellQuote(demoArgs))
+	fmt.Fprintf(w, "$ shunt iptables %s %s \\\n    %s\n",
+		shellQuote(p.variant.args()), shellQuote(injectorArgs(mode)), shellQuote(demoArgs))
 	p.capture(t, nil, append(injectorArgs(mode), demoArgs...)...)
 	var rules []string
-	for _, fam := range families {
-		save := saveCommand(p.variant, fam == ipv6)
-		n := strings.Count(p.ns.Run(t, save), "\n-A ")
+	for _, l := range p.variant.listings(false) {
+		n := countRules(p.ns.Run(t, l.argv...))
 		if n == 0 {
-			t.Fatalf("%s shows no rule after shunt iptables", save)
+			t.Fatalf("%s shows no rule after shunt iptables", strings.Join(l.argv, " "))
 		}
-		label := "IPv4"
-		if fam == ipv6 {
-			label = "IPv6"
-		}
-		rules = append(rules, fmt.Sprintf("%d %s", n, label))
+		rules = append(rules, fmt.Sprintf("%d %s", n, l.what))
 	}
 	fmt.Fprintf(w, "  installed %s rules; `shunt iptables --dry-run --explain` shows each with the flow it serves\n",
 		strings.Join(rules, " and "))
@@ -146,15 +141,27 @@ func runDemo(t *testing.T, p *pod, mode string, w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nall %d connections took the expected path\n", len(flows))
 
-	fmt.Fprintf(w, "\n$ shunt cleanup --force-iptables-binary %s\n", p.variant)
+	fmt.Fprintf(w, "\n$ shunt cleanup %s\n", shellQuote(p.variant.args()))
 	p.uncapture(t)
-	for _, fam := range families {
-		save := saveCommand(p.variant, fam == ipv6)
-		if out := p.ns.Run(t, save); strings.Contains(out, "ISTIO_") {
-			t.Errorf("%s after shunt cleanup:\n%s", save, out)
+	prefix := p.variant.chain("ISTIO_")
+	for _, l := range p.variant.listings(false) {
+		if out := p.ns.Run(t, l.argv...); strings.Contains(out, prefix) {
+			t.Errorf("%s after shunt cleanup:\n%s", strings.Join(l.argv, " "), out)
 		}
 	}
-	fmt.Fprintf(w, "  no ISTIO_ chain or rule left in either family\n")
+	fmt.Fprintf(w, "  nothing named %s… left\n", prefix)
+}
+
+// countRules counts the rules of an iptables-save or `nft list ruleset`
+// listing.
+func countRules(listing string) int {
+	n := 0
+	for line := range strings.Lines(listing) {
+		if strings.HasPrefix(line, "-A ") || strings.HasPrefix(line, "\t\t") && !strings.HasPrefix(line, "\t\ttype ") {
+			n++
+		}
+	}
+	return n
 }
 
 // demoFlows are the demo's flows F1–F9 in the pod runDemo captures: in

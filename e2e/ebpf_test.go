@@ -142,7 +142,7 @@ func (m *meshPod) join(tb testing.TB, flags ...string) {
 // iptables programs the pod's rules with `shunt iptables` and flags.
 func (m *meshPod) iptables(tb testing.TB, flags ...string) {
 	tb.Helper()
-	argv := append([]string{bins.Path(tb, pkgShunt), "iptables", "--force-iptables-binary", m.variant}, flags...)
+	argv := append(append([]string{bins.Path(tb, pkgShunt), "iptables"}, m.variant.args()...), flags...)
 	if out, err := m.ns.Exec(nil, nil, argv...); err != nil {
 		tb.Fatalf("%v\nstdout:\n%s", err, out)
 	}

@@ -20,7 +20,8 @@ import (
 
 // TestFlows sends real connections along the flows F1–F6, F8 and F9 of
 // FLOWS.md through a pod captured with the sidecar injector's flags plus DNS
-// capture and IPv6, for each iptables variant and inbound mode.
+// capture and IPv6, for each variant (iptables-nft, iptables-legacy, native
+// nftables) and inbound mode.
 func TestFlows(t *testing.T) {
 	testutil.RequireRoot(t)
 	dnsServers := "--dns-servers=" + ipv4.remote.String() + "," + ipv6.remote.String()
@@ -155,7 +156,7 @@ func TestDNSServersFromResolvConf(t *testing.T) {
 		})
 	}
 	for _, variant := range variants {
-		t.Run(variant, func(t *testing.T) {
+		t.Run(string(variant), func(t *testing.T) {
 			t.Parallel()
 			p := newPod(t, variant)
 			dir := filepath.Join(etcNetns, p.ns.Name)

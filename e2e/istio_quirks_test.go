@@ -10,7 +10,7 @@ import (
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
-// The tests in this file pin down, with real packets, three behaviours of
+// The tests in this file pin down, with real packets, four behaviours of
 // Istio's rules that shunt keeps bit for bit because its rules must be
 // Istio's (the compatibility checker compares them rule by rule). Each is a
 // path FLOWS.md would want otherwise; each test says what the better rule
@@ -41,12 +41,12 @@ func runQuirkProbes(t *testing.T, probes []quirkProbe) {
 	}
 }
 
-// forEachTProxyPod runs test for every iptables variant in TPROXY mode,
+// forEachTProxyPod runs test for every variant in TPROXY mode,
 // each in a parallel subtest VARIANT with a fresh pod.
 func forEachTProxyPod(t *testing.T, test func(t *testing.T, p *pod)) {
 	t.Helper()
 	for _, variant := range variants {
-		t.Run(variant, func(t *testing.T) {
+		t.Run(string(variant), func(t *testing.T) {
 			t.Parallel()
 			test(t, newPod(t, variant))
 		})
@@ -168,4 +168,54 @@ func TestIstioQuirkTProxyTunnelPort(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestIstioQuirkNativeIPv6Disabled: in native nftables mode, --ipv6=false
+// does not keep IPv6 out of capture. An app's IPv6 connections go to the
+// outbound listener, and in REDIRECT mode remote IPv6 connections go to the
+// inbound listener, which then cannot pass them on: the passthrough source
+// ::6 is not on lo (only IPv6 on adds it), so the proxy's dial to the app
+// fails with "bind ::6: cannot assign requested address". In TPROXY mode
+// inbound IPv6 is not captured (the only TPROXY rule matches "ip daddr").
+//
+// Istio's rules: the tables are inet, for both families, and IPv6 off only
+// leaves out the rules that match an IPv6 address; the rules that match no
+// address, "meta l4proto tcp jump istio-inbound" in prerouting, "meta
+// l4proto tcp jump istio-in-redirect" in istio-inbound and "jump
+// istio-redirect" at the end of istio-output, match IPv6 packets as well.
+// The iptables variants, which leave ip6tables alone, capture no IPv6
+// (TestCaptureLists, ipv6_disabled). The better rules: "meta nfproto ipv4"
+// on those rules, or "meta nfproto ipv6 return" first in every base chain,
+// when IPv6 is off.
+func TestIstioQuirkNativeIPv6Disabled(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			p := newPod(t, native)
+			p.capture(t, nil, append(injectorArgs(mode), "--ipv6=false")...)
+			if lo := p.ns.Run(t, "ip", "-br", "addr", "show", "dev", "lo"); strings.Contains(lo, " ::6/128") {
+				t.Fatalf("::6 on lo with --ipv6=false: %s", lo)
+			}
+			// So that the proxy can pass captured IPv6 connections on, and
+			// the reply shows the path the rules gave them (without, the
+			// proxy's error races its closing of the connection).
+			p.ns.Run(t, "ip", "addr", "add", "::6/128", "dev", "lo")
+			p.startProxy(t, mode)
+			f := ipv6
+			podApp, remoteApp := addr(f.pod, appPort), addr(f.remote, appPort)
+			inbound := app("pod", f.remote, podApp)
+			if mode == "REDIRECT" {
+				inbound = viaInbound(podApp) + app("pod", f.passthrough, podApp)
+			}
+			runQuirkProbes(t, []quirkProbe{
+				{probe: probe{"ipv6_outbound", p.ns, appUser, "tcp", remoteApp,
+					viaOutbound(remoteApp) + app("remote", f.pod, remoteApp)}},
+				{probe: probe{"ipv6_inbound", p.remote, root, "tcp", podApp, inbound}},
+				// IPv4 as --ipv6=false wants it, for contrast.
+				{probe: p.inboundProbe("ipv4_inbound", mode, addr(ipv4.pod, appPort), ipv4.remote, true)},
+				{probe: p.outboundProbe("ipv4_outbound", appUser, addr(ipv4.remote, appPort), ipv4.pod, true)},
+			})
+		})
+	}
 }

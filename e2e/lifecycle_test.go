@@ -30,8 +30,8 @@ func TestApplyTwice(t *testing.T) {
 	forEachPod(t, func(t *testing.T, p *pod, mode string) {
 		p.capture(t, nil, fullArgs(mode)...)
 		once := p.state(t)
-		if !strings.Contains(once, "ISTIO_OUTPUT") {
-			t.Fatalf("no ISTIO_OUTPUT after apply:\n%s", once)
+		if output := p.variant.chain("ISTIO_OUTPUT"); !strings.Contains(once, output) {
+			t.Fatalf("no %s after apply:\n%s", output, once)
 		}
 		p.capture(t, nil, fullArgs(mode)...)
 		if diff := cmp.Diff(once, p.state(t)); diff != "" {
@@ -114,7 +114,7 @@ func TestCleanup(t *testing.T) {
 		t.Run(cleanup.name, func(t *testing.T) {
 			forEachPod(t, func(t *testing.T, p *pod, mode string) {
 				for _, f := range families {
-					restore := strings.Replace(saveCommand(p.variant, f == ipv6), "-save", "-restore", 1)
+					restore := strings.Replace(saveCommand(p.variant.iptables(), f == ipv6), "-save", "-restore", 1)
 					cmd := p.ns.Command(nil, restore, "--noflush")
 					cmd.Stdin = strings.NewReader(fmt.Sprintf(foreignRules, docPrefix(f)))
 					if out, err := cmd.CombinedOutput(); err != nil {
@@ -173,7 +173,12 @@ func TestDryRun(t *testing.T) {
 		}
 		before := untouched()
 		out := p.capture(t, nil, append(fullArgs(mode), "--dry-run")...)
-		for _, want := range []string{"*nat", "-A ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS", "COMMIT"} {
+		wants := []string{"*nat", "-A ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS", "COMMIT"}
+		if p.variant == native {
+			wants = []string{"add table inet istio-proxy-nat\n", "add rule inet istio-proxy-nat istio-output ",
+				"add chain inet istio-proxy-raw istio-output-dns\n"}
+		}
+		for _, want := range wants {
 			if !strings.Contains(out, want) {
 				t.Errorf("dry run output lacks %q:\n%s", want, out)
 			}
@@ -184,16 +189,21 @@ func TestDryRun(t *testing.T) {
 	})
 }
 
-// state returns what shunt may change in the pod: the variant's rules of
-// both families (normalized by normalizeSave), native nftables tables
-// (foreignTables), policy routing, the routes of every table and lo's
-// addresses.
+// state returns what shunt may change in the pod: for an iptables variant
+// its rules of both families (normalized by normalizeSave) and the native
+// nftables tables (foreignTables); for native the whole nftables ruleset,
+// iptables-nft's tables included, without counters; then policy routing,
+// the routes of every table and lo's addresses.
 func (p *pod) state(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "$ nft -s list ruleset (native tables)\n%s", foreignTables(p.ns.Run(t, "nft", "-s", "list", "ruleset")))
-	for _, v6 := range []bool{false, true} {
-		fmt.Fprintf(&b, "$ %s\n%s", saveCommand(p.variant, v6), normalizeSave(p.ns.Run(t, saveCommand(p.variant, v6))))
+	if p.variant == native {
+		fmt.Fprintf(&b, "$ nft -s list ruleset\n%s", p.ns.Run(t, "nft", "-s", "list", "ruleset"))
+	} else {
+		fmt.Fprintf(&b, "$ nft -s list ruleset (native tables)\n%s", foreignTables(p.ns.Run(t, "nft", "-s", "list", "ruleset")))
+		for _, l := range p.variant.listings(false) {
+			fmt.Fprintf(&b, "$ %s\n%s", strings.Join(l.argv, " "), normalizeSave(p.ns.Run(t, l.argv...)))
+		}
 	}
 	for _, argv := range routingCommands {
 		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(argv, " "), p.ns.Run(t, argv...))
@@ -275,9 +285,8 @@ func TestOtherNamespace(t *testing.T) {
 		before, podBefore := nodeState(), p.state(t)
 		fromNode := func(args ...string) {
 			t.Helper()
-			argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", p.variant,
-				"--network-namespace", p.ns.Path()}, args[1:]...)
-			if out, err := node.Exec(nil, nil, argv...); err != nil {
+			args = append([]string{args[0], "--network-namespace", p.ns.Path()}, args[1:]...)
+			if out, err := shuntIn(t, node, p.variant, nil, args...); err != nil {
 				t.Fatalf("%v\n%s", err, out)
 			}
 		}

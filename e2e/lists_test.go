@@ -12,18 +12,19 @@ import (
 
 // TestCaptureLists proves F7: every include and exclude list (ports, CIDRs,
 // interfaces, owner groups, proxy gids) captures exactly what it lists, in
-// both families, for each iptables variant and, where inbound capture
-// differs, each mode. Each case's flags follow the injector's, so the last
-// one given wins, as with istio-iptables.
+// both families, for each variant and, where inbound capture differs, each
+// mode. Each case's flags follow the injector's, so the last one given wins,
+// as with istio-iptables.
 func TestCaptureLists(t *testing.T) {
 	testutil.RequireRoot(t)
 	both := modes
 	cases := []struct {
-		name   string
-		modes  []string // REDIRECT when nil
-		env    []string
-		args   []string
-		probes func(p *pod, f family, mode string) []probe
+		name     string
+		modes    []string  // REDIRECT when nil
+		variants []variant // every variant when nil
+		env      []string
+		args     []string
+		probes   func(p *pod, f family, mode string) []probe
 	}{
 		{
 			name: "exclude_inbound_ports", modes: both,
@@ -170,7 +171,9 @@ func TestCaptureLists(t *testing.T) {
 			},
 		},
 		{
-			name: "ipv6_disabled",
+			// Not native: Istio's native mode captures IPv6 without IPv6
+			// too (TestIstioQuirkNativeIPv6Disabled).
+			name: "ipv6_disabled", variants: []variant{"nft", "legacy"},
 			args: []string{"--ipv6=false"},
 			probes: func(p *pod, f family, mode string) []probe {
 				on := f.name == ipv4.name
@@ -182,13 +185,17 @@ func TestCaptureLists(t *testing.T) {
 		},
 	}
 	for _, tc := range cases {
-		for _, variant := range variants {
+		caseVariants := tc.variants
+		if caseVariants == nil {
+			caseVariants = variants
+		}
+		for _, variant := range caseVariants {
 			caseModes := tc.modes
 			if caseModes == nil {
 				caseModes = []string{"REDIRECT"}
 			}
 			for _, mode := range caseModes {
-				t.Run(tc.name+"/"+variant+"/"+mode, func(t *testing.T) {
+				t.Run(tc.name+"/"+string(variant)+"/"+mode, func(t *testing.T) {
 					t.Parallel()
 					p := newPod(t, variant)
 					args := append(injectorArgs(mode), "--ipv6=true")

@@ -12,8 +12,84 @@ import (
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
-// variants are the iptables binaries shunt is forced to use.
-var variants = []string{"nft", "legacy"}
+// variant is how shunt programs the rules: through an iptables binary it is
+// forced to use, iptables-nft ("nft") or iptables-legacy ("legacy"), or
+// natively over netlink ("native", --native-nftables: Istio's inet tables
+// istio-proxy-nat, istio-proxy-mangle and istio-proxy-raw).
+type variant string
+
+const native variant = "native"
+
+// variants are every way shunt programs the rules.
+var variants = []variant{"nft", "legacy", native}
+
+// args are the flags that make shunt program the rules the variant's way.
+func (v variant) args() []string {
+	if v == native {
+		return []string{"--native-nftables"}
+	}
+	return []string{"--force-iptables-binary", string(v)}
+}
+
+// title names v for people: iptables-nft, iptables-legacy or native
+// nftables.
+func (v variant) title() string {
+	if v == native {
+		return "native nftables"
+	}
+	return "iptables-" + string(v)
+}
+
+// iptables is the iptables variant whose tables the tests read and load
+// foreign rules into: v's own, or for native iptables-nft, as other
+// software next to shunt's inet tables would use it.
+func (v variant) iptables() string {
+	if v == native {
+		return "nft"
+	}
+	return string(v)
+}
+
+// listing is a command that lists the rules a variant programs.
+type listing struct {
+	what string // IPv4, IPv6 or inet
+	argv []string
+}
+
+// listings are the commands that list the rules v programs: iptables-save
+// of both families, or the whole nftables ruleset. With counters they show
+// the counters (and nft the handles too); without, nothing that traffic
+// changes.
+func (v variant) listings(counters bool) []listing {
+	if v == native {
+		flag := "-s"
+		if counters {
+			flag = "-a"
+		}
+		return []listing{{"inet", []string{"nft", flag, "list", "ruleset"}}}
+	}
+	var ls []listing
+	for _, v6 := range []bool{false, true} {
+		l := listing{"IPv4", []string{saveCommand(string(v), v6)}}
+		if v6 {
+			l.what = "IPv6"
+		}
+		if counters {
+			l.argv = append(l.argv, "-c")
+		}
+		ls = append(ls, l)
+	}
+	return ls
+}
+
+// chain returns how v's listings name the engine chain name (ISTIO_OUTPUT):
+// as iptables does, or as Istio's native mode does (istio-output).
+func (v variant) chain(name string) string {
+	if v == native {
+		return strings.ReplaceAll(strings.ToLower(name), "_", "-")
+	}
+	return name
+}
 
 // modes are the inbound interception modes.
 var modes = []string{"REDIRECT", "TPROXY"}
@@ -85,17 +161,17 @@ var (
 
 // pod is a meshed pod's network namespace and the remote end of its links.
 type pod struct {
-	variant    string // "nft" or "legacy"
+	variant    variant
 	ns, remote *testutil.NetNS
 }
 
-// forEachPod runs test for every iptables variant and inbound mode, each
-// in a parallel subtest VARIANT/MODE with a fresh pod.
+// forEachPod runs test for every variant and inbound mode, each in a
+// parallel subtest VARIANT/MODE with a fresh pod.
 func forEachPod(t *testing.T, test func(t *testing.T, p *pod, mode string)) {
 	t.Helper()
 	for _, variant := range variants {
 		for _, mode := range modes {
-			t.Run(variant+"/"+mode, func(t *testing.T) {
+			t.Run(string(variant)+"/"+mode, func(t *testing.T) {
 				t.Parallel()
 				test(t, newPod(t, variant), mode)
 			})
@@ -106,10 +182,10 @@ func forEachPod(t *testing.T, test func(t *testing.T, p *pod, mode string)) {
 // newPod builds the topology: pod eth0 <-> remote eth0 and pod eth1 <->
 // remote eth1, both families, the pod's default routes through eth0; the
 // pod's apps (as appUser) and the remote's apps and DNS server run and are
-// ready. The iptables state of both families is logged if t fails.
-func newPod(t *testing.T, variant string) *pod {
+// ready. The rules of v are logged if t fails.
+func newPod(t *testing.T, v variant) *pod {
 	t.Helper()
-	p := &pod{variant: variant, ns: testutil.NewNetNS(t), remote: testutil.NewNetNS(t)}
+	p := &pod{variant: v, ns: testutil.NewNetNS(t), remote: testutil.NewNetNS(t)}
 	// Distinct ifindexes on the two ends make the kernel treat the carrier
 	// change as urgent instead of batching it for up to a second.
 	for i, link := range []string{"eth0", "eth1"} {
@@ -178,14 +254,14 @@ func familyFlag(f family) string {
 	return "-4"
 }
 
-// capture runs `shunt iptables --force-iptables-binary VARIANT args...` in
-// the pod with env added to its environment, and returns its output.
+// capture runs `shunt iptables VARIANT-ARGS args...` in the pod with env
+// added to its environment, and returns its output.
 func (p *pod) capture(t *testing.T, env []string, args ...string) string {
 	t.Helper()
 	return p.shunt(t, env, append([]string{"iptables"}, args...)...)
 }
 
-// uncapture runs `shunt cleanup --force-iptables-binary VARIANT` in the pod.
+// uncapture runs `shunt cleanup VARIANT-ARGS` in the pod.
 func (p *pod) uncapture(t *testing.T) {
 	t.Helper()
 	p.shunt(t, nil, "cleanup")
@@ -201,12 +277,19 @@ func (p *pod) shunt(t *testing.T, env []string, args ...string) string {
 	return out
 }
 
-// shuntErr runs `shunt SUBCOMMAND --force-iptables-binary VARIANT ARGS...` in
-// the pod and returns its output and error.
+// shuntErr runs `shunt SUBCOMMAND VARIANT-ARGS ARGS...` in the pod and
+// returns its output and error.
 func (p *pod) shuntErr(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
-	argv := append([]string{bins.Path(t, pkgShunt), args[0], "--force-iptables-binary", p.variant}, args[1:]...)
-	out, err := p.ns.Exec(nil, env, argv...)
+	return shuntIn(t, p.ns, p.variant, env, args...)
+}
+
+// shuntIn runs `shunt SUBCOMMAND VARIANT-ARGS ARGS...` in ns with env added
+// to its environment and returns its output and error.
+func shuntIn(t *testing.T, ns *testutil.NetNS, v variant, env []string, args ...string) (string, error) {
+	t.Helper()
+	argv := append(append([]string{bins.Path(t, pkgShunt), args[0]}, v.args()...), args[1:]...)
+	out, err := ns.Exec(nil, env, argv...)
 	return string(out), err
 }
 
@@ -256,10 +339,11 @@ func saveCommand(variant string, v6 bool) string {
 // addresses, for failure reports.
 func (p *pod) dump(t *testing.T) string {
 	var b strings.Builder
-	for _, argv := range append([][]string{
-		{saveCommand(p.variant, false), "-c"},
-		{saveCommand(p.variant, true), "-c"},
-	}, routingCommands...) {
+	var argvs [][]string
+	for _, l := range p.variant.listings(true) {
+		argvs = append(argvs, l.argv)
+	}
+	for _, argv := range append(argvs, routingCommands...) {
 		out, err := p.ns.Exec(nil, nil, argv...)
 		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(argv, " "), out)
 		if err != nil {
