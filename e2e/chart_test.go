@@ -116,6 +116,7 @@ func chartDefaults() chartWant {
 			"--exclude-namespaces=kube-system",
 			"--cni-log-level=info",
 			"--cni-api-timeout=20s",
+			"--backend=iptables",
 			"--ebpf-pin-dir=/sys/fs/bpf/shunt",
 			"--monitoring-port=9102",
 		},
@@ -196,8 +197,13 @@ var chartCases = []chartCase{
 			"--set", "apiTimeout=1m30s", "--set", "iptablesVariant=nft"},
 		want: chartWant{args: chartArgsWith([]string{
 			"--log-level=debug", "--log-format=json", "--cni-log-level=warn", "--cni-api-timeout=1m30s",
-			"--iptables-variant=nft",
+			"--backend=iptables", "--iptables-variant=nft",
 		})},
+	},
+	{
+		name: "nftables backend",
+		args: []string{"--set", "backend=nftables"},
+		want: chartWant{args: chartArgsWith([]string{"--backend=nftables"})},
 	},
 	{
 		name: "monitoring port",
@@ -318,6 +324,8 @@ func TestChartSchemaRejects(t *testing.T) {
 			[]string{"at '/logFormat': value must be one of 'text', 'json'"}},
 		{"log level", []string{"--set", "logLevel=trace"},
 			[]string{"at '/logLevel': value must be one of 'debug', 'info', 'warn', 'error'"}},
+		{"backend", []string{"--set", "backend=ebpf"},
+			[]string{"at '/backend': value must be one of 'iptables', 'nftables'"}},
 		{"iptables variant", []string{"--set", "iptablesVariant=iptables"},
 			[]string{"at '/iptablesVariant': value must be one of '', 'nft', 'legacy'"}},
 		{"all at once", []string{"--set", "repair.mode=restart", "--set", "logFormat=xml"},

@@ -207,5 +207,14 @@ func TestRandomConfigsRender(t *testing.T) {
 		if strings.Contains(string(script), "ISTIO_") {
 			t.Fatalf("config %d: iptables chain name in the script:\n%s", i, script)
 		}
+		// A rule matching no address twice in a chain is one the two families of the inet table both
+		// added (the same address may be given twice, by the user).
+		seen := map[string]bool{}
+		for _, line := range strings.Split(string(script), "\n") {
+			if strings.HasPrefix(line, "add rule ") && !strings.Contains(line, "addr ") && seen[line] {
+				t.Fatalf("config %d: duplicate %q\n%+v", i, line, cfg)
+			}
+			seen[line] = true
+		}
 	}
 }

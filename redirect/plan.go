@@ -346,8 +346,12 @@ func (b *builder) build(cfg *Config) {
 		b.add(both, TableNAT, ChainOutput, tcp(Rule{DPort: dport(p), Target: jump(ChainRedirect), Flow: FlowExclusions,
 			Why: fmt.Sprintf("outbound port %d is always captured", p)}))
 	}
-	b.outboundIncludes(cfg, v4, includeV4)
-	b.outboundIncludes(cfg, v6, includeV6)
+	if b.inet && cfg.OutboundIPRanges.All {
+		b.outboundIncludes(cfg, both, nil) // one capture-all rule serves both families of an inet table
+	} else {
+		b.outboundIncludes(cfg, v4, includeV4)
+		b.outboundIncludes(cfg, v6, includeV6)
+	}
 	if tproxy {
 		b.tproxyMarks(cfg, loopback, passthrough)
 	}
