@@ -44,11 +44,7 @@ func dial() (*gonft.Conn, error) {
 // tables are then deleted in the transaction that adds the new ones, so capture never stops. When the
 // routes fail, tables this call created are deleted again.
 func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
-	fp, err := inetPlan(plan)
-	if err != nil {
-		return err
-	}
-	want, err := compile(fp)
+	want, err := compilePlan(plan)
 	if err != nil {
 		return err
 	}
@@ -87,7 +83,7 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 
 // program deletes the tables in drop and adds want, in one transaction: all of it happens or nothing.
 func program(want []compiledTable, drop []string) error {
-	msgs, err := batch(func(conn *gonft.Conn) error {
+	err := commit(func(conn *gonft.Conn) error {
 		for _, name := range drop {
 			conn.DelTable(&gonft.Table{Name: name, Family: gonft.TableFamilyINet})
 		}
@@ -116,13 +112,19 @@ func program(want []compiledTable, drop []string) error {
 		}
 		return nil
 	})
-	if err == nil {
-		err = nfnl.Transact(msgs)
-	}
 	if err != nil {
 		return fmt.Errorf("program nftables tables %s: %w", strings.Join(tableNames(want), ", "), err)
 	}
 	return nil
+}
+
+// commit commits the transaction queue builds.
+func commit(queue func(*gonft.Conn) error) error {
+	msgs, err := batch(queue)
+	if err != nil {
+		return err
+	}
+	return nfnl.Transact(msgs)
 }
 
 // batch returns the messages of the transaction queue builds on a google/nftables Conn. The library
@@ -155,15 +157,12 @@ func deleteTables(names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	msgs, err := batch(func(conn *gonft.Conn) error {
+	err := commit(func(conn *gonft.Conn) error {
 		for _, name := range names {
 			conn.DelTable(&gonft.Table{Name: name, Family: gonft.TableFamilyINet})
 		}
 		return nil
 	})
-	if err == nil {
-		err = nfnl.Transact(msgs)
-	}
 	if err != nil {
 		return fmt.Errorf("delete nftables tables %s: %w", strings.Join(names, ", "), err)
 	}
@@ -181,11 +180,7 @@ func tableNames(ts []compiledTable) []string {
 // Check compares shunt's tables in the namespace with plan and returns an error wrapping ErrDrift
 // that names every difference. It changes nothing.
 func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
-	fp, err := inetPlan(plan)
-	if err != nil {
-		return err
-	}
-	want, err := compile(fp)
+	want, err := compilePlan(plan)
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,15 @@ type anonSet struct {
 	ports  []uint16
 }
 
+// compilePlan returns the tables of plan, an inet plan, as nftables objects.
+func compilePlan(plan *redirect.Plan) ([]compiledTable, error) {
+	fp, err := inetPlan(plan)
+	if err != nil {
+		return nil, err
+	}
+	return compile(fp)
+}
+
 // compile returns fp's tables as nftables objects.
 func compile(fp *redirect.FamilyPlan) ([]compiledTable, error) {
 	var tables []compiledTable
