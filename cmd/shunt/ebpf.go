@@ -198,19 +198,24 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 		Use:   "join --netns PATH [capture flags]",
 		Short: "Register a pod's network namespace with the data path (iptables rules are `shunt iptables`'s job)",
 		Long: "Register the pod whose network namespace is at --netns (alias of --network-namespace) with the\n" +
-			"loaded data path. The capture settings are `shunt iptables`' flags and environment variables\n" +
-			"(or --pod); the pod's addresses are read from the namespace unless --pod-ip is given.",
+			"loaded data path. The capture settings are `shunt iptables`' rule flags and environment variables\n" +
+			"(or --pod); the pod's addresses are read from the namespace unless --pod-ip is given. The flags of\n" +
+			"`shunt iptables` that choose what it does (--dry-run, --cleanup-only, --force-apply, ...) are not\n" +
+			"accepted: join always registers.",
 		Args: cobra.NoArgs,
 	}
-	f := newIstioFlags(cmd.Flags())
+	f := newIstioFlags(cmd.Flags(), ruleFlags, []string{"pod", "network-namespace"}, logFlags)
 	cmd.Flags().SetNormalizeFunc(netnsAlias)
+	if err := cmd.MarkFlagRequired("network-namespace"); err != nil {
+		panic(err)
+	}
 	noSkMsg := cmd.Flags().Bool("no-sk-msg", false, "do not splice the pod's loopback sockets with sk_msg (receivers that read with splice(2))")
 	podIPs := cmd.Flags().StringSlice("pod-ip", nil, "the pod's addresses (default: the global addresses in the namespace)")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+	var ips []netip.Addr
+	cmd.PreRunE = func(*cobra.Command, []string) error {
 		if f.netns == "" {
 			return errors.New("--netns: the pod's network namespace is required")
 		}
-		var ips []netip.Addr
 		for _, s := range *podIPs {
 			a, err := netip.ParseAddr(s)
 			if err != nil {
@@ -218,9 +223,10 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 			}
 			ips = append(ips, a)
 		}
-		if err := f.applyEnv(env.getenv); err != nil {
-			return err
-		}
+		return f.prepare(env.getenv)
+	}
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		log := env.logger(f.logLevel, f.logJSON)
 		cfg, err := f.buildConfig(env)
 		if err != nil {
 			return err
@@ -247,6 +253,8 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 		if err := node.AddPod(pod); err != nil {
 			return err
 		}
+		log.Debug("pod joined", "netns", f.netns, "netns_cookie", cookie, "ips", fmt.Sprint(pod.IPs),
+			"proxy_port", pod.ProxyPort, "inbound_port", pod.InboundPort, "sk_msg", !pod.NoSockMsg)
 		_, err = fmt.Fprintf(env.stdout, "joined: %s (netns cookie %d)\n", f.netns, cookie)
 		return err
 	}
@@ -259,11 +267,17 @@ func newEBPFLeaveCmd(env osEnv, pinDir *string) *cobra.Command {
 		Short: "Remove a pod's network namespace from the data path (idempotent)",
 		Args:  cobra.NoArgs,
 	}
-	netns := cmd.Flags().String("netns", "", "the pod's network namespace")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+	netns := cmd.Flags().String("netns", "", "the pod's network namespace (required)")
+	if err := cmd.MarkFlagRequired("netns"); err != nil {
+		panic(err)
+	}
+	cmd.PreRunE = func(*cobra.Command, []string) error {
 		if *netns == "" {
 			return errors.New("--netns: the pod's network namespace is required")
 		}
+		return nil
+	}
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cookie, err := shuntebpf.NetNSCookie(*netns)
 		if err != nil {
 			return err

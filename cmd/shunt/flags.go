@@ -6,8 +6,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -35,17 +37,46 @@ type istioFlags struct {
 	logJSON                                bool
 }
 
-// ruleFlags shape the rules; --pod takes their place.
-var ruleFlags = []string{
-	"envoy-port", "inbound-capture-port", "inbound-tunnel-port", "proxy-uid", "proxy-gid",
-	"istio-inbound-interception-mode", "istio-inbound-ports", "istio-local-exclude-ports", "istio-service-cidr",
-	"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude",
-	"istio-exclude-interfaces", "kube-virt-interfaces", "istio-inbound-tproxy-mark",
-	"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
+// Flags of istioFlags by what they serve; each command registers the ones it honours.
+var (
+	// ruleFlags shape the rules; --pod takes their place.
+	ruleFlags = []string{
+		"envoy-port", "inbound-capture-port", "inbound-tunnel-port", "proxy-uid", "proxy-gid",
+		"istio-inbound-interception-mode", "istio-inbound-ports", "istio-local-exclude-ports", "istio-service-cidr",
+		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude",
+		"istio-exclude-interfaces", "kube-virt-interfaces", "istio-inbound-tproxy-mark",
+		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
+		"dual-stack",
+	}
+	// validationRuleFlags are the ruleFlags the validation uses: it listens on the capture ports,
+	// connects as the proxy's uid and gid, and probes IPv6 when the namespace has it.
+	validationRuleFlags = []string{"envoy-port", "inbound-capture-port", "proxy-uid", "proxy-gid", "ipv6", "dual-stack"}
+	// backendFlags choose what programs the rules.
+	backendFlags = []string{"native-nftables", "force-iptables-binary"}
+	// probeFlags tune the validation.
+	probeFlags = []string{"iptables-probe-port", "probe-timeout"}
+	logFlags   = []string{"log_output_level", "log_as_json"}
+)
+
+// newIstioFlags registers on fs the istio-iptables flags named in groups; the others keep their
+// defaults and are neither parsed nor read from the environment.
+func newIstioFlags(fs *pflag.FlagSet, groups ...[]string) *istioFlags {
+	f := &istioFlags{fs: fs}
+	all := pflag.NewFlagSet("istio-iptables", pflag.ContinueOnError)
+	f.register(all)
+	for _, group := range groups {
+		for _, name := range group {
+			fl := all.Lookup(name)
+			if fl == nil {
+				panic("no istio-iptables flag " + name)
+			}
+			fs.AddFlag(fl)
+		}
+	}
+	return f
 }
 
-func newIstioFlags(fs *pflag.FlagSet) *istioFlags {
-	f := &istioFlags{fs: fs}
+func (f *istioFlags) register(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.envoyPort, "envoy-port", "p", "15001", "port the outbound listener of the proxy listens on")
 	fs.StringVarP(&f.inboundPort, "inbound-capture-port", "z", "15006", "port inbound TCP is redirected to")
 	fs.StringVarP(&f.tunnelPort, "inbound-tunnel-port", "e", "15008", "tunnel port, never captured")
@@ -83,7 +114,123 @@ func newIstioFlags(fs *pflag.FlagSet) *istioFlags {
 	fs.BoolVar(&f.explain, "explain", false, "with --dry-run: annotate every rule with the flow it serves")
 	fs.StringVar(&f.logLevel, "log_output_level", "", "log level, Istio style (default:info) or debug|info|warn|error")
 	fs.BoolVar(&f.logJSON, "log_as_json", false, "log JSON lines")
-	return f
+}
+
+// istioExclusive are the pairs of flags of which a command would honour only one. Each pair whose
+// flags a command has is a cobra mutually exclusive group there, which refuses both on the command
+// line; check refuses them when one comes from the environment.
+var istioExclusive = [][2]string{
+	// A dry run prints the rules and changes nothing: there is nothing to clean up, reconcile, force,
+	// validate or skip, and the rules printed are the same for either iptables variant.
+	{"dry-run", "cleanup-only"}, {"dry-run", "reconcile"}, {"dry-run", "force-apply"},
+	{"dry-run", "run-validation"}, {"dry-run", "skip-rule-apply"}, {"dry-run", "force-iptables-binary"},
+	// A cleanup removes what is installed and programs nothing.
+	{"cleanup-only", "reconcile"}, {"cleanup-only", "force-apply"}, {"cleanup-only", "run-validation"},
+	{"cleanup-only", "skip-rule-apply"},
+	// Skipping the apply skips what shapes it. (--native-nftables stays: Istio's injector passes it
+	// with --run-validation --skip-rule-apply.)
+	{"skip-rule-apply", "reconcile"}, {"skip-rule-apply", "force-apply"}, {"skip-rule-apply", "force-iptables-binary"},
+	// --force-apply replaces differing rules too.
+	{"reconcile", "force-apply"},
+	// Native nftables uses no iptables binary.
+	{"native-nftables", "force-iptables-binary"},
+}
+
+// markExclusive makes each pair of istioExclusive that cmd has a cobra mutually exclusive group.
+func markExclusive(cmd *cobra.Command) {
+	for _, pair := range istioExclusive {
+		if cmd.Flags().Lookup(pair[0]) != nil && cmd.Flags().Lookup(pair[1]) != nil {
+			cmd.MarkFlagsMutuallyExclusive(pair[0], pair[1])
+		}
+	}
+}
+
+// prepare fills the flags not given from the environment and refuses every combination in which the
+// command would ignore a flag. It has no side effects: commands call it before they change anything
+// (cobra's PreRunE).
+func (f *istioFlags) prepare(getenv func(string) string) error {
+	if err := f.applyEnv(getenv); err != nil {
+		return err
+	}
+	return f.check()
+}
+
+// check refuses the combinations in which the command would ignore a flag; it looks at the flags the
+// command has. A flag given on the command line that the combination ignores is an error; a value from
+// the environment is not (the injector sets variables for every container it starts), except for
+// flags that choose what the command does, which conflict from any source.
+func (f *istioFlags) check() error {
+	var errs []error
+	given := f.fs.Changed
+	has := func(name string) bool { return f.fs.Lookup(name) != nil }
+	refuse := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	for _, pair := range istioExclusive {
+		a, b := pair[0], pair[1]
+		if f.set(a) && f.set(b) && !(given(a) && given(b)) { // both given: cobra's group refuses them
+			refuse("%s and %s exclude each other: the command would ignore one of them", f.name(a), f.name(b))
+		}
+	}
+	if given("explain") && !f.dryRun {
+		refuse("--explain only with --dry-run: it annotates the rules printed")
+	}
+	if has("run-validation") {
+		for _, name := range probeFlags {
+			if given(name) && !f.runValidation {
+				refuse("--%s only with --run-validation: it tunes the validation", name)
+			}
+		}
+		if f.skipRuleApply && !f.runValidation {
+			refuse("%s only with --run-validation: alone it does nothing", f.name("skip-rule-apply"))
+		}
+	}
+	if f.cleanupOnly {
+		if drop := f.givenOf(append([]string{"pod"}, ruleFlags...)); len(drop) > 0 {
+			refuse("%s removes what is installed, whatever the rules: drop %s", f.name("cleanup-only"), strings.Join(drop, ", "))
+		}
+	}
+	if f.pod != "" {
+		if drop := f.givenOf(ruleFlags); len(drop) > 0 {
+			refuse("--pod takes the settings from the Pod; drop %s", strings.Join(drop, ", "))
+		}
+	} else if given("dual-stack") && given("ipv6") {
+		refuse("--dual-stack only changes how IPv6 is detected, and --ipv6 decides it; drop one")
+	}
+	if f.dryRun && given("network-namespace") && (given("ipv6") || f.pod != "") {
+		refuse("--network-namespace with --dry-run only serves to detect IPv6, which --ipv6 or --pod decides; drop it")
+	}
+	switch iptables.Variant(f.forceBinary) {
+	case "", iptables.VariantNFT, iptables.VariantLegacy:
+	default:
+		errs = append(errs, &redirect.FieldError{Field: f.name("force-iptables-binary"), Value: f.forceBinary, Err: errors.New("want nft or legacy")})
+	}
+	return errors.Join(errs...)
+}
+
+// set reports whether flag name has a value, from the command line or the environment.
+func (f *istioFlags) set(name string) bool {
+	fl := f.fs.Lookup(name)
+	return fl != nil && (fl.Changed || fl.Value.String() != fl.DefValue)
+}
+
+// name is how the user gave flag name: "--name", or "--name ($NAME)" when its value came from the
+// environment.
+func (f *istioFlags) name(flag string) string {
+	if fl := f.fs.Lookup(flag); fl != nil && !fl.Changed && fl.Value.String() != fl.DefValue {
+		return "--" + flag + " ($" + envName(flag) + ")"
+	}
+	return "--" + flag
+}
+
+// givenOf returns, as "--name", the flags of names given on the command line.
+func (f *istioFlags) givenOf(names []string) []string {
+	var given []string
+	for _, name := range names {
+		if f.fs.Changed(name) {
+			given = append(given, "--"+name)
+		}
+	}
+	return given
 }
 
 // envName is the environment variable istio-iptables reads for flag name.

@@ -90,9 +90,14 @@ func newInstallCNICmd(env osEnv) *cobra.Command {
 	fs.DurationVar(&f.resync, "resync-interval", install.DefaultResync, "check everything this often, file events or not")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return runInstallCNI(cmd, env, f)
+	// --monitoring-port is --health-addr=:PORT, as Istio's install-cni spells it.
+	cmd.MarkFlagsMutuallyExclusive("health-addr", "monitoring-port")
+	// Marked for help and completion; prepare says it with the environment variable first.
+	if err := cmd.MarkFlagRequired("node-name"); err != nil {
+		panic(err)
 	}
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return runInstallCNI(cmd, env, f) }
 	return cmd
 }
 
@@ -118,8 +123,10 @@ func (f *installCNIFlags) applyEnv(getenv func(string) string) error {
 	return errors.Join(errs...)
 }
 
-func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
-	if err := f.applyEnv(env.getenv); err != nil {
+// prepare fills the flags not given from their environment variables (which then count as given) and
+// refuses bad values and flags the others make pointless, all at once, before anything is done.
+func (f *installCNIFlags) prepare(getenv func(string) string) error {
+	if err := f.applyEnv(getenv); err != nil {
 		return err
 	}
 	var errs []error
@@ -136,6 +143,17 @@ func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
 	case install.RepairDelete, install.RepairLabel, install.RepairOff:
 	default:
 		bad("--repair-mode", f.repairMode, "must be delete, label or off")
+	}
+	if f.fs.Changed("repair-label-key") && f.repairMode != install.RepairLabel {
+		bad("--repair-label-key", f.repairLabel, "only with --repair-mode=label")
+	}
+	for _, name := range []string{"repair-init-container", "repair-exit-code"} {
+		if f.fs.Changed(name) && f.repairMode == install.RepairOff {
+			bad("--"+name, f.fs.Lookup(name).Value.String(), "not with --repair-mode=off: nothing is repaired")
+		}
+	}
+	if f.fs.Changed("host-report-socket") && f.reportSocket == "" {
+		bad("--host-report-socket", f.hostReportSocket, "only with a --report-socket: no reports are read without one")
 	}
 	if _, err := cni.ParseLogLevel(f.pluginLogLevel); err != nil {
 		bad("--cni-log-level", f.pluginLogLevel, err.Error())
@@ -170,9 +188,11 @@ func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
 	} else if !strings.Contains(f.apiServer, "://") {
 		f.apiServer = "https://" + f.apiServer
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
+	return errors.Join(errs...)
+}
+
+// runInstallCNI runs the installer with the flags prepare accepted.
+func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
 	log := env.logger(f.logLevel, f.logFormat == "json")
 
 	var restCfg *rest.Config

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -19,32 +19,41 @@ import (
 // controller looks for it.
 const validationExitCode = 126
 
-func newIptablesCmd(env osEnv) *cobra.Command {
+// newIptablesCmd returns `shunt iptables` and its flags.
+func newIptablesCmd(env osEnv) (*cobra.Command, *istioFlags) {
 	cmd := &cobra.Command{
 		Use:     "iptables",
 		Aliases: []string{"istio-iptables"}, // Istio's injector runs the init image with args [istio-iptables, ...]
 		Short:   "Program a pod's capture rules (drop-in for istio-iptables)",
 		Long: "Program the ISTIO_* chains that send a meshed pod's TCP to its sidecar proxy. Flags and\n" +
-			"environment variables are istio-iptables'; defaults are the sidecar injector's.",
+			"environment variables are istio-iptables'; defaults are the sidecar injector's. A flag the\n" +
+			"combination given would ignore is an error: --explain only with --dry-run, the probe flags\n" +
+			"only with --run-validation, no rule flags with --cleanup-only or --pod.",
 		Args: cobra.NoArgs,
 	}
-	f := newIstioFlags(cmd.Flags())
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return runIptables(cmd, env, f)
-	}
-	return cmd
+	f := newIstioFlags(cmd.Flags(), ruleFlags, backendFlags, probeFlags, logFlags, []string{
+		"pod", "network-namespace", "dry-run", "explain", "cleanup-only", "reconcile", "force-apply",
+		"run-validation", "skip-rule-apply",
+	})
+	markExclusive(cmd)
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return runIptables(cmd, env, f) }
+	return cmd, f
 }
 
 func newCleanupCmd(env osEnv) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Remove every chain, rule, route and address shunt or istio-iptables installed",
-		Args:  cobra.NoArgs,
+		Long: "Remove what shunt or istio-iptables installed in the network namespace: every backend, or only\n" +
+			"the native nftables tables (--native-nftables) or one iptables variant (--force-iptables-binary).",
+		Args: cobra.NoArgs,
 	}
-	f := newIstioFlags(cmd.Flags())
+	f := newIstioFlags(cmd.Flags(), []string{"network-namespace"}, backendFlags, logFlags)
+	markExclusive(cmd)
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		f.cleanupOnly = true
-		return runIptables(cmd, env, f)
+		return runCleanup(cmd.Context(), f.cleanupScope(), env.logger(f.logLevel, f.logJSON), env.stdout)
 	}
 	return cmd
 }
@@ -53,9 +62,14 @@ func newValidateCmd(env osEnv) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate",
 		Short: "Prove in this network namespace that capture works, changing no rules",
-		Args:  cobra.NoArgs,
+		Long: "Listen on the capture ports, connect as the proxy's uid to the passthrough address on the probe\n" +
+			"port, and check that the rules hand the connection to the inbound capture port; exit 126 if not.\n" +
+			"It takes the flags the validation uses; `shunt iptables --run-validation --skip-rule-apply` is\n" +
+			"the same with every istio-iptables flag accepted.",
+		Args: cobra.NoArgs,
 	}
-	f := newIstioFlags(cmd.Flags())
+	f := newIstioFlags(cmd.Flags(), validationRuleFlags, probeFlags, []string{"network-namespace"}, logFlags)
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		f.runValidation, f.skipRuleApply = true, true
 		return runIptables(cmd, env, f)
@@ -63,39 +77,19 @@ func newValidateCmd(env osEnv) *cobra.Command {
 	return cmd
 }
 
+// cleanupScope is what --cleanup-only or `shunt cleanup` removes: every backend unless the flags narrow it.
+func (f *istioFlags) cleanupScope() cleanupScope {
+	return cleanupScope{NetNS: f.netns, NativeNFTables: f.nativeNFT, Variant: iptables.Variant(f.forceBinary)}
+}
+
+// runIptables carries out the flags, which prepare accepted: it builds and checks everything before
+// it changes anything.
 func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
-	if err := f.applyEnv(env.getenv); err != nil {
-		return err
-	}
 	log := env.logger(f.logLevel, f.logJSON)
 	ctx := cmd.Context()
-	opts := iptables.Options{
-		Variant:   iptables.Variant(f.forceBinary),
-		NetNS:     f.netns,
-		Reconcile: f.reconcile,
-		Force:     f.forceApply,
-		Logger:    log,
-	}
-	switch opts.Variant {
-	case "", iptables.VariantNFT, iptables.VariantLegacy:
-	default:
-		return &redirect.FieldError{Field: "--force-iptables-binary", Value: f.forceBinary, Err: errors.New("want nft or legacy")}
-	}
-	if f.nativeNFT && f.forceBinary != "" {
-		return &redirect.FieldError{Field: "--force-iptables-binary", Value: f.forceBinary,
-			Err: errors.New("--native-nftables programs nftables directly and uses no iptables binary")}
-	}
-	nftOpts := nftables.Options{NetNS: f.netns, Reconcile: f.reconcile, Force: f.forceApply, Logger: log}
 	if f.cleanupOnly {
-		if f.dryRun {
-			return errors.New("--cleanup-only reads what is installed: it has no dry run")
-		}
-		if f.nativeNFT {
-			return nftables.Cleanup(ctx, nftOpts)
-		}
-		return iptables.Cleanup(ctx, opts)
+		return runCleanup(ctx, f.cleanupScope(), log, env.stdout)
 	}
-
 	cfg, err := f.buildConfig(env)
 	if err != nil {
 		return err
@@ -107,34 +101,54 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 	if f.dryRun {
 		return printPlan(env.stdout, &plan, f.explain)
 	}
-	if !f.skipRuleApply {
-		apply := func() error { return iptables.Apply(ctx, &plan, opts) }
-		if f.nativeNFT {
-			apply = func() error { return nftables.Apply(ctx, &plan, nftOpts) }
-		}
-		if err := apply(); err != nil {
+	var v *iptables.Validation
+	if f.runValidation {
+		if v, err = f.validation(cfg, log); err != nil {
 			return err
 		}
 	}
-	if f.runValidation {
-		ctx, stop := signalContext(ctx)
-		defer stop()
-		port, err := redirect.ParsePort(f.probePort)
-		if err != nil {
-			return &redirect.FieldError{Field: "--iptables-probe-port", Value: f.probePort, Err: err}
+	if !f.skipRuleApply {
+		var err error
+		if f.nativeNFT {
+			err = nftables.Apply(ctx, &plan, nftables.Options{NetNS: f.netns, Reconcile: f.reconcile, Force: f.forceApply, Logger: log})
+		} else {
+			err = iptables.Apply(ctx, &plan, iptables.Options{Variant: iptables.Variant(f.forceBinary), NetNS: f.netns,
+				Reconcile: f.reconcile, Force: f.forceApply, Logger: log})
 		}
-		exe, err := os.Executable()
 		if err != nil {
 			return err
 		}
-		v := iptables.Validation{Config: cfg, ProbePort: port, Timeout: f.probeTimeout, NetNS: f.netns, Logger: log,
-			ClientCommand: []string{exe, "__validate-client"}}
+	}
+	if v != nil {
+		ctx, stop := signalContext(ctx)
+		defer stop()
 		if err := v.Run(ctx); err != nil {
 			return &exitError{code: validationExitCode, err: fmt.Errorf("iptables validation failed; the workload is not ready for the mesh: %w", err)}
 		}
 		log.Info("validation passed: capture works")
 	}
 	return nil
+}
+
+// validation returns the validation of cfg the flags ask for.
+func (f *istioFlags) validation(cfg redirect.Config, log *slog.Logger) (*iptables.Validation, error) {
+	var errs []error
+	port, err := redirect.ParsePort(f.probePort)
+	if err != nil {
+		errs = append(errs, &redirect.FieldError{Field: f.name("iptables-probe-port"), Value: f.probePort, Err: err})
+	}
+	if f.probeTimeout <= 0 {
+		errs = append(errs, &redirect.FieldError{Field: f.name("probe-timeout"), Value: f.probeTimeout.String(), Err: errors.New("must be above 0")})
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &iptables.Validation{Config: cfg, ProbePort: port, Timeout: f.probeTimeout, NetNS: f.netns, Logger: log,
+		ClientCommand: []string{exe, "__validate-client"}}, nil
 }
 
 // buildConfig returns the Config of the flags, or of the Pod manifest given with --pod.
@@ -149,15 +163,6 @@ func (f *istioFlags) ruleConfig(env osEnv) (redirect.Config, error) {
 		return f.config(env.getenv, os.ReadFile, func(dualStack bool) (bool, error) {
 			return iptables.DetectIPv6(f.netns, dualStack)
 		})
-	}
-	var given []string
-	for _, name := range ruleFlags {
-		if f.fs.Changed(name) {
-			given = append(given, "--"+name)
-		}
-	}
-	if len(given) > 0 {
-		return redirect.Config{}, fmt.Errorf("--pod takes the settings from the Pod; drop %s", strings.Join(given, ", "))
 	}
 	var data []byte
 	var err error

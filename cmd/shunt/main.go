@@ -48,19 +48,26 @@ func main() {
 
 // run executes the command line args.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	root := newRootCmd(osEnv{stdin: stdin, stdout: stdout, stderr: stderr})
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContext(ctx)
+}
+
+// newRootCmd returns the command tree. Each command registers only the flags it honours, refuses in
+// PreRunE (which changes nothing) the combinations that would ignore one, and acts in RunE.
+func newRootCmd(env osEnv) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "shunt",
 		Short:         "Transparent traffic interception for service-mesh sidecars",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	env := osEnv{stdin: stdin, stdout: stdout, stderr: stderr}
-	root.AddCommand(newIptablesCmd(env), newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env), newInstallCNICmd(env), newEBPFCmd(env))
-	root.SetArgs(args)
-	root.SetIn(stdin)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	return root.ExecuteContext(ctx)
+	ipt, _ := newIptablesCmd(env)
+	root.AddCommand(ipt, newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env), newInstallCNICmd(env), newEBPFCmd(env))
+	return root
 }
 
 // osEnv is what commands reach of the process: standard streams and the environment.

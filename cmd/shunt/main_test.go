@@ -121,7 +121,7 @@ func TestPod(t *testing.T) {
 	dir := t.TempDir()
 	pod := `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"ns","annotations":{
 "sidecar.istio.io/status":"{}","traffic.sidecar.istio.io/excludeOutboundPorts":"5555"}},
-"spec":{"containers":[{"name":"app","image":"a"},{"name":"istio-proxy","image":"p","securityContext":{"runAsUser":1000,"runAsGroup":1001}}]},
+"spec":{"containers":[{"name":"app","image":"a"},{"name":"istio-proxy","image":"p","env":[{"name":"ISTIO_DUAL_STACK","value":"true"}],"securityContext":{"runAsUser":1000,"runAsGroup":1001}}]},
 "status":{"podIPs":[{"ip":"10.1.0.5"},{"ip":"fd00::5"}]}}`
 	path := filepath.Join(dir, "pod.json")
 	if err := os.WriteFile(path, []byte(pod), 0o644); err != nil {
