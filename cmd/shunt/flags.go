@@ -116,31 +116,33 @@ func (f *istioFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.logJSON, "log_as_json", false, "log JSON lines")
 }
 
-// istioExclusive are the pairs of flags of which a command would honour only one. Each pair whose
-// flags a command has is a cobra mutually exclusive group there, which refuses both on the command
-// line; check refuses them when one comes from the environment.
-var istioExclusive = [][2]string{
-	// A dry run prints the rules and changes nothing: there is nothing to clean up, reconcile, force,
-	// validate or skip, and the rules printed are the same for either iptables variant.
-	{"dry-run", "cleanup-only"}, {"dry-run", "reconcile"}, {"dry-run", "force-apply"},
-	{"dry-run", "run-validation"}, {"dry-run", "skip-rule-apply"}, {"dry-run", "force-iptables-binary"},
-	// A cleanup removes what is installed and programs nothing.
-	{"cleanup-only", "reconcile"}, {"cleanup-only", "force-apply"}, {"cleanup-only", "run-validation"},
-	{"cleanup-only", "skip-rule-apply"},
-	// Skipping the apply skips what shapes it. (--native-nftables stays: Istio's injector passes it
-	// with --run-validation --skip-rule-apply.)
-	{"skip-rule-apply", "reconcile"}, {"skip-rule-apply", "force-apply"}, {"skip-rule-apply", "force-iptables-binary"},
-	// --force-apply replaces differing rules too.
-	{"reconcile", "force-apply"},
-	// Native nftables uses no iptables binary.
-	{"native-nftables", "force-iptables-binary"},
+// istioExclusive are the pairs of flags of which a command would honour only one, and why. check
+// refuses a pair from any source; each pair a command has is also a cobra mutually exclusive group
+// there, for completion and as a backstop.
+var istioExclusive = []struct{ a, b, why string }{
+	{"dry-run", "cleanup-only", "a dry run only prints the rules"},
+	{"dry-run", "reconcile", "a dry run only prints the rules"},
+	{"dry-run", "force-apply", "a dry run only prints the rules"},
+	{"dry-run", "run-validation", "a dry run only prints the rules"},
+	{"dry-run", "skip-rule-apply", "a dry run only prints the rules"},
+	{"dry-run", "force-iptables-binary", "a dry run prints the same rules for either iptables variant"},
+	{"cleanup-only", "reconcile", "a cleanup only removes what is installed"},
+	{"cleanup-only", "force-apply", "a cleanup only removes what is installed"},
+	{"cleanup-only", "run-validation", "a cleanup only removes what is installed"},
+	{"cleanup-only", "skip-rule-apply", "a cleanup only removes what is installed"},
+	// --native-nftables is accepted with --skip-rule-apply: Istio's injector passes both (with istio-cni).
+	{"skip-rule-apply", "reconcile", "no rules are applied"},
+	{"skip-rule-apply", "force-apply", "no rules are applied"},
+	{"skip-rule-apply", "force-iptables-binary", "no rules are applied"},
+	{"reconcile", "force-apply", "--force-apply replaces differing rules too"},
+	{"native-nftables", "force-iptables-binary", "native nftables uses no iptables binary"},
 }
 
 // markExclusive makes each pair of istioExclusive that cmd has a cobra mutually exclusive group.
 func markExclusive(cmd *cobra.Command) {
-	for _, pair := range istioExclusive {
-		if cmd.Flags().Lookup(pair[0]) != nil && cmd.Flags().Lookup(pair[1]) != nil {
-			cmd.MarkFlagsMutuallyExclusive(pair[0], pair[1])
+	for _, p := range istioExclusive {
+		if cmd.Flags().Lookup(p.a) != nil && cmd.Flags().Lookup(p.b) != nil {
+			cmd.MarkFlagsMutuallyExclusive(p.a, p.b)
 		}
 	}
 }
@@ -165,10 +167,9 @@ func (f *istioFlags) check() error {
 	has := func(name string) bool { return f.fs.Lookup(name) != nil }
 	refuse := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	for _, pair := range istioExclusive {
-		a, b := pair[0], pair[1]
-		if f.set(a) && f.set(b) && !(given(a) && given(b)) { // both given: cobra's group refuses them
-			refuse("%s and %s exclude each other: the command would ignore one of them", f.name(a), f.name(b))
+	for _, p := range istioExclusive {
+		if f.set(p.a) && f.set(p.b) {
+			refuse("%s and %s exclude each other: %s", f.name(p.a), f.name(p.b), p.why)
 		}
 	}
 	if given("explain") && !f.dryRun {
