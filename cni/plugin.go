@@ -292,8 +292,8 @@ type podPlan struct {
 }
 
 func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip string, err error) {
-	if inv.name == "" {
-		return nil, "not a Kubernetes pod (no K8S_POD_NAME in CNI_ARGS)", nil
+	if inv.name == "" || inv.namespace == "" {
+		return nil, "not a Kubernetes pod (no K8S_POD_NAME or K8S_POD_NAMESPACE in CNI_ARGS)", nil
 	}
 	if slices.Contains(inv.conf.ExcludeNamespaces, inv.namespace) {
 		return nil, "namespace " + inv.namespace + " is excluded", nil
@@ -316,10 +316,14 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 		return nil, "", types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s: read the pod from the API server", inv.pod()), err.Error())
 	}
 	ips := podIPs(prev)
-	cfg, skip, err := ConfigForPod(pod, ips)
-	if skip != "" {
-		return nil, skip, nil
+	d, err := Decide(pod, ips)
+	for _, w := range d.Warnings {
+		inv.log.Warn("pod setting ignored, as istio-cni ignores it", "warning", w)
 	}
+	if d.Skip != "" {
+		return nil, d.Skip, nil
+	}
+	cfg := d.Config
 	dp, dpErr := DataPathForPod(pod.Metadata.Annotations)
 	if err = errors.Join(err, dpErr); err != nil {
 		return nil, "", types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: invalid capture settings", inv.pod()), err.Error())

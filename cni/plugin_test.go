@@ -115,8 +115,14 @@ func cniCode(t *testing.T, err error) uint {
 	return e.Code
 }
 
+// dualStack sets ISTIO_DUAL_STACK on the pod's proxy, as the injector does for dual-stack meshes.
+func dualStack(p *Pod) *Pod {
+	p.Spec.Containers[1].Env = append(p.Spec.Containers[1].Env, EnvVar{Name: "ISTIO_DUAL_STACK", Value: "true"})
+	return p
+}
+
 func TestAddProgramsMeshedPod(t *testing.T) {
-	f := newFake(t, meshedPod(map[string]string{AnnotationExcludeOutboundPorts: "9000"}), nil)
+	f := newFake(t, dualStack(meshedPod(map[string]string{AnnotationExcludeOutboundPorts: "9000"})), nil)
 	if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +138,7 @@ func TestAddProgramsMeshedPod(t *testing.T) {
 }
 
 func TestAddNFTablesBackend(t *testing.T) {
-	f := newFake(t, meshedPod(nil), nil)
+	f := newFake(t, dualStack(meshedPod(nil)), nil)
 	if err := f.CmdAdd(cmdArgs(netConf(t, `,"backend":"nftables","prevResult":`+prevV4V6), "/var/run/netns/x", podArgs)); err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +150,18 @@ func TestAddNFTablesBackend(t *testing.T) {
 	}
 	if f.opts.Backend != BackendNFTables {
 		t.Errorf("options %+v, want the nftables backend", f.opts)
+	}
+}
+
+// TestAddDualStackNeedsTheVariable: like istio-cni, a pod with an IPv4 and an IPv6 address gets IPv6
+// rules only when its proxy runs with ISTIO_DUAL_STACK (its listeners are then on both families).
+func TestAddDualStackNeedsTheVariable(t *testing.T) {
+	f := newFake(t, meshedPod(nil), nil)
+	if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if f.applied == nil || len(f.applied.Families) != 1 || f.applied.Families[0].Family != redirect.IPv4 {
+		t.Fatalf("applied %+v, want IPv4 only", f.applied)
 	}
 }
 

@@ -97,11 +97,9 @@ func TestSkipReasons(t *testing.T) {
 		"injection disabled": func(p *Pod) { p.Metadata.Labels = map[string]string{LabelInject: "false"} },
 		"istio-init":         func(p *Pod) { p.Spec.InitContainers = []Container{{Name: InitContainerName}} },
 		"interception NONE":  func(p *Pod) { p.Metadata.Annotations[AnnotationInterceptionMode] = "NONE" },
+		"gateway":            func(p *Pod) { p.Spec.Containers[1].Args = []string{"proxy", "router"} },
 		"DISABLE_ENVOY true": func(p *Pod) {
-			p.Spec.Containers[1].Env = append(p.Spec.Containers[1].Env, struct {
-				Name  string `json:"name"`
-				Value string `json:"value"`
-			}{"DISABLE_ENVOY", "true"})
+			p.Spec.Containers[1].Env = append(p.Spec.Containers[1].Env, EnvVar{"DISABLE_ENVOY", "true"})
 		},
 	}
 	for name, edit := range tests {
