@@ -32,6 +32,7 @@ func TestCNI(t *testing.T) {
 	t.Run("compat", func(t *testing.T) { testCNICompat(t, n) })
 	t.Run("flows", func(t *testing.T) { testCNIFlows(t, n) })
 	t.Run("skip", func(t *testing.T) { testCNISkip(t, n) })
+	t.Run("injected", func(t *testing.T) { testCNIInjected(t, n) })
 	t.Run("bad_annotation", func(t *testing.T) { testCNIBadAnnotation(t, n) })
 	t.Run("check_del", func(t *testing.T) { testCNICheckDel(t, n) })
 	t.Run("concurrent", func(t *testing.T) { testCNIConcurrent(t, n, 50) })
@@ -137,8 +138,21 @@ func testCNISkip(t *testing.T, n *cniNode) {
 	injectOff.Labels = map[string]string{"sidecar.istio.io/inject": "false"}
 	initC := meshedPod("skip", "istio-init", nil)
 	initC.Spec.InitContainers = []corev1.Container{{Name: "istio-init"}}
+	initRegular := meshedPod("skip", "istio-init-regular", nil)
+	initRegular.Spec.Containers = append(initRegular.Spec.Containers, corev1.Container{Name: "istio-init"})
+	gateway := meshedPod("skip", "gateway", nil)
+	gateway.Spec.Containers[1].Args = []string{"proxy", "router", "--domain", "istio-ingress.svc.cluster.local"}
+	// Native sidecars: istio-proxy is an init container; each skip rule holds for them too.
+	nativeDisabled := nativeSidecar(meshedPod("skip", "native-disable-envoy-1", nil))
+	nativeDisabled.Spec.InitContainers[0].Env = []corev1.EnvVar{{Name: "DISABLE_ENVOY", Value: "1"}}
+	nativeNoStatus := nativeSidecar(meshedPod("skip", "native-no-status", nil))
+	delete(nativeNoStatus.Annotations, "sidecar.istio.io/status")
+	nativeGateway := nativeSidecar(meshedPod("skip", "native-router", nil))
+	nativeGateway.Spec.InitContainers[0].Args = []string{"proxy", "router"}
+	injectF := meshedPod("skip", "inject-label-f", nil)
+	injectF.Labels = map[string]string{"sidecar.istio.io/inject": "f"}
 	cases := []*corev1.Pod{
-		hostNet, noProxy, noStatus, injectOff, initC,
+		hostNet, noProxy, noStatus, injectOff, initC, initRegular, gateway, nativeDisabled, nativeNoStatus, nativeGateway, injectF,
 		meshedPod("skip", "inject-annotation-false", map[string]string{"sidecar.istio.io/inject": "false"}),
 		withEnv(meshedPod("skip", "disable-envoy", nil), "DISABLE_ENVOY", "true"),
 		meshedPod("skip", "mode-none", map[string]string{"sidecar.istio.io/interceptionMode": "NONE"}),
@@ -152,6 +166,27 @@ func testCNISkip(t *testing.T, n *cniNode) {
 			}
 			if r := ourRules(save(t, p.ns, false)); r != "" {
 				t.Errorf("a pod to skip got rules:\n%s", r)
+			}
+		})
+	}
+	// What istio-cni captures although it looks like a skip: a native sidecar; an empty inject label,
+	// which wins over a false annotation; values of DISABLE_ENVOY and inject that are not booleans.
+	emptyLabel := meshedPod("skip", "inject-label-empty", map[string]string{"sidecar.istio.io/inject": "false"})
+	emptyLabel.Labels = map[string]string{"sidecar.istio.io/inject": ""}
+	captured := []*corev1.Pod{
+		nativeSidecar(meshedPod("skip", "native", nil)),
+		emptyLabel,
+		withEnv(meshedPod("skip", "disable-envoy-yes", nil), "DISABLE_ENVOY", "yes"),
+		meshedPod("skip", "inject-annotation-no", map[string]string{"sidecar.istio.io/inject": "no"}),
+	}
+	for _, pod := range captured {
+		t.Run(pod.Name, func(t *testing.T) {
+			p := n.podSandbox(t, pod)
+			if err := n.add(t, n.list, p); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if r := ourRules(save(t, p.ns, false)); !strings.Contains(r, "ISTIO_REDIRECT") {
+				t.Errorf("a pod istio-cni captures got no capture rules:\n%s", r)
 			}
 		})
 	}
@@ -169,20 +204,46 @@ func testCNISkip(t *testing.T, n *cniNode) {
 	})
 }
 
-// testCNIBadAnnotation fails closed: a pod with an invalid annotation does not start.
+// testCNIBadAnnotation fails closed: a pod with a value istio-cni refuses does not start, and the
+// error names the pod, the annotation and the value.
 func testCNIBadAnnotation(t *testing.T, n *cniNode) {
-	key := "traffic.sidecar.istio.io/excludeOutboundPorts"
-	p := n.podSandbox(t, meshedPod("shop", "bad-annotation", map[string]string{key: "15020,http"}))
-	err := n.add(t, n.list, p)
-	e := cniError(t, err)
-	for _, want := range []string{"shop/bad-annotation", key, `"15020,http"`} {
-		if !strings.Contains(e.Msg+" "+e.Details, want) {
-			t.Errorf("ADD error %q does not name %s", err, want)
+	for i, bad := range []struct{ key, value string }{
+		{"traffic.sidecar.istio.io/excludeOutboundPorts", "15020,http"},
+		{"traffic.sidecar.istio.io/excludeOutboundIPRanges", "10.0.0.0/8, 192.168.0.0/16"}, // istio-cni takes no spaces
+		{"sidecar.istio.io/interceptionMode", "tproxy"},                                    // nor lower case
+		{"traffic.sidecar.istio.io/excludeInterfaces", "eth+"},
+	} {
+		name := fmt.Sprintf("bad-annotation-%d", i)
+		p := n.podSandbox(t, nativeSidecar(meshedPod("shop", name, map[string]string{bad.key: bad.value})))
+		err := n.add(t, n.list, p)
+		e := cniError(t, err)
+		for _, want := range []string{"shop/" + name, bad.key, fmt.Sprintf("%q", bad.value)} {
+			if !strings.Contains(e.Msg+" "+e.Details, want) {
+				t.Errorf("ADD error %q does not name %s", err, want)
+			}
+		}
+		if r := ourRules(save(t, p.ns, false)); r != "" {
+			t.Errorf("rules left after a failed ADD:\n%s", r)
 		}
 	}
-	if r := ourRules(save(t, p.ns, false)); r != "" {
-		t.Errorf("rules left after a failed ADD:\n%s", r)
+}
+
+// nativeSidecar moves a pod's istio-proxy container to its init containers with restartPolicy
+// Always, as the injector writes native sidecars.
+func nativeSidecar(p *corev1.Pod) *corev1.Pod {
+	always := corev1.ContainerRestartPolicyAlways
+	var app []corev1.Container
+	for _, c := range p.Spec.Containers {
+		if c.Name == "istio-proxy" {
+			c.RestartPolicy = &always
+			p.Spec.InitContainers = append(p.Spec.InitContainers, c)
+			continue
+		}
+		app = append(app, c)
 	}
+	p.Spec.Containers = app
+	p.Annotations["sidecar.istio.io/status"] = `{"initContainers":["istio-proxy"],"containers":null}`
+	return p
 }
 
 // testCNICheckDel: CHECK passes on a programmed pod and names a tampered rule; DEL removes every

@@ -23,7 +23,7 @@ var (
 	demoMode    = flag.String("demo-mode", "REDIRECT", "TestDemo with -demo: the inbound interception mode, REDIRECT or TPROXY")
 )
 
-// TestDemo sends one connection along each flow of FLOWS.md through a pod
+// TestDemo sends one connection along each flow of docs/flows.md through a pod
 // captured as Istio's sidecar injector captures it (plus DNS capture, IPv6,
 // an excluded outbound port and an excluded CIDR) and checks the path each
 // took, then that `shunt cleanup` removes the rules. With -demo it does so

@@ -19,7 +19,7 @@ import (
 )
 
 // TestFlows sends real connections along the flows F1–F6, F8 and F9 of
-// FLOWS.md through a pod captured with the sidecar injector's flags plus DNS
+// docs/flows.md through a pod captured with the sidecar injector's flags plus DNS
 // capture and IPv6, for each variant (iptables-nft, iptables-legacy, native
 // nftables) and inbound mode.
 func TestFlows(t *testing.T) {

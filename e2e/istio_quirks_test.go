@@ -13,9 +13,9 @@ import (
 // The tests in this file pin down, with real packets, four behaviours of
 // Istio's rules that shunt keeps bit for bit because its rules must be
 // Istio's (the compatibility checker compares them rule by rule). Each is a
-// path FLOWS.md would want otherwise; each test says what the better rule
+// path docs/flows.md would want otherwise; each test says what the better rule
 // would be. A change to the engine that alters one of these paths fails
-// here: it is then no longer Istio's behaviour, and this file, FLOWS.md and
+// here: it is then no longer Istio's behaviour, and this file, docs/flows.md and
 // the compatibility notes must change with it, on purpose.
 
 // quirkProbe is a probe whose reply must equal want or, when prefix is set,

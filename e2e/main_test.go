@@ -4,7 +4,7 @@
 // builds a "pod" network namespace joined to a "remote" one by two veth
 // pairs, runs `shunt iptables` in the pod, starts a reference sidecar
 // (./refproxy) and apps (./echoserver), and reads from every reply the path
-// its connection took. See FLOWS.md for the flows F1–F9.
+// its connection took. See docs/flows.md for the flows F1–F9.
 package e2e
 
 import (

@@ -7,7 +7,7 @@
 // Open and AddPod / RemovePod for each pod. A pod is its network namespace, named by the namespace
 // cookie (NetNSCookie): sockets of any other namespace are never touched.
 //
-// What the programs do, per traffic path of FLOWS.md:
+// What the programs do, per traffic path of docs/flows.md:
 //
 //   - F2 (app → remote): cgroup/connect4 and connect6 decide as nat ISTIO_OUTPUT would (see
 //     PodFromConfig for what is and is not represented), rewrite a captured destination to

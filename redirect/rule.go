@@ -2,7 +2,7 @@ package redirect
 
 import "net/netip"
 
-// Flow names a traffic path of a meshed pod (see FLOWS.md); every rule serves one.
+// Flow names a traffic path of a meshed pod (see docs/flows.md); every rule serves one.
 type Flow string
 
 // The flows.
