@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/shuntmesh/shunt/redirect"
@@ -136,4 +137,41 @@ func restoreArgs(v Variant) []string {
 		return []string{"--noflush", "--wait=30"}
 	}
 	return []string{"--noflush"}
+}
+
+// Installed is our part of the rules of one iptables variant and family.
+type Installed struct {
+	Variant Variant
+	Family  redirect.Family
+	State   State
+}
+
+// String names the variant, family, our chains and our rules in built-in chains:
+// "iptables-nft IPv4: chains ISTIO_INBOUND, ISTIO_OUTPUT; 3 jumps".
+func (in Installed) String() string {
+	var chains []string
+	jumps := 0
+	for _, t := range in.State {
+		for c := range t.Owned {
+			if !slices.Contains(chains, c) {
+				chains = append(chains, c)
+			}
+		}
+		for _, specs := range t.Builtin {
+			jumps += len(specs)
+		}
+	}
+	slices.Sort(chains)
+	var parts []string
+	if len(chains) > 0 {
+		parts = append(parts, "chains "+strings.Join(chains, ", "))
+	}
+	if jumps > 0 {
+		noun := "jumps"
+		if jumps == 1 {
+			noun = "jump"
+		}
+		parts = append(parts, fmt.Sprintf("%d %s", jumps, noun))
+	}
+	return fmt.Sprintf("iptables-%s %s: %s", in.Variant, in.Family, strings.Join(parts, "; "))
 }

@@ -171,6 +171,30 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		}
 		return cause
 	}
+	// Rules of ours in a family the plan leaves out (IPv6 after --ipv6=false) differ from it too: drift,
+	// checked before anything changes; with Reconcile they are removed once the plan is in place.
+	var extra []Installed
+	for _, f := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
+		present := p4
+		if f == redirect.IPv6 {
+			present = p6
+		}
+		if plan.Family(f) != nil || !present {
+			continue
+		}
+		have, err := readState(ctx, r, v, f, true)
+		if err != nil {
+			return err
+		}
+		if have.Empty() {
+			continue
+		}
+		if !opts.Reconcile && !opts.Force {
+			return fmt.Errorf("%s: %w (run with --reconcile to remove them):\n  %s",
+				f, ErrDrift, strings.Join(Diff(have, State{}), "\n  "))
+		}
+		extra = append(extra, Installed{Variant: v, Family: f, State: have})
+	}
 	for i := range plan.Families {
 		fp := &plan.Families[i]
 		present := p4
@@ -227,7 +251,13 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		}
 		log.Info("rules programmed", "family", fp.Family.String())
 	}
-	if err := podroute.Setup(plan); err != nil {
+	for _, in := range extra {
+		if err := restore(ctx, r, v, in.Family, RenderReplace(in.State, nil, RenderOptions{}), env); err != nil {
+			return rollback(fmt.Errorf("remove %s rules this configuration leaves out: %w", in.Family, err))
+		}
+		log.Info("rules removed", "family", in.Family.String(), "reason", "not part of this configuration")
+	}
+	if err := podroute.Sync(plan); err != nil {
 		return rollback(err)
 	}
 	return nil
@@ -266,18 +296,25 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 		v, _ := chooseVariant(opts.Variant)
 		p4, p6 := tablesPresent(v)
 		var diff []string
-		for i := range plan.Families {
-			fp := &plan.Families[i]
+		for _, f := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
 			present := p4
-			if fp.Family == redirect.IPv6 {
+			if f == redirect.IPv6 {
 				present = p6
 			}
-			have, err := readState(ctx, opts.runner(), v, fp.Family, present)
+			fp := plan.Family(f)
+			if fp == nil && !present {
+				continue
+			}
+			have, err := readState(ctx, opts.runner(), v, f, present)
 			if err != nil {
 				return err
 			}
-			for _, d := range Diff(have, PlanState(fp)) {
-				diff = append(diff, fp.Family.String()+" "+d)
+			want := State{} // a family the plan leaves out holds no rules of ours
+			if fp != nil {
+				want = PlanState(fp)
+			}
+			for _, d := range Diff(have, want) {
+				diff = append(diff, f.String()+" "+d)
 			}
 		}
 		if len(diff) > 0 {
@@ -289,55 +326,88 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 
 // Cleanup removes, from what the namespace holds rather than from any configuration, every chain of
 // ours and every rule of ours in built-in chains (in every variant present unless opts.Variant is set),
-// the TPROXY policy routing and the IPv6 passthrough address. Foreign chains and rules stay.
+// then the TPROXY policy routing and the IPv6 passthrough address shunt added. Foreign chains, rules,
+// routes and addresses stay.
 func Cleanup(ctx context.Context, opts Options) error {
-	return inNetNS(opts.NetNS, func() error {
-		log := opts.logger()
-		r := opts.runner()
-		variants := []Variant{VariantNFT, VariantLegacy}
-		if opts.Variant != "" {
-			variants = []Variant{opts.Variant}
-		}
-		var errs []error
-		for _, v := range variants {
-			p4, p6 := tablesPresent(v)
-			for _, fam := range []struct {
-				f       redirect.Family
-				present bool
-			}{{redirect.IPv4, p4}, {redirect.IPv6, p6}} {
-				if !fam.present {
-					continue
+	_, err := Remove(ctx, opts)
+	return errors.Join(err, inNetNS(opts.NetNS, func() error {
+		_, err := podroute.Cleanup()
+		return err
+	}))
+}
+
+// Find returns our rules in every variant and family the namespace holds tables of (only
+// opts.Variant when set), changing nothing. Tables that do not exist are not read, so that reading
+// creates none.
+func Find(ctx context.Context, opts Options) ([]Installed, error) {
+	var found []Installed
+	err := inNetNS(opts.NetNS, func() error {
+		var err error
+		found, err = find(ctx, &opts)
+		return err
+	})
+	return found, err
+}
+
+func find(ctx context.Context, opts *Options) ([]Installed, error) {
+	variants := []Variant{VariantNFT, VariantLegacy}
+	if opts.Variant != "" {
+		variants = []Variant{opts.Variant}
+	}
+	var found []Installed
+	var errs []error
+	for _, v := range variants {
+		p4, p6 := tablesPresent(v)
+		for _, fam := range []struct {
+			f       redirect.Family
+			present bool
+		}{{redirect.IPv4, p4}, {redirect.IPv6, p6}} {
+			if !fam.present {
+				continue
+			}
+			if _, err := exec.LookPath(familyTool(v, fam.f, "save")); err != nil {
+				// Tables exist that may hold our rules, and nothing here can read them.
+				if opts.Variant != "" || v == VariantNFT {
+					errs = append(errs, fmt.Errorf("read %s %s rules: %w (with --native-nftables, shunt needs no iptables)", v, fam.f, err))
 				}
-				if _, err := exec.LookPath(familyTool(v, fam.f, "save")); err != nil {
-					// Tables exist that may hold our rules, and nothing here can read them.
-					if opts.Variant != "" || v == VariantNFT {
-						errs = append(errs, fmt.Errorf("clean up %s %s: %w (with --native-nftables, shunt needs no iptables)", v, fam.f, err))
-					}
-					continue
-				}
-				have, err := readState(ctx, r, v, fam.f, true)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				if have.Empty() {
-					continue
-				}
-				env, unlock := lockEnv(v, opts.NetNS)
-				err = restore(ctx, r, v, fam.f, RenderReplace(have, nil, RenderOptions{}), env)
-				unlock()
-				if err != nil {
-					errs = append(errs, fmt.Errorf("clean up %s %s: %w", v, fam.f, err))
-					continue
-				}
-				log.Info("rules removed", "variant", v, "family", fam.f.String())
+				continue
+			}
+			have, err := readState(ctx, opts.runner(), v, fam.f, true)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if !have.Empty() {
+				found = append(found, Installed{Variant: v, Family: fam.f, State: have})
 			}
 		}
-		if err := podroute.Cleanup(); err != nil {
-			errs = append(errs, err)
+	}
+	return found, errors.Join(errs...)
+}
+
+// Remove deletes every chain of ours and every rule of ours in built-in chains, in every variant and
+// family present (only opts.Variant when set), with one restore transaction per family, and returns
+// what it removed. Policy routing and addresses stay: see Cleanup.
+func Remove(ctx context.Context, opts Options) ([]Installed, error) {
+	var removed []Installed
+	err := inNetNS(opts.NetNS, func() error {
+		log := opts.logger()
+		found, err := find(ctx, &opts)
+		errs := []error{err}
+		for _, in := range found {
+			env, unlock := lockEnv(in.Variant, opts.NetNS)
+			err := restore(ctx, opts.runner(), in.Variant, in.Family, RenderReplace(in.State, nil, RenderOptions{}), env)
+			unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("clean up %s %s: %w", in.Variant, in.Family, err))
+				continue
+			}
+			removed = append(removed, in)
+			log.Info("rules removed", "variant", in.Variant, "family", in.Family.String())
 		}
 		return errors.Join(errs...)
 	})
+	return removed, err
 }
 
 // DetectIPv6 says whether the namespace at path (current when empty) is IPv6, as Istio decides: by its

@@ -59,7 +59,7 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 			switch {
 			case len(diff) == 0 && !opts.Force:
 				log.Info("nftables rules already in place")
-				return podroute.Setup(plan)
+				return podroute.Sync(plan)
 			case len(diff) > 0 && !opts.Reconcile && !opts.Force:
 				return fmt.Errorf("%w (run with --reconcile to replace them):\n  %s", ErrDrift, strings.Join(diff, "\n  "))
 			}
@@ -69,7 +69,7 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 			return err
 		}
 		log.Info("nftables rules programmed", "tables", len(want), "replaced", len(present))
-		if err := podroute.Setup(plan); err != nil {
+		if err := podroute.Sync(plan); err != nil {
 			if have.Empty() {
 				if derr := deleteTables(tableNames(want)); derr != nil {
 					err = errors.Join(err, fmt.Errorf("roll back: %w", derr))
@@ -208,19 +208,45 @@ func Read(opts Options) (State, error) {
 }
 
 // Cleanup deletes shunt's tables, and only them, in one transaction, then the TPROXY routes and the
-// IPv6 passthrough address. Every other table stays as it is.
+// IPv6 passthrough address shunt added. Every other table, route and address stays as it is.
 func Cleanup(ctx context.Context, opts Options) error {
-	return inNetNS(opts.NetNS, func() error {
-		names, err := ourTables()
-		if err != nil {
+	_, err := Remove(opts)
+	return errors.Join(err, inNetNS(opts.NetNS, func() error {
+		_, err := podroute.Cleanup()
+		return err
+	}))
+}
+
+// Find returns the names of shunt's tables in the namespace, changing nothing.
+func Find(opts Options) ([]string, error) {
+	var names []string
+	err := inNetNS(opts.NetNS, func() error {
+		var err error
+		names, err = ourTables()
+		return err
+	})
+	return names, err
+}
+
+// Remove deletes shunt's tables, and only them, in one transaction, and returns their names. Routes
+// and addresses stay: see Cleanup.
+func Remove(opts Options) ([]string, error) {
+	var names []string
+	err := inNetNS(opts.NetNS, func() error {
+		var err error
+		if names, err = ourTables(); err != nil {
 			return err
 		}
-		err = deleteTables(names)
-		if err == nil && len(names) > 0 {
+		if err := deleteTables(names); err != nil {
+			names = nil
+			return err
+		}
+		if len(names) > 0 {
 			opts.logger().Info("nftables tables removed", "tables", strings.Join(names, ","))
 		}
-		return errors.Join(err, podroute.Cleanup())
+		return nil
 	})
+	return names, err
 }
 
 // ourTables lists the inet tables of ours that exist, with one netlink dump.

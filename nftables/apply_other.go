@@ -23,3 +23,9 @@ func Read(Options) (State, error) { return nil, ErrNotSupported }
 
 // Cleanup is only implemented on Linux.
 func Cleanup(context.Context, Options) error { return ErrNotSupported }
+
+// Find is only implemented on Linux.
+func Find(Options) ([]string, error) { return nil, ErrNotSupported }
+
+// Remove is only implemented on Linux.
+func Remove(Options) ([]string, error) { return nil, ErrNotSupported }

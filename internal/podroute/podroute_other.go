@@ -8,10 +8,16 @@ import (
 	"github.com/shuntmesh/shunt/redirect"
 )
 
+// Proto marks the routes, ip rules and addresses shunt adds; see the Linux implementation.
+const Proto = 0x53
+
 var errNotLinux = errors.New("routes are only set up on Linux")
 
-// Setup is only implemented on Linux.
-func Setup(*redirect.Plan) error { return errNotLinux }
+// Sync is only implemented on Linux.
+func Sync(*redirect.Plan) error { return errNotLinux }
 
 // Cleanup is only implemented on Linux.
-func Cleanup() error { return errNotLinux }
+func Cleanup() ([]string, error) { return nil, errNotLinux }
+
+// CleanupAt is only implemented on Linux.
+func CleanupAt(string) ([]string, error) { return nil, errNotLinux }
