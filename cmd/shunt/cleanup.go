@@ -85,8 +85,8 @@ func runCleanup(ctx context.Context, scope cleanupScope, log *slog.Logger, out i
 		}
 	}
 	if len(left) > 0 {
-		errs = append(errs, fmt.Errorf("shunt's rules remain in a backend %s leaves out: %s; run shunt cleanup without %s to remove them",
-			flag, strings.Join(left, "; "), flag))
+		errs = append(errs, fmt.Errorf("shunt's rules remain where %s does not look:\n  %s\nrun shunt cleanup without %s to remove them",
+			flag, strings.Join(left, "\n  "), flag))
 	}
 	return errors.Join(errs...)
 }
