@@ -69,6 +69,60 @@ func TestReconcile(t *testing.T) {
 	})
 }
 
+// TestReconcileToLess checks that settings needing less than the installed
+// ones are drift — refused without --reconcile, changing nothing — and that
+// --reconcile removes what they no longer need: the IPv6 rules and shunt's
+// ::6 after --ipv6=false, TPROXY's policy routing after -m REDIRECT. The pod
+// is then as a fresh apply of the new settings leaves it, and a re-run of
+// them changes nothing.
+func TestReconcileToLess(t *testing.T) {
+	testutil.RequireRoot(t)
+	forEachPod(t, func(t *testing.T, p *pod, mode string) {
+		type step struct {
+			args []string
+			errs []string // what the refusal must say
+		}
+		drift := "differ from this configuration"
+		steps := []step{{append(fullArgs(mode), "--ipv6=false"), []string{drift}}}
+		if p.variant != native {
+			steps[0].errs = append(steps[0].errs, "IPv6: installed rules", "chain ISTIO_INBOUND is not part of this configuration")
+		}
+		if mode == "TPROXY" {
+			steps = append(steps, step{append(fullArgs("REDIRECT"), "--ipv6=false"), []string{drift}})
+		}
+		p.capture(t, nil, fullArgs(mode)...)
+		for _, s := range steps {
+			old := p.state(t)
+			out, err := p.shuntErr(t, nil, append([]string{"iptables"}, s.args...)...)
+			for _, want := range s.errs {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("apply %v over the installed rules: %v, want an error saying %q\n%s", s.args, err, want, out)
+				}
+			}
+			if diff := cmp.Diff(old, p.state(t)); diff != "" {
+				t.Errorf("refused apply %v changed the pod (-before +after):\n%s", s.args, diff)
+			}
+			p.capture(t, nil, append(s.args, "--reconcile")...)
+			reconciled := p.state(t)
+			if strings.Contains(reconciled, "::6/128") {
+				t.Errorf("reconcile to %v left ::6 on lo:\n%s", s.args, reconciled)
+			}
+			if !slices.Contains(s.args, "TPROXY") && strings.Contains(reconciled, "lookup 133") {
+				t.Errorf("reconcile to %v left TPROXY's policy routing:\n%s", s.args, reconciled)
+			}
+			p.capture(t, nil, s.args...)
+			if diff := cmp.Diff(reconciled, p.state(t)); diff != "" {
+				t.Errorf("re-run of %v after reconcile changed the pod (-reconciled +again):\n%s", s.args, diff)
+			}
+			p.uncapture(t)
+			p.capture(t, nil, s.args...)
+			if diff := cmp.Diff(p.state(t), reconciled); diff != "" {
+				t.Errorf("pod reconciled to %v differs from a fresh apply (-fresh +reconciled):\n%s", s.args, diff)
+			}
+		}
+	})
+}
+
 // foreignRules are rules someone else installed in every table, including
 // user chains, before shunt runs; %s is a documentation prefix of the family.
 const foreignRules = `*filter
