@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/shuntmesh/shunt/cni"
@@ -357,4 +361,134 @@ func ConfToConflist(conf, entry []byte) ([]byte, error) {
 	b.Write(bytes.ReplaceAll(conf, []byte("\n"), []byte("\n    ")))
 	fmt.Fprintf(&b, ",\n    %s\n  ]\n}\n", e)
 	return b.Bytes(), nil
+}
+
+// OriginalKey is the member of a conflist made of a lone plugin config (ConfToConflist) that holds
+// that config as it was: its file name, mode and bytes, so that uninstalling gives it back byte for
+// byte, even from an installer started after the one that made the conflist was killed.
+//
+// The record is kept in the conflist itself rather than in a backup file next to it: the conflist and
+// its record then appear in one rename and go in one removal, so no crash can leave a conflist
+// without its record, or a record of a conflist that is gone, and net.d gets no file of ours beyond
+// the conflist. libcni (and so containerd and CRI-O) ignores top-level members it does not know, and
+// passes a plugin its own object only, so no plugin sees the record. An agent that rewrites the file
+// and drops the record has changed it: uninstalling then takes out just our entry, as for any
+// config changed since we wrote it.
+const OriginalKey = "cni.shunt.io/original"
+
+// original is the value of OriginalKey.
+type original struct {
+	File string `json:"file"` // base name, in the conflist's directory
+	Mode string `json:"mode"` // permission bits, octal
+	Data []byte `json:"data"` // base64: the bytes may not be valid UTF-8, which a JSON string would alter
+}
+
+// AddOriginal returns the conflist data (as ConfToConflist makes it) with an OriginalKey member
+// holding the config file conf, of mode, it was made of.
+func AddOriginal(data []byte, file string, mode fs.FileMode, conf []byte) ([]byte, error) {
+	v, err := json.Marshal(original{File: file, Mode: fmt.Sprintf("%#o", mode.Perm()), Data: conf})
+	if err != nil {
+		return nil, err
+	}
+	k, _ := json.Marshal(OriginalKey)
+	end := bytes.LastIndexByte(data, '}')
+	if end < 0 {
+		return nil, ErrNotObject
+	}
+	last := end
+	for last > 0 && isSpace(data[last-1]) {
+		last--
+	}
+	member := []byte("\n  ")
+	if data[last-1] != '{' {
+		member = []byte(",\n  ")
+	}
+	member = append(append(append(append(member, k...), ": "...), v...), '\n')
+	out := make([]byte, 0, len(data)+len(member))
+	return append(append(append(out, data[:last]...), member...), data[end:]...), nil
+}
+
+// readOriginal returns the record of the config file the conflist data at path was made of, if it
+// has a valid one: a .conf or .json file of the same name in the same directory.
+func readOriginal(path string, data []byte) (orig *configFile, ok bool) {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(data, &top) != nil || top[OriginalKey] == nil {
+		return nil, false
+	}
+	var o original
+	if json.Unmarshal(top[OriginalKey], &o) != nil {
+		return nil, false
+	}
+	ext := filepath.Ext(o.File)
+	if o.File != filepath.Base(o.File) || (ext != ".conf" && ext != ".json") ||
+		strings.TrimSuffix(o.File, ext)+".conflist" != filepath.Base(path) {
+		return nil, false
+	}
+	mode, err := strconv.ParseUint(o.Mode, 8, 32)
+	if err != nil || mode&^0o777 != 0 || len(o.Data) == 0 {
+		return nil, false
+	}
+	return &configFile{path: filepath.Join(filepath.Dir(path), o.File), data: o.Data, mode: fs.FileMode(mode)}, true
+}
+
+// RemoveOriginal returns the conflist data without its OriginalKey members, cut out as RemoveEntry
+// cuts entries. Data without one is returned as is.
+func RemoveOriginal(data []byte) ([]byte, error) {
+	for {
+		members, err := objectMembers(data)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(members, func(m member) bool { return m.key == OriginalKey })
+		if i < 0 {
+			return data, nil
+		}
+		cut := members[i].span
+		switch {
+		case len(members) == 1:
+		case i > 0:
+			cut.start = members[i-1].end
+		default:
+			cut.end = members[1].start
+		}
+		out := make([]byte, 0, len(data)-(cut.end-cut.start))
+		data = append(append(out, data[:cut.start]...), data[cut.end:]...)
+	}
+}
+
+// member is a member of a JSON object: its key, and the span from its key to the end of its value.
+type member struct {
+	key string
+	span
+}
+
+// objectMembers returns the members of the JSON object data.
+func objectMembers(data []byte) ([]member, error) {
+	if !json.Valid(data) {
+		return nil, ErrInvalidJSON
+	}
+	i := skipSpace(data, 0)
+	if data[i] != '{' {
+		return nil, ErrNotObject
+	}
+	var members []member
+	for i++; ; {
+		i = skipSpace(data, i)
+		switch data[i] {
+		case '}':
+			return members, nil
+		case ',':
+			i++
+			continue
+		}
+		start := i
+		keyEnd := skipString(data, i)
+		var key string
+		if err := json.Unmarshal(data[i:keyEnd], &key); err != nil {
+			return nil, err
+		}
+		i = skipSpace(data, skipSpace(data, keyEnd)+1)
+		i = skipValue(data, i)
+		members = append(members, member{key: key, span: span{start, i}})
+	}
 }

@@ -362,3 +362,82 @@ func FuzzInsertRemove(f *testing.F) {
 		}
 	})
 }
+
+func TestOriginalRecord(t *testing.T) {
+	entry := mustEntry(t, testEntry)
+	// Bytes a JSON string could not carry: invalid UTF-8, CR, a trailing blank line.
+	conf := []byte("{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"ptp\",\"x\":\"\xff\"}\r\n\n")
+	list, err := ConfToConflist(conf, entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := AddOriginal(list, "10-ptp.json", 0o640, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "conf-with-original", out)
+
+	got, ok := readOriginal("/etc/cni/net.d/10-ptp.conflist", out)
+	if !ok {
+		t.Fatal("record not read back")
+	}
+	if got.path != "/etc/cni/net.d/10-ptp.json" || !bytes.Equal(got.data, conf) || got.mode != 0o640 {
+		t.Errorf("record = %q %q %v", got.path, got.data, got.mode)
+	}
+	if _, ok := readOriginal("/etc/cni/net.d/20-other.conflist", out); ok {
+		t.Error("record of another conflist's original accepted")
+	}
+	if back, err := RemoveOriginal(out); err != nil || !bytes.Equal(back, list) {
+		t.Errorf("RemoveOriginal(AddOriginal(l)) = %q, %v; want l", back, err)
+	}
+	if back, err := RemoveOriginal(list); err != nil || !bytes.Equal(back, list) {
+		t.Errorf("RemoveOriginal without a record = %q, %v", back, err)
+	}
+
+	// Runtimes load it as they load the conflist without the record, and plugins never see it.
+	l, err := libcni.ConfListFromBytes(out)
+	if err != nil {
+		t.Fatalf("libcni rejects the conflist with the record: %v", err)
+	}
+	for _, p := range l.Plugins {
+		if bytes.Contains(p.Bytes, []byte(OriginalKey)) {
+			t.Errorf("plugin %s is given the record: %s", p.Network.Type, p.Bytes)
+		}
+	}
+	if found, same, err := FindEntry(out, entry); !found || !same || err != nil {
+		t.Errorf("FindEntry = %v, %v, %v", found, same, err)
+	}
+}
+
+func TestReadOriginalRejects(t *testing.T) {
+	const path = "/net.d/10-a.conflist"
+	for name, rec := range map[string]string{
+		"other dir":      `{"file":"../10-a.conf","mode":"0644","data":"e30="}`,
+		"conflist":       `{"file":"10-a.conflist","mode":"0644","data":"e30="}`,
+		"other name":     `{"file":"10-b.conf","mode":"0644","data":"e30="}`,
+		"mode not octal": `{"file":"10-a.conf","mode":"rw","data":"e30="}`,
+		"mode too big":   `{"file":"10-a.conf","mode":"04755","data":"e30="}`,
+		"no data":        `{"file":"10-a.conf","mode":"0644"}`,
+		"not base64":     `{"file":"10-a.conf","mode":"0644","data":"{}"}`,
+		"not an object":  `"10-a.conf"`,
+	} {
+		data := `{"name":"n","plugins":[{"type":"ptp"}],"` + OriginalKey + `":` + rec + `}`
+		if o, ok := readOriginal(path, []byte(data)); ok {
+			t.Errorf("%s: record accepted: %+v", name, o)
+		}
+	}
+}
+
+func TestRemoveOriginalKeepsOthers(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"` + OriginalKey + `":{},"name":"n","plugins":[]}`:                        `{"name":"n","plugins":[]}`,
+		"{\"name\":\"n\",\n \"" + OriginalKey + "\" : 1 ,\n \"plugins\":[]}":        "{\"name\":\"n\" ,\n \"plugins\":[]}",
+		`{"name":"n","plugins":[],"` + OriginalKey + `":1,"` + OriginalKey + `":2}`: `{"name":"n","plugins":[]}`,
+		`{"` + OriginalKey + `":{"a":"}"}}`:                                         `{}`,
+	} {
+		got, err := RemoveOriginal([]byte(in))
+		if err != nil || string(got) != want {
+			t.Errorf("RemoveOriginal(%s) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
 
@@ -21,6 +22,9 @@ import (
 // no runtime reads them and our watcher ignores them.
 const tempPrefix = ".shunt-"
 
+// tempSuffix ends the names of our temporary files.
+const tempSuffix = ".tmp"
+
 // configExtensions are the config files runtimes read from net.d, as containerd and CRI-O do.
 var configExtensions = []string{".conf", ".conflist", ".json"}
 
@@ -28,7 +32,7 @@ var configExtensions = []string{".conf", ".conflist", ".json"}
 // mode, renamed over path.
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(path)+"-*.tmp")
+	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(path)+"-*"+tempSuffix)
 	if err != nil {
 		return err
 	}
@@ -41,8 +45,7 @@ func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	syncDir(dir)
-	return nil
+	return syncDir(dir)
 }
 
 func writeSyncClose(f *os.File, r io.Reader, mode fs.FileMode) error {
@@ -57,12 +60,46 @@ func writeSyncClose(f *os.File, r io.Reader, mode fs.FileMode) error {
 	return errors.Join(err, f.Close())
 }
 
-// syncDir makes a rename in dir durable, best effort.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
+// syncDir makes the renames and removals in dir durable: a config change is made of several, and the
+// next is only done once the one before would survive a crash of the node. File systems that cannot
+// sync a directory (EINVAL) are taken as they are.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
 	}
+	err = d.Sync()
+	if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOTSUP) {
+		err = nil
+	}
+	if err != nil {
+		err = fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return errors.Join(err, d.Close())
+}
+
+// removeFileSynced removes path, durably.
+func removeFileSynced(path string) error {
+	if err := os.Remove(path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// removeStaleTemps removes the temporary files of ours a killed run left in dir, and returns their
+// paths. Only one installer runs per node, so none is being written.
+func removeStaleTemps(dir string) ([]string, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, tempPrefix+"*"+tempSuffix))
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return paths, errors.Join(errs...)
 }
 
 // copyFileAtomic installs a copy of src at dst with mode.
@@ -73,7 +110,7 @@ func copyFileAtomic(src, dst string, mode fs.FileMode) error {
 	}
 	defer in.Close()
 	dir := filepath.Dir(dst)
-	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(dst)+"-*.tmp")
+	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(dst)+"-*"+tempSuffix)
 	if err != nil {
 		return err
 	}
@@ -86,8 +123,7 @@ func copyFileAtomic(src, dst string, mode fs.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	syncDir(dir)
-	return nil
+	return syncDir(dir)
 }
 
 // fileDigest is the size and SHA-256 of a file.

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/fsnotify/fsnotify"
 	"k8s.io/client-go/dynamic"
 
@@ -117,16 +118,27 @@ type Installer struct {
 	wg     sync.WaitGroup // Run's goroutines
 	mu     sync.Mutex
 	status status
+
+	// step, when set, is called after each step of a change to the CNI config that a crash could
+	// interrupt; its error stops the change there, as a crash would. For tests.
+	step func(name string) error
 }
 
-// installState is what Run did to the primary network's config.
+// Steps of a config change, passed to Installer.step.
+const (
+	stepConflistWritten = "conflist written"  // the config with our entry (a new conflist) in place
+	stepOriginalRemoved = "original removed"  // the lone plugin config turned into that conflist removed
+	stepOriginalWritten = "original restored" // uninstall: the lone plugin config back, our conflist not yet removed
+)
+
+// installState is what Run did to the primary network's config. Nothing in it is needed to undo that:
+// uninstalling works from the files alone (see restore), so that an installer started after another
+// was killed undoes what the killed one did.
 type installState struct {
-	path     string      // file holding our entry
-	written  []byte      // its bytes as we wrote (or found) them
-	origPath string      // file restored on uninstall: path, or the .conf turned into path
-	orig     []byte      // its bytes before our entry
-	origMode fs.FileMode // and its mode
-	present  bool        // our entry was in place when last seen
+	path     string // file holding our entry
+	written  []byte // its bytes as we wrote (or found) them
+	origPath string // path, or the lone plugin config path was made of, which may come back
+	present  bool   // our entry was in place when last seen
 }
 
 // fightState tracks another agent dropping our entry.
@@ -256,6 +268,13 @@ func (in *Installer) Run(ctx context.Context) error {
 	for _, dir := range []string{in.cfg.NetDir, in.cfg.BinDir, filepath.Dir(in.cfg.KubeconfigFile)} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
+		}
+		removed, err := removeStaleTemps(dir)
+		for _, f := range removed {
+			in.log.Info("removed a temporary file left by a killed run", "file", f)
+		}
+		if err != nil {
+			return fmt.Errorf("remove temporary files: %w", err)
 		}
 	}
 	w, err := fsnotify.NewWatcher()
@@ -561,12 +580,24 @@ func (in *Installer) ensureEntry() (wait time.Duration, err error) {
 		return 0, err
 	}
 	in.note("primary", nil)
+	origPath := p.path
+	if o, ok := readOriginal(p.path, p.data); ok {
+		origPath = o.path
+		// The lone config our conflist was made of is there again: a run killed between writing the
+		// conflist and removing it, or its agent wrote it again. A .conf sorts before the conflist and
+		// is the primary already; a .json sorts after it.
+		if c, err := readConfig(o.path); err == nil {
+			p = c
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return 0, err
+		}
+	}
 
 	st := in.st
 	if st != nil && p.path != st.path && p.path != st.origPath {
 		// Another file is now first: take our entry out of the old one.
 		in.log.Info("primary CNI config is now another file: moving our entry", "from", st.path, "to", p.path)
-		if err := in.restore(st); err != nil {
+		if err := in.restore(st.path); err != nil {
 			return 0, err
 		}
 		in.st, st = nil, nil
@@ -582,12 +613,8 @@ func (in *Installer) ensureEntry() (wait time.Duration, err error) {
 	if same {
 		if st == nil || st.path != p.path || !bytes.Equal(st.written, p.data) {
 			// Found in place (an earlier run), or the file changed around our entry.
-			orig, err := RemoveEntry(p.data)
-			if err != nil {
-				return 0, err
-			}
-			in.st = &installState{path: p.path, written: p.data, origPath: p.path, orig: orig, origMode: p.mode}
-			in.log.Info("our entry is in the primary CNI config", "file", p.path)
+			in.st = &installState{path: p.path, written: p.data, origPath: origPath}
+			in.log.Info("our entry is in the primary CNI config", "file", p.path, "restored_on_uninstall", origPath)
 		}
 		in.st.present = true
 		setPath(true, p.path, "")
@@ -601,46 +628,80 @@ func (in *Installer) ensureEntry() (wait time.Duration, err error) {
 		}
 	}
 
-	target, out, orig := p.path, []byte(nil), p.data
+	target, out := p.path, []byte(nil)
 	if p.isList() {
 		if out, err = InsertEntry(p.data, in.entry); err != nil {
 			return 0, fmt.Errorf("%s: %w", p.path, err)
 		}
-		if found {
-			if orig, err = RemoveEntry(p.data); err != nil {
-				return 0, err
-			}
-		}
 	} else {
-		if out, err = ConfToConflist(p.data, in.entry); err != nil {
+		// The conflist records the config it is made of, and is in place (one rename) before that
+		// config is removed: wherever a crash stops the sequence below, the original bytes are on
+		// disk, in the config file or in the conflist.
+		if out, err = ConfToConflist(p.data, in.entry); err == nil {
+			out, err = AddOriginal(out, filepath.Base(p.path), p.mode, p.data)
+		}
+		if err != nil {
 			return 0, fmt.Errorf("%s: %w", p.path, err)
 		}
 		target = strings.TrimSuffix(p.path, filepath.Ext(p.path)) + ".conflist"
-		if have, err := os.ReadFile(target); err == nil && !in.madeByUs(st, have) {
+		if have, err := os.ReadFile(target); err == nil && !in.madeByUs(st, target, have) {
 			return 0, fmt.Errorf("turning %s into a conflist would replace %s, which is not ours", p.path, target)
 		}
 	}
 	if err := writeFileAtomic(target, out, p.mode); err != nil {
 		return 0, err
 	}
+	if err := in.stepDone(stepConflistWritten); err != nil {
+		return 0, err
+	}
 	if target != p.path {
-		if err := os.Remove(p.path); err != nil {
+		if err := removeFileSynced(p.path); err != nil {
+			return 0, err
+		}
+		if err := in.stepDone(stepOriginalRemoved); err != nil {
 			return 0, err
 		}
 		in.log.Info("turned the primary CNI config into a conflist and appended our entry", "file", target, "from", p.path)
 	} else {
 		in.log.Info("appended our entry to the primary CNI config", "file", target)
 	}
-	in.st = &installState{path: target, written: out, origPath: p.path, orig: orig, origMode: p.mode, present: true}
+	in.st = &installState{path: target, written: out, origPath: origPath, present: true}
 	in.fight.inserted = now
 	setPath(true, target, "")
 	return 0, nil
 }
 
-// madeByUs reports whether a conflist with data is one we made of a .conf: the one we wrote, or one
-// with our entry, which an earlier run wrote.
-func (in *Installer) madeByUs(st *installState, data []byte) bool {
+// stepDone calls the step hook, if any.
+func (in *Installer) stepDone(name string) error {
+	if in.step == nil {
+		return nil
+	}
+	return in.step(name)
+}
+
+// readConfig reads the lone plugin config at path, as primaryConfig takes it.
+func readConfig(path string) (*configFile, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := libcni.NetworkPluginConfFromBytes(data); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &configFile{path: path, data: data, mode: fi.Mode().Perm()}, nil
+}
+
+// madeByUs reports whether the conflist at path, with data, is one we made of a lone plugin config:
+// the one we wrote, or one with our entry or our record of the original, which an earlier run wrote.
+func (in *Installer) madeByUs(st *installState, path string, data []byte) bool {
 	if st != nil && bytes.Equal(data, st.written) {
+		return true
+	}
+	if _, ok := readOriginal(path, data); ok {
 		return true
 	}
 	found, _, err := FindEntry(data, in.entry)
@@ -684,58 +745,93 @@ func fightBackoff(streak, threshold int, base, max time.Duration) time.Duration 
 	return min(d, max)
 }
 
-// restore takes our entry out of the config in st: the original bytes back when nobody changed the
-// file since we wrote it, else the file minus our entry.
-func (in *Installer) restore(st *installState) error {
-	cur, err := os.ReadFile(st.path)
+// restore takes our entry out of the config file at path. A conflist we made of a lone plugin
+// config, unchanged since but for our entry, gives way to that config, byte for byte; any other file
+// keeps every byte but our entry and our record of the original. It works from the file alone, so
+// that it undoes what a killed run did too.
+func (in *Installer) restore(path string) error {
+	cur, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if bytes.Equal(cur, st.written) && st.orig != nil {
-		if err := writeFileAtomic(st.origPath, st.orig, st.origMode); err != nil {
-			return err
-		}
-		if st.origPath != st.path {
-			if err := os.Remove(st.path); err != nil {
+	if o, ok := readOriginal(path, cur); ok && madeOf(cur, o.data, in.entry) {
+		switch have, err := os.ReadFile(o.path); {
+		case errors.Is(err, fs.ErrNotExist):
+			if err := writeFileAtomic(o.path, o.data, o.mode); err != nil {
 				return err
 			}
+		case err != nil:
+			return err
+		case !bytes.Equal(have, o.data):
+			// Its agent wrote it again since: the newer one stays.
+			in.log.Info("the CNI config our conflist was made of was written again: keeping it", "file", o.path)
 		}
-		in.log.Info("restored the CNI config", "file", st.origPath)
+		if err := in.stepDone(stepOriginalWritten); err != nil {
+			return err
+		}
+		if err := removeFileSynced(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		in.log.Info("restored the CNI config", "file", o.path, "removed", path)
 		return nil
 	}
 	out, err := RemoveEntry(cur)
+	if err == nil {
+		out, err = RemoveOriginal(out)
+	}
 	if err != nil {
-		return fmt.Errorf("%s: %w", st.path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	if bytes.Equal(out, cur) {
 		return nil
 	}
 	mode := fs.FileMode(defaultNetConfigMode)
-	if fi, err := os.Stat(st.path); err == nil {
+	if fi, err := os.Stat(path); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	if err := writeFileAtomic(st.path, out, mode); err != nil {
+	if err := writeFileAtomic(path, out, mode); err != nil {
 		return err
 	}
-	in.log.Info("removed our entry from the CNI config, which changed since we wrote it", "file", st.path)
+	in.log.Info("removed our entry from the CNI config, which changed since we wrote it", "file", path)
 	return nil
+}
+
+// madeOf reports whether the conflist data is what ConfToConflist makes of conf, but for our entry
+// (entry, or another of ours) and our record of conf: nobody changed it since.
+func madeOf(data, conf, entry []byte) bool {
+	want, err := ConfToConflist(conf, entry)
+	if err == nil {
+		want, err = RemoveEntry(want)
+	}
+	if err != nil {
+		return false
+	}
+	got, err := RemoveEntry(data)
+	if err == nil {
+		got, err = RemoveOriginal(got)
+	}
+	return err == nil && bytes.Equal(got, want)
 }
 
 // uninstall takes our entry out of the CNI config, removes the binary and the kubeconfig.
 func (in *Installer) uninstall() error {
 	var errs []error
-	st := in.st
-	if st == nil {
-		// Nothing written by this run; an earlier one may have left an entry.
-		if p, err := primaryConfig(in.cfg.NetDir); err == nil && p.isList() {
-			st = &installState{path: p.path, origPath: p.path}
+	path := ""
+	if in.st != nil {
+		path = in.st.path
+	} else if p, err := primaryConfig(in.cfg.NetDir); err == nil {
+		// Nothing written by this run; an earlier one may have left an entry, in the primary config
+		// or in a conflist made of it (killed before it removed the original, or while restoring it).
+		path = p.path
+		if !p.isList() {
+			path = strings.TrimSuffix(p.path, filepath.Ext(p.path)) + ".conflist"
 		}
 	}
-	if st != nil {
-		if err := in.restore(st); err != nil {
+	if path != "" {
+		if err := in.restore(path); err != nil {
 			errs = append(errs, fmt.Errorf("restore CNI config: %w", err))
 		}
 		in.st = nil
