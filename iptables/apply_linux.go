@@ -368,7 +368,7 @@ func find(ctx context.Context, opts *Options) ([]Installed, error) {
 			if _, err := exec.LookPath(familyTool(v, fam.f, "save")); err != nil {
 				// Tables exist that may hold our rules, and nothing here can read them.
 				if opts.Variant != "" || v == VariantNFT {
-					errs = append(errs, fmt.Errorf("read %s %s rules: %w (with --native-nftables, shunt needs no iptables)", v, fam.f, err))
+					errs = append(errs, fmt.Errorf("read iptables-%s %s rules: %w (its tables exist and may hold shunt's rules)", v, fam.f, err))
 				}
 				continue
 			}

@@ -24,9 +24,12 @@ import (
 )
 
 // Proto marks the routes, ip rules and addresses shunt adds (rtm_protocol, FRA_PROTOCOL, IFA_PROTO):
-// 0x53, "S". Values up to RTPROT_STATIC (4) belong to the kernel; iproute2's rt_protos names 8-18, 42
-// (babel), 99 (openr) and 186-192 (FRR); Calico's Felix uses 80 and Istio adds its objects with the
-// default (boot). 83 is none of them. For addresses the kernel itself uses IFA_PROTO 1-3 only.
+// 83 (0x53, "S"), shown as "proto 83" by ip rule and ip route. Values up to RTPROT_STATIC (4) belong
+// to the kernel and iproute2's defaults (istio-iptables adds the same objects with `ip`, so they
+// carry those: routes boot, rules and addresses unspec); iproute2's rt_protos names 8-18, 42 (babel),
+// 99 (openr) and 186-192 (FRR's daemons); Calico's Felix marks its routes 80. 83 is none of them. For
+// addresses the kernel itself uses IFA_PROTO 1-3 only. One value for all three objects, so that
+// `ip rule`, `ip route` and the address say the same thing.
 const Proto = 0x53
 
 // ifaProto is IFA_PROTO (kernel >= 6.1), which x/sys/unix does not name.
