@@ -88,18 +88,24 @@ func removeFileSynced(path string) error {
 
 // removeStaleTemps removes the temporary files of ours a killed run left in dir, and returns their
 // paths. Only one installer runs per node, so none is being written.
-func removeStaleTemps(dir string) ([]string, error) {
-	paths, err := filepath.Glob(filepath.Join(dir, tempPrefix+"*"+tempSuffix))
+func removeStaleTemps(dir string) (removed []string, err error) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var errs []error
-	for _, p := range paths {
+	for _, e := range entries {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), tempPrefix) || !strings.HasSuffix(e.Name(), tempSuffix) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
+			continue
 		}
+		removed = append(removed, p)
 	}
-	return paths, errors.Join(errs...)
+	return removed, errors.Join(errs...)
 }
 
 // copyFileAtomic installs a copy of src at dst with mode.

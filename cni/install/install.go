@@ -269,12 +269,14 @@ func (in *Installer) Run(ctx context.Context) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
+		// A killed run may have left temporary files; runtimes ignore them, so one that cannot go
+		// does not stop the install.
 		removed, err := removeStaleTemps(dir)
 		for _, f := range removed {
 			in.log.Info("removed a temporary file left by a killed run", "file", f)
 		}
 		if err != nil {
-			return fmt.Errorf("remove temporary files: %w", err)
+			in.log.Warn("remove temporary files left by a killed run", "dir", dir, "error", err)
 		}
 	}
 	w, err := fsnotify.NewWatcher()
