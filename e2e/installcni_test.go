@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -47,30 +49,7 @@ func TestInstallCNI(t *testing.T) {
 	ctx := context.Background()
 	c := n.cluster.Client
 
-	// The DaemonSet's RBAC (deploy/shunt-cni/templates/clusterrole.yaml, repair mode delete).
-	sa := "shunt-cni"
-	if _, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: sa},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "delete"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
-			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
-		},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: sa},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: sa},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kube-system", Name: sa}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	token := n.cluster.TokenFor(t, "kube-system", sa)
-	secrets := t.TempDir()
-	tokenFile, caFile := filepath.Join(secrets, "token"), filepath.Join(secrets, "ca.crt")
-	writeFile(t, tokenFile, []byte(token), 0o600)
-	writeFile(t, caFile, n.cluster.CAData, 0o644)
+	token, tokenFile, caFile := installerAccess(t, n)
 
 	// A new node, tainted by its provisioning until the plugin is in the chain.
 	if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{
@@ -84,28 +63,13 @@ func TestInstallCNI(t *testing.T) {
 	}
 
 	// The host's CNI dirs, with the primary plugin's binaries and config.
-	binDir, netDir := t.TempDir(), t.TempDir()
-	for _, pkg := range []string{pkgBridge, pkgHostLocal} {
-		src := bins.Path(t, pkg)
-		if err := os.Symlink(src, filepath.Join(binDir, filepath.Base(src))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	binDir, netDir := hostCNIDirs(t)
 	conflistPath := filepath.Join(netDir, "10-bridge.conflist")
 	original := []byte(fmt.Sprintf(primaryConflist, filepath.Join(n.dataDir, "ipam-installer")))
 	writeFile(t, conflistPath, original, 0o644)
 
 	health := "127.0.0.1:19102"
-	run := t.TempDir()
-	cmd := n.ns.Command(nil, bins.Path(t, pkgShunt), "install-cni",
-		"--cni-bin-dir", binDir, "--cni-net-dir", netDir,
-		"--kubeconfig-file", filepath.Join(netDir, "shunt-kubeconfig"),
-		"--host-kubeconfig-path", filepath.Join(netDir, "shunt-kubeconfig"),
-		"--token-file", tokenFile, "--ca-file", caFile, "--api-server", n.cluster.URL,
-		"--kubeconfig", n.cluster.KubeconfigFor(t, token),
-		"--node-name", nodeName, "--report-socket", filepath.Join(run, "cni.sock"),
-		"--cni-log-file", n.logFile, "--cni-log-level", "debug",
-		"--health-addr", health, "--log-format", "json", "--log-level", "debug")
+	cmd := n.ns.Command(nil, installCNIArgs(t, n, binDir, netDir, token, tokenFile, caFile, health)...)
 	var logs lockedLog
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -274,6 +238,272 @@ func TestInstallCNI(t *testing.T) {
 			}
 		}
 	})
+}
+
+// loneConf is the primary network's config as an agent writes it: one plugin, in a .conf, formatted
+// its way, mode 0600.
+const loneConf = `{
+	"cniVersion": "1.0.0",
+	"name": "k8s-pod-network",
+	"type": "bridge", "bridge": "cni0", "isGateway": true,
+	"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": %q}
+}
+
+`
+
+// TestInstallCNIKilledAndRestarted kills `shunt install-cni` (SIGKILL: no uninstall) after it has
+// turned the node's lone .conf into a conflist with its entry, starts it again, as the DaemonSet's
+// controller does, and stops it with SIGTERM: the config dir must then be as it was before the first
+// start, byte for byte and mode for mode, and nothing of shunt's left on the node.
+func TestInstallCNIKilledAndRestarted(t *testing.T) {
+	n := newCNINode(t)
+	ctx := context.Background()
+	token, tokenFile, caFile := installerAccess(t, n)
+	if _, err := n.cluster.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binDir, netDir := hostCNIDirs(t)
+	confPath, listPath := filepath.Join(netDir, "10-bridge.conf"), filepath.Join(netDir, "10-bridge.conflist")
+	writeFile(t, confPath, []byte(fmt.Sprintf(loneConf, filepath.Join(n.dataDir, "ipam-restart"))), 0o600)
+	writeFile(t, filepath.Join(netDir, "99-loopback.conflist"), []byte(`{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}`), 0o644)
+	wantNet, wantBin := dirFiles(t, netDir), dirFiles(t, binDir)
+
+	health := "127.0.0.1:19103"
+	args := installCNIArgs(t, n, binDir, netDir, token, tokenFile, caFile, health)
+	web := n.nodeHTTP()
+	ready := func() bool {
+		resp, err := web.Get("http://" + health + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	// installed: the conflist made of the .conf has our entry, once, and the .conf is gone.
+	installed := func(t *testing.T) []byte {
+		t.Helper()
+		b, err := os.ReadFile(listPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := libcni.ConfListFromBytes(b)
+		if err != nil {
+			t.Fatalf("the conflist the installer wrote does not load: %v", err)
+		}
+		var types []string
+		for _, p := range list.Plugins {
+			types = append(types, p.Network.Type)
+		}
+		if strings.Join(types, ",") != "bridge,shunt-cni" {
+			t.Errorf("plugins %v, want bridge then shunt-cni", types)
+		}
+		if _, err := os.Stat(confPath); !os.IsNotExist(err) {
+			t.Errorf("the .conf is still there (%v): runtimes would read it before the conflist", err)
+		}
+		return b
+	}
+
+	first := startInstallCNI(t, n, args)
+	waitFor(t, "the first run ready", ready)
+	before := installed(t)
+	first.kill(t)
+	waitFor(t, "the first run's health server gone", func() bool {
+		_, err := web.Get("http://" + health + "/healthz")
+		return err != nil
+	})
+	if !bytes.Equal(readBytes(t, listPath), before) {
+		t.Error("the conflist changed when the installer was killed")
+	}
+
+	second := startInstallCNI(t, n, args)
+	waitFor(t, "the second run ready", ready)
+	waitFor(t, "the second run found its entry in place", func() bool {
+		return strings.Contains(second.logs.String(), "our entry is in the primary CNI config")
+	})
+	if after := installed(t); !bytes.Equal(after, before) {
+		t.Errorf("the second run rewrote the conflist it found in place:\n%s\nwas:\n%s", after, before)
+	}
+	second.stop(t)
+
+	if diff := cmp.Diff(wantNet, dirFiles(t, netDir)); diff != "" {
+		t.Errorf("CNI config dir after the restarted installer stopped (-before the first start +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantBin, dirFiles(t, binDir)); diff != "" {
+		t.Errorf("CNI bin dir (-before +after):\n%s", diff)
+	}
+}
+
+// installCNIProc is a running `shunt install-cni`.
+type installCNIProc struct {
+	cmd    *exec.Cmd
+	exited chan error
+	logs   *lockedLog
+	done   bool
+}
+
+// startInstallCNI starts `shunt install-cni` in node n with args; the test's end kills it if still
+// running.
+func startInstallCNI(t *testing.T, n *cniNode, args []string) *installCNIProc {
+	t.Helper()
+	p := &installCNIProc{cmd: n.ns.Command(nil, args...), exited: make(chan error, 1), logs: &lockedLog{}}
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if !p.done {
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("install-cni (pid %d) log:\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 60))
+		}
+	})
+	return p
+}
+
+// kill ends the installer with SIGKILL, as the node's OOM killer or a crash does: it uninstalls
+// nothing.
+func (p *installCNIProc) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t)
+	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("install-cni was not killed: %v", p.cmd.ProcessState)
+	}
+}
+
+// stop ends the installer with SIGTERM, as the kubelet does, and checks it uninstalled cleanly.
+func (p *installCNIProc) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t); err != nil {
+		t.Errorf("install-cni exit: %v", err)
+	}
+}
+
+func (p *installCNIProc) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-p.exited:
+		p.done = true
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("install-cni did not exit within 30s")
+		return nil
+	}
+}
+
+// dirFile is a file as dirFiles compares them.
+type dirFile struct {
+	Data string
+	Mode os.FileMode
+}
+
+// dirFiles returns every entry of dir by name: the bytes and mode of files, the target of symlinks.
+func dirFiles(t *testing.T, dir string) map[string]dirFile {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]dirFile)
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := dirFile{Mode: fi.Mode()}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			f.Data, err = os.Readlink(p)
+		} else {
+			var b []byte
+			b, err = os.ReadFile(p)
+			f.Data = string(b)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = f
+	}
+	return out
+}
+
+func readBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// installerAccess gives the installer the DaemonSet's service account on node n: its RBAC
+// (deploy/shunt-cni/templates/clusterrole.yaml, repair mode delete), its token and the cluster CA,
+// in files as the kubelet mounts them.
+func installerAccess(t *testing.T, n *cniNode) (token, tokenFile, caFile string) {
+	t.Helper()
+	ctx := context.Background()
+	c := n.cluster.Client
+	sa := "shunt-cni"
+	if _, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: sa},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "delete"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: sa},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: sa},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kube-system", Name: sa}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token = n.cluster.TokenFor(t, "kube-system", sa)
+	secrets := t.TempDir()
+	tokenFile, caFile = filepath.Join(secrets, "token"), filepath.Join(secrets, "ca.crt")
+	writeFile(t, tokenFile, []byte(token), 0o600)
+	writeFile(t, caFile, n.cluster.CAData, 0o644)
+	return token, tokenFile, caFile
+}
+
+// hostCNIDirs makes the host's CNI bin dir, with the primary plugin's binaries, and config dir.
+func hostCNIDirs(t *testing.T) (binDir, netDir string) {
+	t.Helper()
+	binDir, netDir = t.TempDir(), t.TempDir()
+	for _, pkg := range []string{pkgBridge, pkgHostLocal} {
+		src := bins.Path(t, pkg)
+		if err := os.Symlink(src, filepath.Join(binDir, filepath.Base(src))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return binDir, netDir
+}
+
+// installCNIArgs is the command line of `shunt install-cni` as the DaemonSet runs it on node n.
+func installCNIArgs(t *testing.T, n *cniNode, binDir, netDir, token, tokenFile, caFile, health string) []string {
+	t.Helper()
+	return []string{bins.Path(t, pkgShunt), "install-cni",
+		"--cni-bin-dir", binDir, "--cni-net-dir", netDir,
+		"--kubeconfig-file", filepath.Join(netDir, "shunt-kubeconfig"),
+		"--host-kubeconfig-path", filepath.Join(netDir, "shunt-kubeconfig"),
+		"--token-file", tokenFile, "--ca-file", caFile, "--api-server", n.cluster.URL,
+		"--kubeconfig", n.cluster.KubeconfigFor(t, token),
+		"--node-name", nodeName, "--report-socket", filepath.Join(t.TempDir(), "cni.sock"),
+		"--cni-log-file", n.logFile, "--cni-log-level", "debug",
+		"--health-addr", health, "--log-format", "json", "--log-level", "debug"}
 }
 
 // waitFor polls cond every 50 ms until it holds, failing t after 30 s.
