@@ -249,9 +249,14 @@ func Remove(opts Options) ([]string, error) {
 	return names, err
 }
 
-// ourTables lists the inet tables of ours that exist, with one netlink dump.
+// ourTables lists the inet tables of ours that exist, with one netlink dump. A kernel without
+// nftables (no nfnetlink: EPROTONOSUPPORT; no nf_tables subsystem: EINVAL) holds none: a cleanup
+// of every backend then goes on with iptables-legacy.
 func ourTables() ([]string, error) {
 	sock, err := nfnl.Open()
+	if errors.Is(err, unix.EPROTONOSUPPORT) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -260,6 +265,9 @@ func ourTables() ([]string, error) {
 		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE)},
 		Data:   []byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0},
 	})
+	if errors.Is(err, unix.EINVAL) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
