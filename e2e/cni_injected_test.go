@@ -121,17 +121,7 @@ func testInjectedTProxyFlows(t *testing.T, n *cniNode, p *cniPod) {
 	if err := n.add(t, n.list, remote); err != nil {
 		t.Fatalf("ADD remote: %v", err)
 	}
-	echo := bins.Path(t, pkgEchoserver)
-	p.ns.Start(t, &appUser, echo, "serve", "-name", "pod", "-tcp", fmt.Sprint(appPort))
-	remote.ns.Start(t, &root, echo, "serve", "-name", "remote", "-tcp", fmt.Sprint(appPort))
-	p.ns.Start(t, &tproxyUser, bins.Path(t, pkgRefproxy), "-mode", "TPROXY")
-	podIP, remoteIP := netip.MustParseAddr(p.ip), netip.MustParseAddr(remote.ip)
-	runProbes(t, []probe{
-		{"F2_outbound", p.ns, appUser, "tcp", addr(remoteIP, appPort),
-			viaOutbound(addr(remoteIP, appPort)) + app("remote", podIP, addr(remoteIP, appPort))},
-		{"F1_inbound", remote.ns, root, "tcp", addr(podIP, appPort),
-			viaInbound(addr(podIP, appPort)) + app("pod", remoteIP, addr(podIP, appPort))},
-	})
+	runCNIFlowsMode(t, p, remote, "TPROXY")
 }
 
 // testInjectedExcludes proves the exclusion annotations of native-sidecar-excludes.yaml with real
@@ -157,9 +147,11 @@ func testInjectedExcludes(t *testing.T, n *cniNode, p *cniPod) {
 		{"F7_excluded_inbound_port", remote.ns, root, "tcp", addr(podIP, 8081),
 			app("pod", remoteIP, addr(podIP, 8081))},
 	})
-	// The excluded CIDRs and interface, and DNS capture, are in the rules.
-	rules := ourRules(save(t, p.ns, false))
-	for _, want := range []string{"-d 169.254.169.254/32 -j RETURN", "-d 10.96.0.10/32 -j RETURN", "-i net1 -j RETURN", "--dport 53 -j REDIRECT --to-ports 15053"} {
+	// The excluded CIDRs and interface (RETURNs in the built-in chains), and DNS capture, are in the
+	// rules.
+	rules := save(t, p.ns, false)
+	for _, want := range []string{"-d 169.254.169.254/32 -j RETURN", "-d 10.96.0.10/32 -j RETURN",
+		"-A PREROUTING -i net1 -j RETURN", "-A OUTPUT -o net1 -j RETURN", "--dport 53 -j REDIRECT --to-ports 15053"} {
 		if !strings.Contains(rules, want) {
 			t.Errorf("no %q in the rules:\n%s", want, rules)
 		}

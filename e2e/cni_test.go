@@ -105,18 +105,27 @@ func testCNIFlows(t *testing.T, n *cniNode) {
 // runCNIFlows starts the app, the reference sidecar and the remote server, and sends F2 and F1
 // through the sidecar of meshed, from and to remote.
 func runCNIFlows(t *testing.T, meshed, remote *cniPod) {
+	runCNIFlowsMode(t, meshed, remote, "REDIRECT")
+}
+
+// runCNIFlowsMode is runCNIFlows with the sidecar in mode, running as the injector runs it: in TPROXY
+// mode as uid 0 and gid 1337, and the app then sees the real client inbound.
+func runCNIFlowsMode(t *testing.T, meshed, remote *cniPod, mode string) {
 	t.Helper()
 	echo := bins.Path(t, pkgEchoserver)
 	meshed.ns.Start(t, &appUser, echo, "serve", "-name", "pod", "-tcp", fmt.Sprint(appPort))
 	remote.ns.Start(t, &root, echo, "serve", "-name", "remote", "-tcp", fmt.Sprint(appPort))
-	meshed.ns.Start(t, &proxyUser, bins.Path(t, pkgRefproxy), "-mode", "REDIRECT")
-
 	podIP, remoteIP := netip.MustParseAddr(meshed.ip), netip.MustParseAddr(remote.ip)
+	sidecar, inboundPeer := proxyUser, netip.MustParseAddr("127.0.0.6")
+	if mode == "TPROXY" {
+		sidecar, inboundPeer = tproxyUser, remoteIP
+	}
+	meshed.ns.Start(t, &sidecar, bins.Path(t, pkgRefproxy), "-mode", mode)
 	runProbes(t, []probe{
 		{"F2_outbound", meshed.ns, appUser, "tcp", addr(remoteIP, appPort),
 			viaOutbound(addr(remoteIP, appPort)) + app("remote", podIP, addr(remoteIP, appPort))},
 		{"F1_inbound", remote.ns, root, "tcp", addr(podIP, appPort),
-			viaInbound(addr(podIP, appPort)) + app("pod", netip.MustParseAddr("127.0.0.6"), addr(podIP, appPort))},
+			viaInbound(addr(podIP, appPort)) + app("pod", inboundPeer, addr(podIP, appPort))},
 	})
 }
 

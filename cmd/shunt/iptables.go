@@ -178,14 +178,17 @@ func (f *istioFlags) ruleConfig(env osEnv) (redirect.Config, error) {
 	if err != nil {
 		return redirect.Config{}, fmt.Errorf("--pod %s: %w", f.pod, err)
 	}
-	cfg, skip, err := cni.ConfigForPod(pod, nil)
+	d, err := cni.Decide(pod, nil)
+	for _, w := range d.Warnings {
+		fmt.Fprintf(env.stderr, "shunt: warning: pod %s/%s: %s\n", pod.Metadata.Namespace, pod.Metadata.Name, w)
+	}
 	if err != nil {
 		return redirect.Config{}, fmt.Errorf("pod %s/%s: %w", pod.Metadata.Namespace, pod.Metadata.Name, err)
 	}
-	if skip != "" {
-		return redirect.Config{}, fmt.Errorf("pod %s/%s is not captured by the CNI plugin: %s", pod.Metadata.Namespace, pod.Metadata.Name, skip)
+	if d.Skip != "" {
+		return redirect.Config{}, fmt.Errorf("pod %s/%s is not captured by the CNI plugin: %s", pod.Metadata.Namespace, pod.Metadata.Name, d.Skip)
 	}
-	return cfg, nil
+	return d.Config, nil
 }
 
 // printPlan writes the restore input of every family, each after a comment line naming the tool, or

@@ -148,6 +148,28 @@ func TestPod(t *testing.T) {
 	}
 }
 
+// TestPodWarnings: a value istio-cni ignores is ignored by --pod too, and said on stderr.
+func TestPodWarnings(t *testing.T) {
+	pod := `{"kind":"Pod","metadata":{"name":"p","namespace":"ns","annotations":{"sidecar.istio.io/status":"{}"}},
+"spec":{"initContainers":[{"name":"istio-proxy","restartPolicy":"Always","env":[{"name":"ISTIO_META_DNS_CAPTURE","value":"yes"}]}],
+"containers":[{"name":"app"}]}}`
+	path := filepath.Join(t.TempDir(), "pod.json")
+	if err := os.WriteFile(path, []byte(pod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"iptables", "-n", "--pod", path}, strings.NewReader(""), &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `ISTIO_META_DNS_CAPTURE="yes" is not a boolean: taken as false`; !strings.Contains(errOut.String(), want) {
+		t.Errorf("stderr %q lacks %q", errOut.String(), want)
+	}
+	if strings.Contains(out.String(), "15053") || !strings.Contains(out.String(), "ISTIO_REDIRECT") {
+		t.Errorf("want the native sidecar's capture without DNS:\n%s", out.String())
+	}
+}
+
 func FuzzIptablesFlags(f *testing.F) {
 	f.Add("15001", "*", "10.0.0.0/8", "1337", "eth0", "TPROXY", "127.0.0.53")
 	f.Add("0", "", "*", "1,2", "", "REDIRECT", "")
