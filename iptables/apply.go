@@ -147,10 +147,11 @@ type Installed struct {
 }
 
 // String names the variant, family, our chains and our rules in built-in chains:
-// "iptables-nft IPv4: chains ISTIO_INBOUND, ISTIO_OUTPUT; 3 jumps".
+// "iptables-nft IPv4: chains ISTIO_INBOUND, ISTIO_OUTPUT; 3 jumps" (and "and 2 other rules in
+// built-in chains" for TPROXY's marks and the like).
 func (in Installed) String() string {
 	var chains []string
-	jumps := 0
+	jumps, other := 0, 0
 	for _, t := range in.State {
 		for c := range t.Owned {
 			if !slices.Contains(chains, c) {
@@ -158,7 +159,13 @@ func (in Installed) String() string {
 			}
 		}
 		for _, specs := range t.Builtin {
-			jumps += len(specs)
+			for _, spec := range specs {
+				if _, target, ok := strings.Cut(spec, "-j "); ok && redirect.IsOwned(strings.Fields(target + " ")[0]) {
+					jumps++
+				} else {
+					other++
+				}
+			}
 		}
 	}
 	slices.Sort(chains)
@@ -166,12 +173,19 @@ func (in Installed) String() string {
 	if len(chains) > 0 {
 		parts = append(parts, "chains "+strings.Join(chains, ", "))
 	}
-	if jumps > 0 {
-		noun := "jumps"
-		if jumps == 1 {
-			noun = "jump"
+	count := func(n int, one, many string) string {
+		if n == 1 {
+			return "1 " + one
 		}
-		parts = append(parts, fmt.Sprintf("%d %s", jumps, noun))
+		return fmt.Sprintf("%d %s", n, many)
+	}
+	switch {
+	case jumps > 0 && other > 0:
+		parts = append(parts, count(jumps, "jump", "jumps")+" and "+count(other, "other rule", "other rules")+" in built-in chains")
+	case jumps > 0:
+		parts = append(parts, count(jumps, "jump", "jumps"))
+	case other > 0:
+		parts = append(parts, count(other, "rule", "rules")+" in built-in chains")
 	}
 	return fmt.Sprintf("iptables-%s %s: %s", in.Variant, in.Family, strings.Join(parts, "; "))
 }
