@@ -270,3 +270,22 @@ func TestCleanupLeavesIdenticalRouting(t *testing.T) {
 		})
 	}
 }
+
+// TestCleanupCreatesNothing checks that a cleanup of every backend, and of
+// each backend alone, in a namespace without tables reads without creating
+// any: no legacy table (listing one instantiates it), no nftables table.
+func TestCleanupCreatesNothing(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	for _, args := range [][]string{{"cleanup"}, {"cleanup", "--native-nftables"},
+		{"cleanup", "--force-iptables-binary", "nft"}, {"cleanup", "--force-iptables-binary", "legacy"}} {
+		out, err := shuntPlain(t, ns, args...)
+		if err != nil || out != "nothing of shunt's found\n" {
+			t.Errorf("%v: %v, output %q; want \"nothing of shunt's found\"", args, err, out)
+		}
+		tables := ns.Run(t, "cat", "/proc/net/ip_tables_names", "/proc/net/ip6_tables_names") + ns.Run(t, "nft", "list", "tables")
+		if tables != "" {
+			t.Fatalf("%v created tables:\n%s", args, tables)
+		}
+	}
+}
