@@ -226,7 +226,16 @@ func TestDryRun(t *testing.T) {
 				p.ns.Run(t, "iptables-legacy-save") + p.ns.Run(t, "ip6tables-legacy-save")
 		}
 		before := untouched()
-		out := p.capture(t, nil, append(fullArgs(mode), "--dry-run")...)
+		// A dry run prints the same rules for either iptables variant and
+		// refuses --force-iptables-binary: only native takes its flag.
+		args := append([]string{"iptables", "--dry-run"}, fullArgs(mode)...)
+		if p.variant == native {
+			args = append(args, "--native-nftables")
+		}
+		out, err := shuntPlain(t, p.ns, args...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
 		wants := []string{"*nat", "-A ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS", "COMMIT"}
 		if p.variant == native {
 			wants = []string{"add table inet istio-proxy-nat\n", "add rule inet istio-proxy-nat istio-output ",
