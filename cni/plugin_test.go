@@ -186,6 +186,8 @@ func TestAddSkipsWithoutAPICall(t *testing.T) {
 		"custom excluded namespace":   {`,"exclude_namespaces":["shop"]`, podArgs},
 		"annotations without status":  {`,"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"}}`, podArgs},
 		"not a Kubernetes pod":        {``, ""},
+		"no pod namespace":            {``, "K8S_POD_NAME=cart-1"},
+		"no pod name":                 {``, "K8S_POD_NAMESPACE=shop"},
 		"annotations, empty (no key)": {`,"runtimeConfig":{"io.kubernetes.cri.pod-annotations":{}}`, podArgs},
 	} {
 		t.Run(name, func(t *testing.T) {
