@@ -99,7 +99,7 @@ func BenchmarkDataPath(b *testing.B) {
 	bpf := newMeshPod(b)
 	bpf.iptables(b, defaultCapture...)
 	bpf.load(b)
-	bpf.join(b, defaultCapture...)
+	bpf.join(b, joinCapture...)
 	bpf.startProxy(b, service...)
 
 	toRemote := ppReply("remote", f.pod, remote)

@@ -152,6 +152,10 @@ func (m *meshPod) iptables(tb testing.TB, flags ...string) {
 var defaultCapture = []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
 	"-i", "*", "-b", "*", "-d", "15090,15021,15020", "--ipv6=true"}
 
+// joinCapture are the settings of defaultCapture the eBPF data path reads, which `shunt ebpf join`
+// takes: the outbound ones (inbound capture stays with the iptables rules).
+var joinCapture = []string{"-p", "15001", "-z", "15006", "-u", "1337", "-i", "*", "--ipv6=true"}
+
 // startProxy starts the reference sidecar as the proxy user inside the
 // pod's cgroup, with selfVIP and remoteVIP of both families as services of
 // the pingpong servers, and extra flags.
@@ -381,7 +385,7 @@ func testEBPFFlows(t *testing.T) {
 		t.Fatalf("load is not idempotent: programs on the cgroup %v, after a second load %v", attached, again)
 	}
 
-	m.join(t, append(slices.Clone(defaultCapture), capture...)...)
+	m.join(t, append(slices.Clone(joinCapture), capture...)...)
 	cookie := m.netnsCookie(t)
 	if s := m.status(t); !s.has(cookie) || len(s.Pods) != 1 {
 		t.Fatalf("after join: pods %+v, want only the pod's namespace cookie %d", s.Pods, cookie)
@@ -516,7 +520,7 @@ func testEBPFNoSkMsg(t *testing.T) {
 	m := newMeshPod(t)
 	m.iptables(t, defaultCapture...)
 	m.load(t)
-	m.join(t, append(slices.Clone(defaultCapture), "--no-sk-msg")...)
+	m.join(t, append(slices.Clone(joinCapture), "--no-sk-msg")...)
 	m.startProxy(t)
 	for _, f := range families {
 		remote := addr(f.remote, ppPort)

@@ -125,10 +125,14 @@ func TestFlagsEBPFJoinRegistersOnly(t *testing.T) {
 	testutil.RequireRoot(t)
 	m := newMeshPod(t)
 	m.load(t)
-	join := append([]string{"join", "--netns", m.ns.Path(), "--pin-dir", m.pins}, defaultCapture...)
+	join := append([]string{"join", "--netns", m.ns.Path(), "--pin-dir", m.pins}, joinCapture...)
 	for _, flag := range []string{"--dry-run", "--cleanup-only", "--force-apply", "--reconcile", "--run-validation",
 		"--skip-rule-apply", "--iptables-probe-port=15002", "--probe-timeout=1s", "--explain", "--native-nftables",
-		"--force-iptables-binary=nft"} {
+		"--force-iptables-binary=nft",
+		// inbound capture is the iptables rules' job: join would ignore these
+		"--istio-inbound-interception-mode=TPROXY", "--istio-inbound-ports=8080", "--istio-local-exclude-ports=8081",
+		"--inbound-tunnel-port=15009", "--kube-virt-interfaces=tap0", "--istio-inbound-tproxy-mark=7",
+		"--istio-inbound-tproxy-route-table=7", "--drop-invalid"} {
 		args := append(slices.Clone(join), flag)
 		out, err := m.ebpfCmd(t, args...)
 		name, _, _ := strings.Cut(flag, "=")

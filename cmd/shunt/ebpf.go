@@ -198,13 +198,14 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 		Use:   "join --netns PATH [capture flags]",
 		Short: "Register a pod's network namespace with the data path (iptables rules are `shunt iptables`'s job)",
 		Long: "Register the pod whose network namespace is at --netns (alias of --network-namespace) with the\n" +
-			"loaded data path. The capture settings are `shunt iptables`' rule flags and environment variables\n" +
-			"(or --pod); the pod's addresses are read from the namespace unless --pod-ip is given. The flags of\n" +
+			"loaded data path. The capture settings are the outbound ones of `shunt iptables`' rule flags and\n" +
+			"environment variables (or --pod): inbound capture stays with the iptables rules, and its flags are\n" +
+			"refused here; the pod's addresses are read from the namespace unless --pod-ip is given. The flags of\n" +
 			"`shunt iptables` that choose what it does (--dry-run, --cleanup-only, --force-apply, ...) are not\n" +
 			"accepted: join always registers.",
 		Args: cobra.NoArgs,
 	}
-	f := newIstioFlags(cmd.Flags(), ruleFlags, []string{"pod", "network-namespace"}, logFlags)
+	f := newIstioFlags(cmd.Flags(), dataPathRuleFlags, []string{"pod", "network-namespace"}, logFlags)
 	cmd.Flags().SetNormalizeFunc(netnsAlias)
 	if err := cmd.MarkFlagRequired("network-namespace"); err != nil {
 		panic(err)

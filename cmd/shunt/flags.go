@@ -51,6 +51,12 @@ var (
 	// validationRuleFlags are the ruleFlags the validation uses: it listens on the capture ports,
 	// connects as the proxy's uid and gid, and probes IPv6 when the namespace has it.
 	validationRuleFlags = []string{"envoy-port", "inbound-capture-port", "proxy-uid", "proxy-gid", "ipv6", "dual-stack"}
+	// dataPathRuleFlags are the ruleFlags the eBPF data path reads (ebpf.PodFromConfig): outbound
+	// capture, the proxy's ports and identity, DNS and the families. Inbound capture (-b -d -e -k -m -t
+	// -r) and --drop-invalid stay with the iptables rules; -c is refused there with the reason.
+	dataPathRuleFlags = []string{"envoy-port", "inbound-capture-port", "proxy-uid", "proxy-gid", "istio-service-cidr",
+		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude", "istio-exclude-interfaces",
+		"redirect-dns", "capture-all-dns", "dns-servers", "ipv6", "dual-stack"}
 	// backendFlags choose what programs the rules.
 	backendFlags = []string{"native-nftables", "force-iptables-binary"}
 	// probeFlags tune the validation.

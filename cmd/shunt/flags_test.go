@@ -53,12 +53,11 @@ var commandFlags = map[string]struct{ flags, required []string }{
 	"shunt ebpf run":    {flags: []string{"pin-dir", "cgroup", "health-addr", "gc-interval", "unload-on-stop", "log-level", "log-format"}},
 	"shunt ebpf status": {flags: []string{"pin-dir", "json"}},
 	"shunt ebpf unload": {flags: []string{"pin-dir"}},
+	// ebpf.PodFromConfig reads the outbound settings only; inbound capture is the iptables rules' job.
 	"shunt ebpf join": {flags: []string{"pin-dir", "network-namespace", "no-sk-msg", "pod-ip", "pod",
-		"envoy-port", "inbound-capture-port", "inbound-tunnel-port", "proxy-uid", "proxy-gid",
-		"istio-inbound-interception-mode", "istio-inbound-ports", "istio-local-exclude-ports", "istio-service-cidr",
+		"envoy-port", "inbound-capture-port", "proxy-uid", "proxy-gid", "istio-service-cidr",
 		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude",
-		"istio-exclude-interfaces", "kube-virt-interfaces", "istio-inbound-tproxy-mark",
-		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
+		"istio-exclude-interfaces", "redirect-dns", "capture-all-dns", "dns-servers", "ipv6",
 		"dual-stack", "log_output_level", "log_as_json"}, required: []string{"network-namespace"}},
 	"shunt ebpf leave": {flags: []string{"pin-dir", "netns"}, required: []string{"netns"}},
 }
