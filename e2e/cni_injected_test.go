@@ -180,3 +180,43 @@ func TestPodDryRunInjected(t *testing.T) {
 		})
 	}
 }
+
+// testCNIInjectedBackends runs the native sidecars, REDIRECT and TPROXY, through the plugin's other
+// backends — iptables-legacy and native nftables — and sends F1 and F2 through each.
+func testCNIInjectedBackends(t *testing.T, n *cniNode) {
+	for _, backend := range []struct{ name, entry string }{
+		{"legacy", `"iptables_variant":"legacy"`},
+		{"nftables", `"backend":"nftables"`},
+	} {
+		list := n.conflist(t, `"kubeconfig":"`+n.cluster.Kubeconfig+`",`+backend.entry)
+		for _, c := range []struct{ file, mode string }{
+			{"native-sidecar.yaml", "REDIRECT"},
+			{"native-sidecar-tproxy.yaml", "TPROXY"},
+		} {
+			name := backend.name + "-" + strings.TrimSuffix(c.file, ".yaml")
+			t.Run(name, func(t *testing.T) {
+				pod := injectedPod(t, c.file, "injected")
+				pod.Name = name
+				p := n.podSandbox(t, pod)
+				if err := n.add(t, list, p); err != nil {
+					t.Fatalf("ADD: %v", err)
+				}
+				if backend.name == "nftables" {
+					if got, want := ourTables(listRuleset(t, p.ns)), referenceRuleset(t, pod); got != want {
+						t.Errorf("tables differ from shunt iptables --native-nftables --pod:\n got:\n%s\nwant:\n%s", got, want)
+					}
+				} else if r := ourRules(p.ns.Run(t, saveCommand("legacy", false))); !strings.Contains(r, "ISTIO_INBOUND") {
+					t.Errorf("no iptables-legacy rules:\n%s", r)
+				}
+				remote := n.sandbox(t, "injected", name+"-remote", map[string]string{})
+				if err := n.add(t, n.list, remote); err != nil {
+					t.Fatalf("ADD remote: %v", err)
+				}
+				runCNIFlowsMode(t, p, remote, c.mode)
+				if err := n.del(t, list, p); err != nil {
+					t.Fatalf("DEL: %v", err)
+				}
+			})
+		}
+	}
+}

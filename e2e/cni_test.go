@@ -33,6 +33,7 @@ func TestCNI(t *testing.T) {
 	t.Run("flows", func(t *testing.T) { testCNIFlows(t, n) })
 	t.Run("skip", func(t *testing.T) { testCNISkip(t, n) })
 	t.Run("injected", func(t *testing.T) { testCNIInjected(t, n) })
+	t.Run("injected_backends", func(t *testing.T) { testCNIInjectedBackends(t, n) })
 	t.Run("bad_annotation", func(t *testing.T) { testCNIBadAnnotation(t, n) })
 	t.Run("check_del", func(t *testing.T) { testCNICheckDel(t, n) })
 	t.Run("concurrent", func(t *testing.T) { testCNIConcurrent(t, n, 50) })
