@@ -16,6 +16,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/shuntmesh/shunt/cni/meshpod"
 	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/nftables"
 	"github.com/shuntmesh/shunt/redirect"
@@ -299,8 +300,8 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 		return nil, "namespace " + inv.namespace + " is excluded", nil
 	}
 	if ann := inv.conf.RuntimeConfig.PodAnnotations; ann != nil {
-		if _, ok := ann[AnnotationStatus]; !ok {
-			return nil, "no " + AnnotationStatus + " annotation: not injected", nil
+		if _, ok := ann[meshpod.AnnotationStatus]; !ok {
+			return nil, "no " + meshpod.AnnotationStatus + " annotation: not injected", nil
 		}
 	}
 	getPod := p.GetPod
@@ -316,7 +317,7 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 		return nil, "", types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s: read the pod from the API server", inv.pod()), err.Error())
 	}
 	ips := podIPs(prev)
-	d, err := Decide(pod, ips)
+	d, err := meshpod.Decide(pod, ips)
 	for _, w := range d.Warnings {
 		inv.log.Warn("pod setting ignored, as istio-cni ignores it", "warning", w)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/shuntmesh/shunt/cni/meshpod"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -44,11 +45,11 @@ const podArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-1;K8S_
 func meshedPod(ann map[string]string) *Pod {
 	p := &Pod{}
 	p.Metadata.Name, p.Metadata.Namespace = "cart-1", "shop"
-	p.Metadata.Annotations = map[string]string{AnnotationStatus: "{}"}
+	p.Metadata.Annotations = map[string]string{meshpod.AnnotationStatus: "{}"}
 	for k, v := range ann {
 		p.Metadata.Annotations[k] = v
 	}
-	p.Spec.Containers = []Container{{Name: "app"}, {Name: ProxyContainerName}}
+	p.Spec.Containers = []Container{{Name: "app"}, {Name: meshpod.ProxyContainerName}}
 	return p
 }
 
@@ -122,7 +123,7 @@ func dualStack(p *Pod) *Pod {
 }
 
 func TestAddProgramsMeshedPod(t *testing.T) {
-	f := newFake(t, dualStack(meshedPod(map[string]string{AnnotationExcludeOutboundPorts: "9000"})), nil)
+	f := newFake(t, dualStack(meshedPod(map[string]string{meshpod.AnnotationExcludeOutboundPorts: "9000"})), nil)
 	if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
 		t.Fatal(err)
 	}
@@ -219,14 +220,14 @@ func TestAddSkipReasons(t *testing.T) {
 	noProxy := meshedPod(nil)
 	noProxy.Spec.Containers = noProxy.Spec.Containers[:1]
 	initC := meshedPod(nil)
-	initC.Spec.InitContainers = []Container{{Name: InitContainerName}}
+	initC.Spec.InitContainers = []Container{{Name: meshpod.InitContainerName}}
 	for name, pod := range map[string]*Pod{
 		"host network":  hostNet,
 		"no proxy":      noProxy,
 		"istio-init":    initC,
-		"inject false":  meshedPod(map[string]string{AnnotationInject: "false"}),
-		"mode NONE":     meshedPod(map[string]string{AnnotationInterceptionMode: "NONE"}),
-		"no status ann": func() *Pod { p := meshedPod(nil); delete(p.Metadata.Annotations, AnnotationStatus); return p }(),
+		"inject false":  meshedPod(map[string]string{meshpod.AnnotationInject: "false"}),
+		"mode NONE":     meshedPod(map[string]string{meshpod.AnnotationInterceptionMode: "NONE"}),
+		"no status ann": func() *Pod { p := meshedPod(nil); delete(p.Metadata.Annotations, meshpod.AnnotationStatus); return p }(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newFake(t, pod, nil)
@@ -249,11 +250,11 @@ func TestAddFailsClosed(t *testing.T) {
 		}
 	})
 	t.Run("bad annotation", func(t *testing.T) {
-		f := newFake(t, meshedPod(map[string]string{AnnotationExcludeOutboundPorts: "http"}), nil)
+		f := newFake(t, meshedPod(map[string]string{meshpod.AnnotationExcludeOutboundPorts: "http"}), nil)
 		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))
 		var e *types.Error
 		if !errors.As(err, &e) || !strings.Contains(e.Msg, "shop/cart-1") ||
-			!strings.Contains(e.Details, AnnotationExcludeOutboundPorts) || !strings.Contains(e.Details, `"http"`) {
+			!strings.Contains(e.Details, meshpod.AnnotationExcludeOutboundPorts) || !strings.Contains(e.Details, `"http"`) {
 			t.Errorf("error %+v, want the pod, the annotation and the value", err)
 		}
 		if f.applied != nil {
@@ -284,7 +285,7 @@ func TestAddFailsClosed(t *testing.T) {
 // warning; a bad value fails closed naming the annotation.
 func TestAddEBPF(t *testing.T) {
 	t.Run("joins", func(t *testing.T) {
-		f := newFake(t, meshedPod(map[string]string{AnnotationMode: "ebpf", AnnotationExcludeOutboundPorts: "9000"}), nil)
+		f := newFake(t, meshedPod(map[string]string{AnnotationMode: "ebpf", meshpod.AnnotationExcludeOutboundPorts: "9000"}), nil)
 		if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,7 @@ import (
 
 // injectedDir holds pods exactly as Istio's sidecar injector writes them; the CNI plugin's unit
 // tests decide on the same files.
-var injectedDir = filepath.Join("..", "cni", "testdata", "injected")
+var injectedDir = filepath.Join("..", "cni", "meshpod", "testdata", "injected")
 
 // injectedPod reads a pod of injectedDir and names it after its file, in namespace.
 func injectedPod(t *testing.T, file, namespace string) *corev1.Pod {

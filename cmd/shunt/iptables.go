@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/shuntmesh/shunt/cni"
+	"github.com/shuntmesh/shunt/cni/meshpod"
 	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/nftables"
 	"github.com/shuntmesh/shunt/redirect"
@@ -174,11 +174,11 @@ func (f *istioFlags) ruleConfig(env osEnv) (redirect.Config, error) {
 	if err != nil {
 		return redirect.Config{}, fmt.Errorf("--pod: %w", err)
 	}
-	pod, err := cni.DecodePod(data)
+	pod, err := meshpod.Decode(data)
 	if err != nil {
 		return redirect.Config{}, fmt.Errorf("--pod %s: %w", f.pod, err)
 	}
-	d, err := cni.Decide(pod, nil)
+	d, err := meshpod.Decide(pod, nil)
 	for _, w := range d.Warnings {
 		fmt.Fprintf(env.stderr, "shunt: warning: pod %s/%s: %s\n", pod.Metadata.Namespace, pod.Metadata.Name, w)
 	}

@@ -1,4 +1,4 @@
-package cni
+package meshpod
 
 import (
 	"fmt"
@@ -19,7 +19,7 @@ func readInjected(t *testing.T, name string) *Pod {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod, err := DecodePod(data)
+	pod, err := Decode(data)
 	if err != nil {
 		t.Fatal(err)
 	}

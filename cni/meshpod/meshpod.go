@@ -1,6 +1,7 @@
-// Package cni is shunt's CNI plugin: it programs a meshed pod's capture rules from the node, as
-// istio-cni does, so that app pods need no privileged init container.
-package cni
+// Package meshpod decides, as istio-cni decides, whether a Pod written by Istio's sidecar injector is
+// captured and with which settings (docs/cni.md). The CNI plugin and `shunt iptables --pod` share it;
+// it links nothing but the engine and a YAML decoder, so the init-container binary can too.
+package meshpod
 
 import (
 	"errors"
@@ -30,14 +31,6 @@ const (
 	AnnotationExcludeInterfaces    = "traffic.sidecar.istio.io/excludeInterfaces"
 	AnnotationKubevirtInterfaces   = "traffic.sidecar.istio.io/kubevirtInterfaces"
 	AnnotationRerouteVirtualIfaces = "istio.io/reroute-virtual-interfaces"
-
-	// AnnotationMode chooses the data path: "iptables" (the default) or "ebpf", where the node's eBPF
-	// agent redirects the app's connections and splices the loopback legs, and the iptables rules stay
-	// for inbound capture and as the safety net.
-	AnnotationMode = "shunt.io/mode"
-	// AnnotationEBPFSockMsg "false" keeps an eBPF pod's connect and getsockopt redirection but not the
-	// sk_msg splicing of its loopback sockets (for receivers that read with splice(2)).
-	AnnotationEBPFSockMsg = "shunt.io/ebpf-sk-msg"
 
 	ProxyContainerName = "istio-proxy"
 	InitContainerName  = "istio-init"
@@ -89,8 +82,8 @@ type SecurityContext struct {
 	RunAsGroup *int64 `json:"runAsGroup"`
 }
 
-// DecodePod parses a Pod manifest, YAML or JSON.
-func DecodePod(data []byte) (*Pod, error) {
+// Decode parses a Pod manifest, YAML or JSON.
+func Decode(data []byte) (*Pod, error) {
 	var pod Pod
 	if err := yaml.Unmarshal(data, &pod); err != nil {
 		return nil, fmt.Errorf("decode Pod: %w", err)
@@ -291,33 +284,6 @@ func dropPortZero(key, v string, warn func(string, ...any)) string {
 		kept = append(kept, item)
 	}
 	return strings.Join(kept, ",")
-}
-
-// DataPath is how a captured pod's outbound traffic reaches its proxy.
-type DataPath struct {
-	EBPF    bool // the node's eBPF agent redirects connections (shunt.io/mode: ebpf)
-	SockMsg bool // with EBPF: loopback sockets are spliced with sk_msg
-}
-
-// DataPathForPod reads the pod's shunt.io annotations; a bad value is an error naming the annotation.
-func DataPathForPod(ann map[string]string) (DataPath, error) {
-	var dp DataPath
-	var errs []error
-	switch v := ann[AnnotationMode]; v {
-	case "", "iptables":
-	case "ebpf":
-		dp.EBPF, dp.SockMsg = true, true
-	default:
-		errs = append(errs, &redirect.FieldError{Field: "annotation " + AnnotationMode, Value: v, Err: errors.New(`want "iptables" or "ebpf"`)})
-	}
-	if v, ok := ann[AnnotationEBPFSockMsg]; ok {
-		b, err := redirect.ParseBool(v)
-		if err != nil {
-			errs = append(errs, &redirect.FieldError{Field: "annotation " + AnnotationEBPFSockMsg, Value: v, Err: err})
-		}
-		dp.SockMsg = dp.EBPF && b
-	}
-	return dp, errors.Join(errs...)
 }
 
 // proxyFacts is what istio-cni reads of the pod's istio-proxy containers. A native sidecar is an init

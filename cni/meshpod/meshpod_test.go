@@ -1,4 +1,4 @@
-package cni
+package meshpod
 
 import (
 	"strings"
@@ -25,7 +25,7 @@ spec:
 
 func mustPod(t *testing.T, yaml string) *Pod {
 	t.Helper()
-	p, err := DecodePod([]byte(yaml))
+	p, err := Decode([]byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func FuzzDecodePod(f *testing.F) {
 	f.Add([]byte(basePod))
 	f.Add([]byte(`{"kind":"Pod","metadata":{"annotations":{"sidecar.istio.io/status":"x","traffic.sidecar.istio.io/includeInboundPorts":"1,2"}},"spec":{"containers":[{"name":"istio-proxy"}]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		pod, err := DecodePod(data)
+		pod, err := Decode(data)
 		if err != nil {
 			return
 		}
