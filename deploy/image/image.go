@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -22,18 +23,17 @@ const (
 	annotationContainerdName = "io.containerd.image.name"
 )
 
-// The image's file system: the binary alone, at /shunt. The runtime resolves a bare command name
-// (the chart's `command: ["shunt"]`) through the image's PATH, hence PATH=/.
-const (
-	binaryPath = "shunt"
-	entrypoint = "/shunt"
-	pathEnv    = "PATH=/"
-)
+// The image's file system: the binary alone, at /NAME (spec.File: /shunt in the node image,
+// /shunt-init in the init image), which is also the entrypoint. The runtime resolves a bare command
+// name (the chart's `command: ["shunt"]`) through the image's PATH, hence PATH=/.
+const pathEnv = "PATH=/"
 
 // spec is what goes into the image.
 type spec struct {
-	// Binary is the content of /shunt.
+	// Binary is the content of /File.
 	Binary []byte
+	// File is the binary's name in the image's root directory: shunt or shunt-init.
+	File string
 	// Ref is the image's full reference (repository:tag), recorded in index.json.
 	Ref string
 	// Arch and Variant are the platform's, as GOARCH names it; OS is always linux.
@@ -57,7 +57,11 @@ type image struct {
 
 // build returns the image of s. It performs no I/O, and the same s gives the same bytes.
 func build(s spec) (*image, error) {
-	layerTar, err := layerTar(s.Binary, s.Created)
+	if !validFile(s.File) {
+		return nil, fmt.Errorf("file name %q: want a plain name such as shunt", s.File)
+	}
+	entrypoint := "/" + s.File
+	layerTar, err := layerTar(s.File, s.Binary, s.Created)
 	if err != nil {
 		return nil, err
 	}
@@ -133,13 +137,20 @@ func build(s spec) (*image, error) {
 	return out, nil
 }
 
-// layerTar returns the layer's tar: binaryPath, mode 0755, owned by root, stamped mtime.
-func layerTar(binary []byte, mtime time.Time) ([]byte, error) {
+// validFile reports whether name is a plain file name for the image's root: not empty, no slash,
+// not . or ..
+func validFile(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
+}
+
+// layerTar returns the layer's tar: the file name holding binary, mode 0755, owned by root, stamped
+// mtime.
+func layerTar(name string, binary []byte, mtime time.Time) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	hdr := &tar.Header{
 		Typeflag: tar.TypeReg,
-		Name:     binaryPath,
+		Name:     name,
 		Mode:     0o755,
 		Size:     int64(len(binary)),
 		ModTime:  mtime.UTC(),

@@ -3,6 +3,8 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"io"
 	"testing"
@@ -14,6 +16,7 @@ import (
 func testSpec() spec {
 	return spec{
 		Binary:  []byte("\x7fELF not really"),
+		File:    "shunt",
 		Ref:     "example.com/shunt:test",
 		Arch:    "amd64",
 		Created: time.Unix(1700000000, 0),
@@ -84,7 +87,7 @@ func TestWriteLayoutEntries(t *testing.T) {
 
 func TestLayerTar(t *testing.T) {
 	s := testSpec()
-	b, err := layerTar(s.Binary, s.Created)
+	b, err := layerTar(s.File, s.Binary, s.Created)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +123,50 @@ func TestSourceDateEpoch(t *testing.T) {
 		got, err := sourceDateEpoch(tc.in)
 		if (err != nil) != tc.err || err == nil && got.Unix() != tc.want {
 			t.Errorf("sourceDateEpoch(%q) = %v, %v; want %d, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// TestBuildInitImage: -file names the one file and the entrypoint, so the init image starts
+// /shunt-init with the injector's args (istio-iptables ...).
+func TestBuildInitImage(t *testing.T) {
+	s := testSpec()
+	s.File = "shunt-init"
+	img, err := build(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Config struct {
+			Entrypoint []string
+			Cmd        []string
+			Env        []string
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(img.Config, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"/shunt-init"}, cfg.Config.Entrypoint); diff != "" || cfg.Config.Cmd != nil {
+		t.Errorf("entrypoint (-want +got):\n%s\ncmd %q, want none", diff, cfg.Config.Cmd)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(img.Layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"-rwxr-xr-x shunt-init"}, tarEntries(t, layer)); diff != "" {
+		t.Errorf("layer entries (-want +got):\n%s", diff)
+	}
+	if bytes.Equal(layoutBytes(t, s), layoutBytes(t, testSpec())) {
+		t.Error("-file changes nothing in the image")
+	}
+	for _, bad := range []string{"", ".", "..", "bin/shunt", "/shunt"} {
+		s.File = bad
+		if _, err := build(s); err == nil {
+			t.Errorf("build with file %q: no error", bad)
 		}
 	}
 }

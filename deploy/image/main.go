@@ -1,9 +1,11 @@
-// Command image writes the container image of shunt (`make image`): an OCI image layout tarball whose
-// only layer holds the static binary as /shunt. It needs no container engine and is reproducible: the
-// same binary, flags and SOURCE_DATE_EPOCH give a byte-identical tarball. It is a build tool, not
-// shipped.
+// Command image writes a container image of shunt (`make image`): an OCI image layout tarball whose
+// only layer holds one static binary, as /shunt (the node image) or /shunt-init (the init image,
+// -file shunt-init), its entrypoint. It needs no container engine and is reproducible: the same
+// binary, flags and SOURCE_DATE_EPOCH give a byte-identical tarball. It is a build tool, not shipped.
 //
 //	go run ./deploy/image -binary bin/shunt -o bin/shunt-image.tar -name ghcr.io/shuntmesh/shunt -tag v0.1.0
+//	go run ./deploy/image -binary bin/shunt-init -file shunt-init -o bin/shunt-init-image.tar \
+//		-name ghcr.io/shuntmesh/shunt-init -tag v0.1.0
 package main
 
 import (
@@ -32,6 +34,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	fs := flag.NewFlagSet("image", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	binary := fs.String("binary", "", "the static shunt binary (required)")
+	file := fs.String("file", "shunt", "the binary's name in the image's root, its entrypoint /FILE; also label org.opencontainers.image.title")
 	out := fs.String("o", "", "the OCI image layout tarball to write (required)")
 	repo := fs.String("name", "ghcr.io/shuntmesh/shunt", "the image's repository, recorded in index.json")
 	tag := fs.String("tag", "latest", "the image's tag, recorded in index.json")
@@ -52,6 +55,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	}
 	if *out == "" {
 		errs = append(errs, errors.New("-o is required"))
+	}
+	if !validFile(*file) {
+		errs = append(errs, fmt.Errorf("-file %q: want a plain file name such as shunt", *file))
 	}
 	ref, err := name.NewTag(*repo+":"+*tag, name.StrictValidation)
 	if err != nil {
@@ -83,12 +89,13 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	}
 	img, err := build(spec{
 		Binary:  data,
+		File:    *file,
 		Ref:     ref.String(),
 		Arch:    *arch,
 		Variant: *variant,
 		Created: created,
 		Labels: map[string]string{
-			"org.opencontainers.image.title":    "shunt",
+			"org.opencontainers.image.title":    *file,
 			"org.opencontainers.image.source":   *source,
 			"org.opencontainers.image.version":  *version,
 			"org.opencontainers.image.revision": *revision,
@@ -101,7 +108,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: %s linux/%s\n", *out, ref, platformArch(*arch, *variant))
+	fmt.Fprintf(stdout, "%s: %s linux/%s, /%s\n", *out, ref, platformArch(*arch, *variant), *file)
 	fmt.Fprintf(stdout, "  manifest %s\n", img.Digest)
 	fmt.Fprintf(stdout, "  layer    %s: %s compressed, %s uncompressed (binary %s)\n",
 		img.LayerDigest, formatSize(img.LayerSize), formatSize(img.LayerUncompressedSize), formatSize(int64(len(data))))
