@@ -1,6 +1,15 @@
 # shunt — see README.md. `make test` is what CI runs (as root, from .ci/run).
 GO       ?= go
 BIN      := bin/shunt
+# The init container's binary (cmd/shunt-init: iptables, cleanup, validate, nothing else linked).
+# Until cmd/shunt-init exists, bin/shunt stands in for it: it takes the same `iptables` arguments.
+ifneq ($(wildcard cmd/shunt-init/*.go),)
+INIT_BIN := bin/shunt-init
+CMDS     := ./cmd/shunt ./cmd/shunt-init
+else
+INIT_BIN := $(BIN)
+CMDS     := ./cmd/shunt
+endif
 SHARED   ?= ../shared
 FUZZTIME ?= 15s
 # The compiler of the eBPF programs: Debian bookworm's, which CI installs (.ci/deps). Another
@@ -11,17 +20,24 @@ CLANG    ?= clang-14
 
 all: build test
 
-# Static: no dynamic loader at start-up (an init container starts it once per pod).
+# Static: no dynamic loader at start-up (an init container starts it once per pod). One go build
+# writes bin/shunt and bin/shunt-init.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/shunt
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ $(CMDS)
 
-# The container image: bin/shunt alone, as /shunt, in an OCI image layout tarball, built without a
-# container engine and reproducible (timestamps from SOURCE_DATE_EPOCH, default the commit's time).
+# The container images, each one static binary alone in an OCI image layout tarball, built without a
+# container engine and reproducible (timestamps from SOURCE_DATE_EPOCH, default the commit's time):
+# the init image, $(IMAGE)-init, holds bin/shunt-init as /shunt-init, its entrypoint (Istio's
+# injector starts it with args: [istio-iptables, ...]); the node image, $(IMAGE), holds bin/shunt as
+# /shunt (the chart's).
 IMAGE             ?= ghcr.io/shuntmesh/shunt
+INIT_IMAGE        ?= $(IMAGE)-init
 IMAGE_TAG         ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 image: build
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./deploy/image -binary $(INIT_BIN) -file shunt-init \
+		-o bin/shunt-init-image.tar -name $(INIT_IMAGE) -tag $(IMAGE_TAG) -revision "$$(git rev-parse HEAD 2>/dev/null)"
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./deploy/image -binary $(BIN) -o bin/shunt-image.tar \
 		-name $(IMAGE) -tag $(IMAGE_TAG) -revision "$$(git rev-parse HEAD 2>/dev/null)"
 
@@ -41,11 +57,14 @@ compat: build
 		done; done; exit $$fail; \
 	else echo "compat: $(SHARED)/compat not found, skipped"; fi
 
-# Median wall time of `shunt iptables` (iptables-nft, iptables-legacy, --native-nftables) vs a bare
-# iptables-restore of the same rules, the in-process nftables apply, then CNI ADD latency on a node
+# Median wall time of `shunt istio-iptables` and `shunt-init istio-iptables` (iptables-nft,
+# iptables-legacy, --native-nftables) vs a bare iptables-restore of the same rules (and Istio's
+# istio-iptables or pilot-agent with ISTIO=PATH), shunt-init's package initialisation and the init
+# image's size (after `make image`), the in-process nftables apply, then CNI ADD latency on a node
 # namespace with a real kube-apiserver, then the data paths (root).
+ISTIO ?=
 bench: build
-	$(GO) run ./bench -shunt $(BIN)
+	$(GO) run ./bench -shunt $(BIN) -shunt-init $(INIT_BIN) -init-image bin/shunt-init-image.tar $(if $(ISTIO),-istio $(ISTIO))
 	@$(GO) test -count=1 -run '^$$' -bench '^BenchmarkApply' -benchtime 500x ./nftables/ | grep -E '^(Benchmark|ok)'
 	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkCNIAdd$$' -benchtime 1x -args -shunt $(abspath $(BIN)) \
 		| grep -v '^\s*{"time"'

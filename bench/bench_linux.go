@@ -24,8 +24,8 @@ const (
 )
 
 // measure runs opts.warmup+opts.n rounds per variant, variants interleaved, and returns the wall times
-// of the measured ones. A round programs one fresh pod with shunt and another with the floor, in
-// alternating order, and then checks that both pods hold the same, non-empty, rules.
+// of the measured ones. A round programs one fresh pod with each binary and each floor, in an order
+// that rotates from round to round, and then checks that every pod holds the floor's rules.
 func measure(ctx context.Context, opts *options) ([]result, error) {
 	dir, err := os.MkdirTemp("", "shunt-bench-")
 	if err != nil {
@@ -40,38 +40,46 @@ func measure(ctx context.Context, opts *options) ([]result, error) {
 	if err := os.WriteFile(rulesFile, rules, 0o600); err != nil {
 		return nil, err
 	}
-	b := &bench{shunt: opts.shunt, rules: rulesFile, dir: dir}
+	b := &bench{opts: opts, rules: rulesFile, dir: dir}
 	results := make([]result, len(opts.variants))
+	for j, v := range opts.variants {
+		results[j] = result{variant: v, times: map[string][]time.Duration{}}
+	}
 	for i := range opts.warmup + opts.n {
 		for j, v := range opts.variants {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			s, f, err := b.round(ctx, v, i%2 == 1)
+			times, istioDiffers, err := b.round(ctx, v, i)
 			if ctx.Err() != nil {
 				return nil, errors.New("interrupted")
 			}
 			if err != nil {
 				return nil, fmt.Errorf("%s, round %d: %w", v, i+1, err)
 			}
-			results[j].variant = v
-			if i >= opts.warmup {
-				results[j].shunt = append(results[j].shunt, s)
-				results[j].floor = append(results[j].floor, f)
+			if i < opts.warmup {
+				continue
+			}
+			for k, d := range times {
+				results[j].times[k] = append(results[j].times[k], d)
+			}
+			if istioDiffers {
+				results[j].istioDiffers++
 			}
 		}
 	}
 	return results, nil
 }
 
-// defaultRules returns the IPv4 iptables-restore input of `shunt iptables --dry-run`, run in a pod.
+// defaultRules returns the IPv4 iptables-restore input of `shunt iptables --dry-run` with the
+// injector's arguments, run in a pod.
 func defaultRules(ctx context.Context, shunt string) ([]byte, error) {
 	p, err := newPod()
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
-	out, err := p.output(exec.CommandContext(ctx, shunt, "iptables", "--dry-run"))
+	out, err := p.output(exec.CommandContext(ctx, shunt, append([]string{"iptables", "--dry-run"}, injectorArgs...)...))
 	if err != nil {
 		return nil, err
 	}
@@ -85,77 +93,111 @@ func defaultRules(ctx context.Context, shunt string) ([]byte, error) {
 }
 
 type bench struct {
-	shunt string // shunt binary
-	rules string // file holding the floor's restore input
+	opts  *options
+	rules string // file holding the floors' restore input
 	dir   string // for the processes' output
 }
 
-// round times shunt and the floor once each, each in a fresh pod, floor first when floorFirst.
-func (b *bench) round(ctx context.Context, variant string, floorFirst bool) (shunt, floor time.Duration, err error) {
-	sp, err := newPod()
-	if err != nil {
-		return 0, 0, err
-	}
-	defer sp.Close()
-	fp, err := newPod()
-	if err != nil {
-		return 0, 0, err
-	}
-	defer fp.Close()
-
+// round times each binary and each floor once for variant, each in a fresh pod, in an order rotated
+// by i. It returns the times by kind, and whether Istio's rules differed from the floor's.
+func (b *bench) round(ctx context.Context, variant string, i int) (map[string]time.Duration, bool, error) {
 	// native is shunt's nftables backend, next to the floor of iptables-nft-restore.
 	floorVariant := variant
-	args := []string{"iptables", "--force-iptables-binary", variant}
 	if variant == "native" {
 		floorVariant = "nft"
-		args = []string{"iptables", "--native-nftables"}
 	}
-	runShunt := func() (err error) {
-		cmd := exec.CommandContext(ctx, b.shunt, args...)
-		shunt, err = b.timed(sp, cmd, os.DevNull)
-		return err
+	type step struct {
+		kind  string
+		cmd   func() *exec.Cmd
+		stdin string
 	}
-	runFloor := func() (err error) {
-		cmd := exec.CommandContext(ctx, "iptables-"+floorVariant+"-restore", "--noflush")
-		floor, err = b.timed(fp, cmd, b.rules)
-		return err
+	binary := func(path string) func() *exec.Cmd {
+		return func() *exec.Cmd { return exec.CommandContext(ctx, path, binaryArgs(path, variant)...) }
 	}
-	steps := []func() error{runShunt, runFloor}
-	if floorFirst {
-		steps[0], steps[1] = steps[1], steps[0]
+	restore := func(v string) func() *exec.Cmd {
+		return func() *exec.Cmd { return exec.CommandContext(ctx, "iptables-"+v+"-restore", "--noflush") }
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			return 0, 0, err
+	steps := []step{
+		{kindShunt, binary(b.opts.shunt), os.DevNull},
+		{kindInit, binary(b.opts.shuntInit), os.DevNull},
+		{kindFloor, restore(floorVariant), b.rules},
+	}
+	if variant != "legacy" {
+		steps = append(steps, step{kindLeg, restore("legacy"), b.rules})
+	}
+	if b.opts.istio != "" {
+		steps = append(steps, step{kindIstio, binary(b.opts.istio), os.DevNull})
+	}
+	pods := map[string]*pod{}
+	defer func() {
+		for _, p := range pods {
+			p.Close()
 		}
+	}()
+	for _, s := range steps {
+		p, err := newPod()
+		if err != nil {
+			return nil, false, err
+		}
+		pods[s.kind] = p
+	}
+	times := map[string]time.Duration{}
+	for j := range steps {
+		s := steps[(i+j)%len(steps)]
+		d, err := b.timed(pods[s.kind], s.cmd(), s.stdin)
+		if err != nil {
+			return nil, false, err
+		}
+		times[s.kind] = d
 	}
 
-	// Not timed: prove that shunt did the work the floor did.
-	want, err := fp.save(ctx, floorVariant)
+	// Not timed: prove that each did the work the floor did.
+	want, err := pods[kindFloor].save(ctx, floorVariant)
 	if err != nil {
-		return 0, 0, err
+		return nil, false, err
 	}
-	if variant == "native" {
-		got, err := sp.output(exec.CommandContext(ctx, "nft", "list", "table", "inet", "istio-proxy-nat"))
+	if p := pods[kindLeg]; p != nil {
+		got, err := p.save(ctx, "legacy")
 		if err != nil {
-			return 0, 0, err
+			return nil, false, err
 		}
-		if !bytes.Contains(got, []byte("jump istio-output")) || !bytes.Contains(got, []byte("redirect to :15001")) {
-			return 0, 0, fmt.Errorf("shunt --native-nftables exited 0 but programmed no output jump and redirect:\n%s", got)
+		if got != want {
+			return nil, false, fmt.Errorf("iptables-legacy-restore's rules differ from iptables-%s-restore's\nlegacy:\n%s\n%s:\n%s",
+				floorVariant, got, floorVariant, want)
 		}
-		return shunt, floor, nil
 	}
-	got, err := sp.save(ctx, variant)
-	if err != nil {
-		return 0, 0, err
+	istioDiffers := false
+	for _, s := range steps {
+		if s.kind != kindShunt && s.kind != kindInit && s.kind != kindIstio {
+			continue
+		}
+		p := pods[s.kind]
+		if variant == "native" {
+			got, err := p.output(exec.CommandContext(ctx, "nft", "list", "table", "inet", "istio-proxy-nat"))
+			if err != nil {
+				return nil, false, fmt.Errorf("%s: %w", s.kind, err)
+			}
+			if !bytes.Contains(got, []byte("jump istio-output")) || !bytes.Contains(got, []byte("redirect to :15001")) {
+				return nil, false, fmt.Errorf("%s --native-nftables exited 0 but programmed no output jump and redirect:\n%s", s.kind, got)
+			}
+			continue
+		}
+		got, err := p.save(ctx, variant)
+		if err != nil {
+			return nil, false, err
+		}
+		if !strings.Contains(got, "-A OUTPUT -j ISTIO_OUTPUT") {
+			return nil, false, fmt.Errorf("%s exited 0 but programmed no ISTIO_OUTPUT jump; the nat table holds:\n%s", s.kind, got)
+		}
+		switch {
+		case got == want:
+		case s.kind == kindIstio:
+			istioDiffers = true
+		default:
+			return nil, false, fmt.Errorf("%s's rules differ from the floor's\n%s:\n%s\nfloor:\n%s", s.kind, s.kind, got, want)
+		}
 	}
-	if !strings.Contains(got, "-A OUTPUT -j ISTIO_OUTPUT") {
-		return 0, 0, fmt.Errorf("shunt exited 0 but programmed no ISTIO_OUTPUT jump; the nat table holds:\n%s", got)
-	}
-	if got != want {
-		return 0, 0, fmt.Errorf("shunt's rules differ from the floor's\nshunt:\n%s\nfloor:\n%s", got, want)
-	}
-	return shunt, floor, nil
+	return times, istioDiffers, nil
 }
 
 // timed runs cmd in p with stdin read from the file stdin and returns the wall time from its start to
