@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/shuntmesh/shunt/redirect"
+	"github.com/shuntmesh/shunt/command/capture"
 )
 
 // commandFlags declares, for every command, the flags it honours (inherited ones included) and which
@@ -64,7 +62,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 
 // TestCommandFlags: every command registers exactly the flags it honours, and marks the required ones.
 func TestCommandFlags(t *testing.T) {
-	root := newRootCmd(osEnv{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
+	root := newRootCmd(capture.Env{Stdin: strings.NewReader(""), Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}})
 	seen := map[string]bool{}
 	var walk func(cmd *cobra.Command)
 	walk = func(cmd *cobra.Command) {
@@ -113,7 +111,7 @@ func TestCommandFlags(t *testing.T) {
 func parse(t *testing.T, env map[string]string, args ...string) error {
 	t.Helper()
 	setEnv(t, env)
-	root := newRootCmd(osEnv{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
+	root := newRootCmd(capture.Env{Stdin: strings.NewReader(""), Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}})
 	cmd, rest, err := root.Find(args)
 	if err != nil {
 		return err
@@ -176,7 +174,7 @@ func flagEnv(name string) map[string]string {
 	if name == "force-iptables-binary" {
 		v = "nft"
 	}
-	return map[string]string{envName(name): v}
+	return map[string]string{capture.EnvName(name): v}
 }
 
 // needs are the flags a flag is accepted only with.
@@ -193,15 +191,15 @@ func writePod(t *testing.T) string {
 	return path
 }
 
-// TestExclusiveFlags: of every pair in istioExclusive, each flag alone is accepted and both are
+// TestExclusiveFlags: of every pair in capture.ExclusiveFlags, each flag alone is accepted and both are
 // refused, given on the command line or one of them by its environment variable, by every command
 // that has both.
 func TestExclusiveFlags(t *testing.T) {
 	for _, command := range []string{"iptables", "cleanup", "validate", "ebpf join"} {
 		words := strings.Fields(command)
 		has := func(name string) bool { return slices.Contains(commandFlags["shunt "+command].flags, name) }
-		for _, pair := range istioExclusive {
-			a, b := pair.a, pair.b
+		for _, pair := range capture.ExclusiveFlags {
+			a, b := pair.A, pair.B
 			if !has(a) || !has(b) {
 				continue
 			}
@@ -224,16 +222,16 @@ func TestExclusiveFlags(t *testing.T) {
 					}
 				}
 				err := parse(t, nil, with(a, b)...)
-				for _, w := range []string{"--" + a, "--" + b, pair.why} {
+				for _, w := range []string{"--" + a, "--" + b, pair.Why} {
 					if err == nil || !strings.Contains(err.Error(), w) {
 						t.Errorf("%q: %v, want an error with %q", with(a, b), err, w)
 					}
 				}
 				for _, c := range [][2]string{{a, b}, {b, a}} {
 					err := parse(t, flagEnv(c[0]), with(c[1])...)
-					for _, w := range []string{"--" + c[0] + " ($" + envName(c[0]) + ")", "--" + c[1]} {
+					for _, w := range []string{"--" + c[0] + " ($" + capture.EnvName(c[0]) + ")", "--" + c[1]} {
 						if err == nil || !strings.Contains(err.Error(), w) {
-							t.Errorf("$%s with %q: %v, want an error naming %s", envName(c[0]), with(c[1]), err, w)
+							t.Errorf("$%s with %q: %v, want an error naming %s", capture.EnvName(c[0]), with(c[1]), err, w)
 						}
 					}
 				}
@@ -396,93 +394,6 @@ func TestIgnoredFlagsUnknown(t *testing.T) {
 			name, _, _ := strings.Cut(flag, "=")
 			if err == nil || !strings.Contains(err.Error(), "unknown") || !strings.Contains(err.Error(), strings.TrimLeft(name, "-")) {
 				t.Errorf("%q: %v, want unknown flag %s", args, err, name)
-			}
-		}
-	}
-}
-
-// TestInjectorArgs: the argument lists Istio's sidecar injector writes for its init container (and,
-// with istio-cni, its validation container) are accepted and build the Config they describe.
-func TestInjectorArgs(t *testing.T) {
-	for _, mode := range []string{"REDIRECT", "TPROXY"} {
-		for _, cni := range []bool{false, true} {
-			for _, forceApply := range []bool{false, true} {
-				for _, native := range []bool{false, true} {
-					for _, optional := range []bool{false, true} {
-						if cni && forceApply { // the template passes --force-apply only without istio-cni
-							continue
-						}
-						args := []string{"istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", mode,
-							"-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"}
-						if optional {
-							args = append(args, "-q", "3306,5432", "-o", "5555", "-k", "eth1", "-c", "eth2")
-						}
-						args = append(args, "--log_output_level=default:info")
-						if optional {
-							args = append(args, "--log_as_json")
-						}
-						if cni {
-							args = append(args, "--run-validation", "--skip-rule-apply")
-						}
-						if forceApply {
-							args = append(args, "--force-apply")
-						}
-						if native {
-							args = append(args, "--native-nftables")
-						}
-						t.Run(strings.Join(args[1:], " "), func(t *testing.T) {
-							// ProxyMetadata becomes the container's environment.
-							setEnv(t, map[string]string{"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_DUAL_STACK": "true", "INVALID_DROP": "true"})
-							root := &cobra.Command{Use: "shunt"}
-							ipt, f := newIptablesCmd(osEnv{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
-							root.AddCommand(ipt)
-							cmd, rest, err := root.Find(args)
-							if err != nil {
-								t.Fatal(err)
-							}
-							if err := parseCmd(cmd, rest); err != nil {
-								t.Fatalf("refused: %v", err)
-							}
-							readFile := func(name string) ([]byte, error) {
-								if name == "/etc/resolv.conf" {
-									return []byte("nameserver 10.96.0.10\n"), nil
-								}
-								return nil, errors.New("unexpected read of " + name)
-							}
-							var detected bool
-							cfg, err := f.config(os.Getenv, readFile, func(dualStack bool) (bool, error) {
-								detected = dualStack
-								return true, nil
-							})
-							if err != nil {
-								t.Fatal(err)
-							}
-							cfg.NativeNFTables = f.nativeNFT
-							if _, err := redirect.Build(cfg); err != nil {
-								t.Fatalf("build: %v", err)
-							}
-							wantMode, _ := redirect.ParseMode(mode)
-							got := fmt.Sprintln(cfg.ProxyPort, cfg.InboundCapturePort, cfg.ProxyUIDs, cfg.ProxyGIDs, cfg.Mode == wantMode,
-								cfg.OutboundIPRanges.All, cfg.InboundPorts.All, cfg.InboundPortsExclude, cfg.RedirectDNS, cfg.DNSServers,
-								cfg.DropInvalid, detected, cfg.IPv6)
-							want := fmt.Sprintln(uint16(15001), uint16(15006), []uint32{1337}, []uint32{1337}, true, true, true,
-								[]uint16{15090, 15021, 15020}, true, "[10.96.0.10]", true, true, true)
-							if got != want {
-								t.Errorf("config %s want %s", got, want)
-							}
-							if optional {
-								got := fmt.Sprint(cfg.OutboundPorts, cfg.OutboundPortsExclude, cfg.KubeVirtInterfaces, cfg.ExcludeInterfaces, f.logJSON)
-								if want := "[3306 5432] [5555] [eth1] [eth2] true"; got != want {
-									t.Errorf("optional flags: %s, want %s", got, want)
-								}
-							}
-							if f.runValidation != cni || f.skipRuleApply != cni || f.forceApply != forceApply || f.nativeNFT != native || f.dryRun || f.cleanupOnly {
-								t.Errorf("modes: validate %v, skip %v, force %v, native %v, dry run %v, cleanup %v", f.runValidation,
-									f.skipRuleApply, f.forceApply, f.nativeNFT, f.dryRun, f.cleanupOnly)
-							}
-						})
-					}
-				}
 			}
 		}
 	}

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/shuntmesh/shunt/command/capture"
+	"github.com/shuntmesh/shunt/command/node"
 )
 
 // runShunt runs the command line with the given environment (replacing the process's for the test).
@@ -208,8 +211,8 @@ func TestEBPFBadInput(t *testing.T) {
 		}
 	}
 	_, err := runShunt(t, nil, "ebpf", "status", "--pin-dir", filepath.Join(t.TempDir(), "none"))
-	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != exitEBPFNotLoaded {
-		t.Errorf("status with nothing loaded: %v, want exit code %d", err, exitEBPFNotLoaded)
+	var ee *capture.ExitError
+	if !errors.As(err, &ee) || ee.Code != node.ExitEBPFNotLoaded {
+		t.Errorf("status with nothing loaded: %v, want exit code %d", err, node.ExitEBPFNotLoaded)
 	}
 }

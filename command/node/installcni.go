@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"errors"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/shuntmesh/shunt/cni"
 	"github.com/shuntmesh/shunt/cni/install"
+	"github.com/shuntmesh/shunt/command/capture"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -43,7 +44,7 @@ type installCNIFlags struct {
 	logFormat, logLevel                 string
 }
 
-func newInstallCNICmd(env osEnv) *cobra.Command {
+func newInstallCNICmd(env capture.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "install-cni",
 		Short: "Install the CNI plugin on this node and keep it installed (the CNI DaemonSet's container)",
@@ -96,7 +97,7 @@ func newInstallCNICmd(env osEnv) *cobra.Command {
 	if err := cmd.MarkFlagRequired("node-name"); err != nil {
 		panic(err)
 	}
-	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.Getenv) }
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return runInstallCNI(cmd, env, f) }
 	return cmd
 }
@@ -192,8 +193,8 @@ func (f *installCNIFlags) prepare(getenv func(string) string) error {
 }
 
 // runInstallCNI runs the installer with the flags prepare accepted.
-func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
-	log := env.logger(f.logLevel, f.logFormat == "json")
+func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) error {
+	log := env.Logger(f.logLevel, f.logFormat == "json")
 
 	var restCfg *rest.Config
 	var err error
@@ -257,7 +258,7 @@ func runInstallCNI(cmd *cobra.Command, env osEnv, f *installCNIFlags) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext(cmd.Context())
+	ctx, stop := capture.SignalContext(cmd.Context())
 	defer stop()
 	log.Info("install-cni starting", "node", f.nodeName, "cni_bin_dir", f.binDir, "cni_net_dir", f.netDir,
 		"api_server", f.apiServer, "repair_mode", f.repairMode)

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"encoding/json"
@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/shuntmesh/shunt/command/capture"
 	shuntebpf "github.com/shuntmesh/shunt/ebpf"
 	"github.com/shuntmesh/shunt/ebpf/agent"
 	"github.com/shuntmesh/shunt/redirect"
@@ -18,13 +19,13 @@ import (
 
 // Exit codes of `shunt ebpf`, for scripts and the agent's callers.
 const (
-	// exitEBPFUnsupported: this kernel cannot run the eBPF data path; pods stay on iptables.
-	exitEBPFUnsupported = 3
-	// exitEBPFNotLoaded: nothing is loaded at the pin directory.
-	exitEBPFNotLoaded = 4
+	// ExitEBPFUnsupported: this kernel cannot run the eBPF data path; pods stay on iptables.
+	ExitEBPFUnsupported = 3
+	// ExitEBPFNotLoaded: nothing is loaded at the pin directory.
+	ExitEBPFNotLoaded = 4
 )
 
-func newEBPFCmd(env osEnv) *cobra.Command {
+func newEBPFCmd(env capture.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ebpf",
 		Short: "Load, inspect and unload the eBPF data path on this node",
@@ -49,7 +50,7 @@ func newEBPFCmd(env osEnv) *cobra.Command {
 // unsupported turns a kernel that cannot run the data path into exit code 3.
 func unsupported(err error) error {
 	if errors.Is(err, shuntebpf.ErrNotSupported) {
-		return &exitError{code: exitEBPFUnsupported, err: fmt.Errorf("%w; pods stay on iptables", err)}
+		return &capture.ExitError{Code: ExitEBPFUnsupported, Err: fmt.Errorf("%w; pods stay on iptables", err)}
 	}
 	return err
 }
@@ -58,12 +59,12 @@ func unsupported(err error) error {
 func openNode(pinDir string) (*shuntebpf.Node, error) {
 	node, err := shuntebpf.Open(pinDir)
 	if errors.Is(err, shuntebpf.ErrNotLoaded) {
-		return nil, &exitError{code: exitEBPFNotLoaded, err: err}
+		return nil, &capture.ExitError{Code: ExitEBPFNotLoaded, Err: err}
 	}
 	return node, err
 }
 
-func newEBPFLoadCmd(env osEnv, pinDir *string) *cobra.Command {
+func newEBPFLoadCmd(env capture.Env, pinDir *string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "load",
 		Short: "Check the kernel, load and attach the programs and pin them (idempotent); exit 3 when the kernel cannot",
@@ -71,7 +72,7 @@ func newEBPFLoadCmd(env osEnv, pinDir *string) *cobra.Command {
 	}
 	cgroup := cmd.Flags().String("cgroup", "", "cgroup v2 directory to attach to (default: the root of the cgroup2 mount)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		log := env.logger("", false)
+		log := env.Logger("", false)
 		if err := shuntebpf.Probe(); err != nil {
 			return unsupported(err)
 		}
@@ -80,13 +81,13 @@ func newEBPFLoadCmd(env osEnv, pinDir *string) *cobra.Command {
 			return unsupported(err)
 		}
 		defer node.Close()
-		_, err = fmt.Fprintf(env.stdout, "eBPF data path loaded, pinned under %s\n", *pinDir)
+		_, err = fmt.Fprintf(env.Stdout, "eBPF data path loaded, pinned under %s\n", *pinDir)
 		return err
 	}
 	return cmd
 }
 
-func newEBPFRunCmd(env osEnv, pinDir *string) *cobra.Command {
+func newEBPFRunCmd(env capture.Env, pinDir *string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Load the data path and keep it: health, metrics, and forgetting pods that are gone (the agent DaemonSet's container)",
@@ -109,8 +110,8 @@ func newEBPFRunCmd(env osEnv, pinDir *string) *cobra.Command {
 			return &redirect.FieldError{Field: "--gc-interval", Value: cfg.GCInterval.String(), Err: errors.New("must be above 0")}
 		}
 		cfg.PinDir = *pinDir
-		cfg.Logger = env.logger(logLevel, logFormat == "json")
-		ctx, stop := signalContext(cmd.Context())
+		cfg.Logger = env.Logger(logLevel, logFormat == "json")
+		ctx, stop := capture.SignalContext(cmd.Context())
 		defer stop()
 		return unsupported(agent.Run(ctx, cfg))
 	}
@@ -129,7 +130,7 @@ type ebpfStatusPod struct {
 	NetNSCookie uint64 `json:"netns_cookie"`
 }
 
-func newEBPFStatusCmd(env osEnv, pinDir *string) *cobra.Command {
+func newEBPFStatusCmd(env capture.Env, pinDir *string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Print the data path's counters and registered pods; exit 4 when it is not loaded",
@@ -155,11 +156,11 @@ func newEBPFStatusCmd(env osEnv, pinDir *string) *cobra.Command {
 			out.Pods = append(out.Pods, ebpfStatusPod{NetNSCookie: c})
 		}
 		if *asJSON {
-			enc := json.NewEncoder(env.stdout)
+			enc := json.NewEncoder(env.Stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(out)
 		}
-		w := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
+		w := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(w, "pinned under\t%s\n", *pinDir)
 		fmt.Fprintf(w, "pods registered\t%d\n", len(cookies))
 		for _, name := range agent.CounterNames {
@@ -170,7 +171,7 @@ func newEBPFStatusCmd(env osEnv, pinDir *string) *cobra.Command {
 	return cmd
 }
 
-func newEBPFUnloadCmd(env osEnv, pinDir *string) *cobra.Command {
+func newEBPFUnloadCmd(env capture.Env, pinDir *string) *cobra.Command {
 	return &cobra.Command{
 		Use:   "unload",
 		Short: "Detach the programs and remove every pin (idempotent)",
@@ -179,7 +180,7 @@ func newEBPFUnloadCmd(env osEnv, pinDir *string) *cobra.Command {
 			if err := shuntebpf.Unload(*pinDir); err != nil {
 				return err
 			}
-			_, err := fmt.Fprintf(env.stdout, "eBPF data path unloaded from %s\n", *pinDir)
+			_, err := fmt.Fprintf(env.Stdout, "eBPF data path unloaded from %s\n", *pinDir)
 			return err
 		},
 	}
@@ -193,7 +194,7 @@ func netnsAlias(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 	return pflag.NormalizedName(name)
 }
 
-func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
+func newEBPFJoinCmd(env capture.Env, pinDir *string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "join --netns PATH [capture flags]",
 		Short: "Register a pod's network namespace with the data path (iptables rules are `shunt iptables`'s job)",
@@ -205,7 +206,7 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 			"accepted: join always registers.",
 		Args: cobra.NoArgs,
 	}
-	f := newIstioFlags(cmd.Flags(), dataPathRuleFlags, []string{"pod", "network-namespace"}, logFlags)
+	f := capture.NewDataPathFlags(cmd.Flags())
 	cmd.Flags().SetNormalizeFunc(netnsAlias)
 	if err := cmd.MarkFlagRequired("network-namespace"); err != nil {
 		panic(err)
@@ -214,7 +215,7 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 	podIPs := cmd.Flags().StringSlice("pod-ip", nil, "the pod's addresses (default: the global addresses in the namespace)")
 	var ips []netip.Addr
 	cmd.PreRunE = func(*cobra.Command, []string) error {
-		if f.netns == "" {
+		if f.NetNS() == "" {
 			return errors.New("--netns: the pod's network namespace is required")
 		}
 		for _, s := range *podIPs {
@@ -224,20 +225,20 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 			}
 			ips = append(ips, a)
 		}
-		return f.prepare(env.getenv)
+		return f.Prepare(env.Getenv)
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		log := env.logger(f.logLevel, f.logJSON)
-		cfg, err := f.buildConfig(env)
+		log := f.Logger(env)
+		cfg, err := f.Config(env)
 		if err != nil {
 			return err
 		}
 		if ips == nil {
-			if ips, err = agent.NetNSAddrs(f.netns); err != nil {
+			if ips, err = agent.NetNSAddrs(f.NetNS()); err != nil {
 				return err
 			}
 		}
-		cookie, err := shuntebpf.NetNSCookie(f.netns)
+		cookie, err := shuntebpf.NetNSCookie(f.NetNS())
 		if err != nil {
 			return err
 		}
@@ -254,15 +255,15 @@ func newEBPFJoinCmd(env osEnv, pinDir *string) *cobra.Command {
 		if err := node.AddPod(pod); err != nil {
 			return err
 		}
-		log.Debug("pod joined", "netns", f.netns, "netns_cookie", cookie, "ips", fmt.Sprint(pod.IPs),
+		log.Debug("pod joined", "netns", f.NetNS(), "netns_cookie", cookie, "ips", fmt.Sprint(pod.IPs),
 			"proxy_port", pod.ProxyPort, "inbound_port", pod.InboundPort, "sk_msg", !pod.NoSockMsg)
-		_, err = fmt.Fprintf(env.stdout, "joined: %s (netns cookie %d)\n", f.netns, cookie)
+		_, err = fmt.Fprintf(env.Stdout, "joined: %s (netns cookie %d)\n", f.NetNS(), cookie)
 		return err
 	}
 	return cmd
 }
 
-func newEBPFLeaveCmd(env osEnv, pinDir *string) *cobra.Command {
+func newEBPFLeaveCmd(env capture.Env, pinDir *string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "leave --netns PATH",
 		Short: "Remove a pod's network namespace from the data path (idempotent)",
@@ -291,7 +292,7 @@ func newEBPFLeaveCmd(env osEnv, pinDir *string) *cobra.Command {
 		if err := node.RemovePod(cookie); err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(env.stdout, "left: %s (netns cookie %d)\n", *netns, cookie)
+		_, err = fmt.Fprintf(env.Stdout, "left: %s (netns cookie %d)\n", *netns, cookie)
 		return err
 	}
 	return cmd

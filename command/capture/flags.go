@@ -1,8 +1,9 @@
-package main
+package capture
 
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -122,10 +123,10 @@ func (f *istioFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.logJSON, "log_as_json", false, "log JSON lines")
 }
 
-// istioExclusive are the pairs of flags of which a command would honour only one, and why. check
+// ExclusiveFlags are the pairs of flags of which a command would honour only one, and why. check
 // refuses a pair from any source; each pair a command has is also a cobra mutually exclusive group
 // there, for completion and as a backstop.
-var istioExclusive = []struct{ a, b, why string }{
+var ExclusiveFlags = []struct{ A, B, Why string }{
 	{"dry-run", "cleanup-only", "a dry run only prints the rules"},
 	{"dry-run", "reconcile", "a dry run only prints the rules"},
 	{"dry-run", "force-apply", "a dry run only prints the rules"},
@@ -144,11 +145,11 @@ var istioExclusive = []struct{ a, b, why string }{
 	{"native-nftables", "force-iptables-binary", "native nftables uses no iptables binary"},
 }
 
-// markExclusive makes each pair of istioExclusive that cmd has a cobra mutually exclusive group.
+// markExclusive makes each pair of ExclusiveFlags that cmd has a cobra mutually exclusive group.
 func markExclusive(cmd *cobra.Command) {
-	for _, p := range istioExclusive {
-		if cmd.Flags().Lookup(p.a) != nil && cmd.Flags().Lookup(p.b) != nil {
-			cmd.MarkFlagsMutuallyExclusive(p.a, p.b)
+	for _, p := range ExclusiveFlags {
+		if cmd.Flags().Lookup(p.A) != nil && cmd.Flags().Lookup(p.B) != nil {
+			cmd.MarkFlagsMutuallyExclusive(p.A, p.B)
 		}
 	}
 }
@@ -173,9 +174,9 @@ func (f *istioFlags) check() error {
 	has := func(name string) bool { return f.fs.Lookup(name) != nil }
 	refuse := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	for _, p := range istioExclusive {
-		if f.set(p.a) && f.set(p.b) {
-			refuse("%s and %s exclude each other: %s", f.name(p.a), f.name(p.b), p.why)
+	for _, p := range ExclusiveFlags {
+		if f.set(p.A) && f.set(p.B) {
+			refuse("%s and %s exclude each other: %s", f.name(p.A), f.name(p.B), p.Why)
 		}
 	}
 	if given("explain") && !f.dryRun {
@@ -224,7 +225,7 @@ func (f *istioFlags) set(name string) bool {
 // environment.
 func (f *istioFlags) name(flag string) string {
 	if fl := f.fs.Lookup(flag); fl != nil && !fl.Changed && fl.Value.String() != fl.DefValue {
-		return "--" + flag + " ($" + envName(flag) + ")"
+		return "--" + flag + " ($" + EnvName(flag) + ")"
 	}
 	return "--" + flag
 }
@@ -240,8 +241,8 @@ func (f *istioFlags) givenOf(names []string) []string {
 	return given
 }
 
-// envName is the environment variable istio-iptables reads for flag name.
-func envName(flag string) string {
+// EnvName is the environment variable istio-iptables reads for flag name.
+func EnvName(flag string) string {
 	return strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
@@ -261,7 +262,7 @@ func (f *istioFlags) applyEnv(getenv func(string) string) error {
 		}
 		names := aliases[fl.Name]
 		if names == nil {
-			names = []string{envName(fl.Name)}
+			names = []string{EnvName(fl.Name)}
 		}
 		for _, name := range names {
 			v := getenv(name)
@@ -298,7 +299,7 @@ func (f *istioFlags) config(getenv func(string) string, readFile func(string) ([
 		if err != nil {
 			name := "--" + flag
 			if f.fs.Lookup(flag) != nil && !f.fs.Lookup(flag).Changed {
-				name += " ($" + envName(flag) + ")"
+				name += " ($" + EnvName(flag) + ")"
 			}
 			errs = append(errs, &redirect.FieldError{Field: name, Value: value, Err: err})
 		}
@@ -427,3 +428,25 @@ func needsGroupFile(list string) bool {
 	}
 	return false
 }
+
+// DataPathFlags are the istio-iptables settings the eBPF data path reads — outbound capture, the
+// proxy's ports and identity, DNS, the families — with --pod, --network-namespace and the log flags:
+// `shunt ebpf join` takes them, and nothing else of istio-iptables.
+type DataPathFlags struct{ f *istioFlags }
+
+// NewDataPathFlags registers the data path's flags on fs.
+func NewDataPathFlags(fs *pflag.FlagSet) DataPathFlags {
+	return DataPathFlags{newIstioFlags(fs, dataPathRuleFlags, []string{"pod", "network-namespace"}, logFlags)}
+}
+
+// Prepare fills the flags not given from the environment and refuses conflicting ones.
+func (d DataPathFlags) Prepare(getenv func(string) string) error { return d.f.prepare(getenv) }
+
+// Config is the capture Config of the flags, or of the Pod given with --pod.
+func (d DataPathFlags) Config(env Env) (redirect.Config, error) { return d.f.buildConfig(env) }
+
+// NetNS is --network-namespace.
+func (d DataPathFlags) NetNS() string { return d.f.netns }
+
+// Logger is the logger of the log flags.
+func (d DataPathFlags) Logger(env Env) *slog.Logger { return env.Logger(d.f.logLevel, d.f.logJSON) }

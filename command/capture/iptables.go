@@ -1,4 +1,4 @@
-package main
+package capture
 
 import (
 	"errors"
@@ -20,7 +20,7 @@ import (
 const validationExitCode = 126
 
 // newIptablesCmd returns `shunt iptables` and its flags.
-func newIptablesCmd(env osEnv) (*cobra.Command, *istioFlags) {
+func newIptablesCmd(env Env) (*cobra.Command, *istioFlags) {
 	cmd := &cobra.Command{
 		Use:     "iptables",
 		Aliases: []string{"istio-iptables"}, // Istio's injector runs the init image with args [istio-iptables, ...]
@@ -36,12 +36,12 @@ func newIptablesCmd(env osEnv) (*cobra.Command, *istioFlags) {
 		"run-validation", "skip-rule-apply",
 	})
 	markExclusive(cmd)
-	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.Getenv) }
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return runIptables(cmd, env, f) }
 	return cmd, f
 }
 
-func newCleanupCmd(env osEnv) *cobra.Command {
+func newCleanupCmd(env Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Remove every chain, rule, route and address shunt or istio-iptables installed",
@@ -51,14 +51,14 @@ func newCleanupCmd(env osEnv) *cobra.Command {
 	}
 	f := newIstioFlags(cmd.Flags(), []string{"network-namespace"}, backendFlags, logFlags)
 	markExclusive(cmd)
-	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.Getenv) }
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return runCleanup(cmd.Context(), f.cleanupScope(), env.logger(f.logLevel, f.logJSON), env.stdout)
+		return runCleanup(cmd.Context(), f.cleanupScope(), env.Logger(f.logLevel, f.logJSON), env.Stdout)
 	}
 	return cmd
 }
 
-func newValidateCmd(env osEnv) *cobra.Command {
+func newValidateCmd(env Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate",
 		Short: "Prove in this network namespace that capture works, changing no rules",
@@ -69,7 +69,7 @@ func newValidateCmd(env osEnv) *cobra.Command {
 		Args: cobra.NoArgs,
 	}
 	f := newIstioFlags(cmd.Flags(), validationRuleFlags, probeFlags, []string{"network-namespace"}, logFlags)
-	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.getenv) }
+	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.Getenv) }
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		f.runValidation, f.skipRuleApply = true, true
 		return runIptables(cmd, env, f)
@@ -84,11 +84,11 @@ func (f *istioFlags) cleanupScope() cleanupScope {
 
 // runIptables carries out the flags, which prepare accepted: it builds and checks everything before
 // it changes anything.
-func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
-	log := env.logger(f.logLevel, f.logJSON)
+func runIptables(cmd *cobra.Command, env Env, f *istioFlags) error {
+	log := env.Logger(f.logLevel, f.logJSON)
 	ctx := cmd.Context()
 	if f.cleanupOnly {
-		return runCleanup(ctx, f.cleanupScope(), log, env.stdout)
+		return runCleanup(ctx, f.cleanupScope(), log, env.Stdout)
 	}
 	cfg, err := f.buildConfig(env)
 	if err != nil {
@@ -99,7 +99,7 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 		return err
 	}
 	if f.dryRun {
-		return printPlan(env.stdout, &plan, f.explain)
+		return printPlan(env.Stdout, &plan, f.explain)
 	}
 	var v *iptables.Validation
 	if f.runValidation {
@@ -120,10 +120,10 @@ func runIptables(cmd *cobra.Command, env osEnv, f *istioFlags) error {
 		}
 	}
 	if v != nil {
-		ctx, stop := signalContext(ctx)
+		ctx, stop := SignalContext(ctx)
 		defer stop()
 		if err := v.Run(ctx); err != nil {
-			return &exitError{code: validationExitCode, err: fmt.Errorf("iptables validation failed; the workload is not ready for the mesh: %w", err)}
+			return &ExitError{Code: validationExitCode, Err: fmt.Errorf("iptables validation failed; the workload is not ready for the mesh: %w", err)}
 		}
 		log.Info("validation passed: capture works")
 	}
@@ -152,22 +152,22 @@ func (f *istioFlags) validation(cfg redirect.Config, log *slog.Logger) (*iptable
 }
 
 // buildConfig returns the Config of the flags, or of the Pod manifest given with --pod.
-func (f *istioFlags) buildConfig(env osEnv) (redirect.Config, error) {
+func (f *istioFlags) buildConfig(env Env) (redirect.Config, error) {
 	cfg, err := f.ruleConfig(env)
 	cfg.NativeNFTables = f.nativeNFT
 	return cfg, err
 }
 
-func (f *istioFlags) ruleConfig(env osEnv) (redirect.Config, error) {
+func (f *istioFlags) ruleConfig(env Env) (redirect.Config, error) {
 	if f.pod == "" {
-		return f.config(env.getenv, os.ReadFile, func(dualStack bool) (bool, error) {
+		return f.config(env.Getenv, os.ReadFile, func(dualStack bool) (bool, error) {
 			return iptables.DetectIPv6(f.netns, dualStack)
 		})
 	}
 	var data []byte
 	var err error
 	if f.pod == "-" {
-		data, err = io.ReadAll(env.stdin)
+		data, err = io.ReadAll(env.Stdin)
 	} else {
 		data, err = os.ReadFile(f.pod)
 	}
@@ -180,7 +180,7 @@ func (f *istioFlags) ruleConfig(env osEnv) (redirect.Config, error) {
 	}
 	d, err := meshpod.Decide(pod, nil)
 	for _, w := range d.Warnings {
-		fmt.Fprintf(env.stderr, "shunt: warning: pod %s/%s: %s\n", pod.Metadata.Namespace, pod.Metadata.Name, w)
+		fmt.Fprintf(env.Stderr, "shunt: warning: pod %s/%s: %s\n", pod.Metadata.Namespace, pod.Metadata.Name, w)
 	}
 	if err != nil {
 		return redirect.Config{}, fmt.Errorf("pod %s/%s: %w", pod.Metadata.Namespace, pod.Metadata.Name, err)

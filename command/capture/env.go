@@ -1,0 +1,133 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shuntmesh/shunt/iptables"
+)
+
+// ExitError carries a process exit code: the mains exit with Code.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Commands are the capture commands: iptables (alias istio-iptables), cleanup, validate and the
+// validation's hidden probe client. Each registers only the flags it honours, refuses in PreRunE
+// (which changes nothing) the combinations that would ignore one, and acts in RunE.
+func Commands(env Env) []*cobra.Command {
+	ipt, _ := newIptablesCmd(env)
+	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env)}
+}
+
+// Env is what commands reach of the process: standard streams and the environment.
+type Env struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// Getenv reads the process environment.
+func (Env) Getenv(name string) string { return os.Getenv(name) }
+
+// Logger returns the slog logger for --log_output_level / --log_as_json (Istio's forms).
+func (e Env) Logger(level string, asJSON bool) *slog.Logger {
+	lvl := slog.LevelInfo
+	// Istio's form is scope:level[,scope:level]; the last level wins.
+	for _, part := range strings.Split(level, ",") {
+		if i := strings.LastIndex(part, ":"); i >= 0 {
+			part = part[i+1:]
+		}
+		switch strings.ToLower(strings.TrimSpace(part)) {
+		case "debug":
+			lvl = slog.LevelDebug
+		case "warn", "warning":
+			lvl = slog.LevelWarn
+		case "error", "fatal":
+			lvl = slog.LevelError
+		case "info", "":
+			lvl = slog.LevelInfo
+		}
+	}
+	// Timestamps in UTC: cluster logs are read across zones, and it spares loading the zone database.
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey && a.Value.Kind() == slog.KindTime {
+			a.Value = slog.TimeValue(a.Value.Time().UTC())
+		}
+		return a
+	}}
+	if asJSON {
+		return slog.New(slog.NewJSONHandler(e.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(e.Stderr, opts))
+}
+
+// newProbeClientCmd is the validation's probe client, which runs as the proxy's uid.
+func newProbeClientCmd(env Env) *cobra.Command {
+	return &cobra.Command{
+		Use:    "__validate-client ADDRESS TIMEOUT",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			timeout, err := time.ParseDuration(args[1])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			answer, err := iptables.ProbeClient(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(env.Stdout, answer)
+			return err
+		},
+	}
+}
+
+// SignalContext returns ctx cancelled on SIGINT or SIGTERM, for commands that wait.
+func SignalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+}
+
+// NewRoot returns a root command named name, for the mains to add commands to.
+func NewRoot(name, short string) *cobra.Command {
+	return &cobra.Command{Use: name, Short: short, SilenceUsage: true, SilenceErrors: true}
+}
+
+// Execute runs root with args and env's streams.
+func Execute(ctx context.Context, root *cobra.Command, args []string, env Env) error {
+	root.SetArgs(args)
+	root.SetIn(env.Stdin)
+	root.SetOut(env.Stdout)
+	root.SetErr(env.Stderr)
+	return root.ExecuteContext(ctx)
+}
+
+// Exit ends the process after a command's err: each line of the error on stderr prefixed with prog,
+// and the exit code of an *ExitError, else 1. A nil err returns.
+func Exit(prog string, err error) {
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		code = ee.Code
+	}
+	fmt.Fprintf(os.Stderr, "%s: %s\n", prog, strings.ReplaceAll(err.Error(), "\n", "\n"+prog+": "))
+	os.Exit(code)
+}
