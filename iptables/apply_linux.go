@@ -13,25 +13,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	goiptables "github.com/coreos/go-iptables/iptables"
 	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/internal/nfnl"
 	"github.com/shuntmesh/shunt/internal/podroute"
 	"github.com/shuntmesh/shunt/redirect"
 )
-
-// inNetNS runs fn in the network namespace at path (the current one when path is empty), on a locked
-// OS thread, so that commands it starts and netlink sockets it opens belong to that namespace.
-func inNetNS(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
-	return ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() })
-}
 
 // tablesPresent reports, per family, whether the namespace holds tables of variant v. It costs no
 // command: legacy tables are listed in /proc, nft tables are asked for over netlink.
@@ -134,7 +125,7 @@ var lockFileSupported = sync.OnceValue(func() bool {
 // differ from the plan, Apply fails naming the differences, unless opts.Reconcile, which replaces them in
 // one transaction per table. When a step fails, families installed by this call are removed again.
 func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
-	return inNetNS(opts.NetNS, func() error { return apply(ctx, plan, &opts) })
+	return netns.Do(opts.NetNS, func() error { return apply(ctx, plan, &opts) })
 }
 
 func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
@@ -292,7 +283,7 @@ func existing(tables map[string]*SavedTable, names []string) []string {
 // wrapping ErrDrift that names every difference (a missing chain, a rule too many or too few). It
 // changes nothing.
 func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
-	return inNetNS(opts.NetNS, func() error {
+	return netns.Do(opts.NetNS, func() error {
 		v, _ := chooseVariant(opts.Variant)
 		p4, p6 := tablesPresent(v)
 		var diff []string
@@ -330,7 +321,7 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 // routes and addresses stay.
 func Cleanup(ctx context.Context, opts Options) error {
 	_, err := Remove(ctx, opts)
-	return errors.Join(err, inNetNS(opts.NetNS, func() error {
+	return errors.Join(err, netns.Do(opts.NetNS, func() error {
 		_, err := podroute.Cleanup()
 		return err
 	}))
@@ -341,7 +332,7 @@ func Cleanup(ctx context.Context, opts Options) error {
 // creates none.
 func Find(ctx context.Context, opts Options) ([]Installed, error) {
 	var found []Installed
-	err := inNetNS(opts.NetNS, func() error {
+	err := netns.Do(opts.NetNS, func() error {
 		var err error
 		found, err = find(ctx, &opts)
 		return err
@@ -390,7 +381,7 @@ func find(ctx context.Context, opts *Options) ([]Installed, error) {
 // what it removed. Policy routing and addresses stay: see Cleanup.
 func Remove(ctx context.Context, opts Options) ([]Installed, error) {
 	var removed []Installed
-	err := inNetNS(opts.NetNS, func() error {
+	err := netns.Do(opts.NetNS, func() error {
 		log := opts.logger()
 		found, err := find(ctx, &opts)
 		errs := []error{err}
@@ -415,7 +406,7 @@ func Remove(ctx context.Context, opts Options) ([]Installed, error) {
 // A namespace without addresses is IPv4.
 func DetectIPv6(path string, dualStack bool) (bool, error) {
 	var v6 bool
-	err := inNetNS(path, func() error {
+	err := netns.Do(path, func() error {
 		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return fmt.Errorf("list addresses: %w", err)

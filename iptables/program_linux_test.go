@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -24,7 +25,7 @@ func TestProgramMatchesRestore(t *testing.T) {
 			for v, program := range programs {
 				t.Run(name+"/"+fp.Family.String()+"/"+string(v), func(t *testing.T) {
 					direct, viaRestore := testutil.NewNetNS(t), testutil.NewNetNS(t)
-					if err := inNetNS(direct.Path(), func() error { return program(fp, nil) }); err != nil {
+					if err := netns.Do(direct.Path(), func() error { return program(fp, nil) }); err != nil {
 						t.Fatalf("program: %v", err)
 					}
 					tool := "iptables"
@@ -69,7 +70,7 @@ func TestProgramNFTAtomic(t *testing.T) {
 	nat.Chains = append(append([]redirect.Chain{}, nat.Chains...), redirect.Chain{Name: "OUTPUT", Builtin: true,
 		Rules: []redirect.Rule{{Target: redirect.Target{Kind: redirect.TargetJump, Chain: "NO_SUCH_CHAIN"}}}})
 	bad.Tables[0] = nat
-	err := inNetNS(ns.Path(), func() error { return programNFT(&bad, nil) })
+	err := netns.Do(ns.Path(), func() error { return programNFT(&bad, nil) })
 	if err == nil {
 		t.Fatal("programNFT with a jump to a missing chain = nil error")
 	}
@@ -77,7 +78,7 @@ func TestProgramNFTAtomic(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Errorf("a refused batch left rules behind (%v):\n%s", err, out)
 	}
-	if err := inNetNS(ns.Path(), func() error { return programNFT(fp, nil) }); err != nil {
+	if err := netns.Do(ns.Path(), func() error { return programNFT(fp, nil) }); err != nil {
 		t.Fatalf("programNFT after a refused batch: %v", err)
 	}
 }

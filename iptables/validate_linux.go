@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -24,7 +25,7 @@ import (
 func (v *Validation) Run(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, v.Timeout)
 	defer cancel()
-	return inNetNS(v.NetNS, func() error { return v.run(ctx) })
+	return netns.Do(v.NetNS, func() error { return v.run(ctx) })
 }
 
 func (v *Validation) run(ctx context.Context) error {

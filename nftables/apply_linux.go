@@ -9,25 +9,16 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	gonft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	mdnetlink "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/internal/nfnl"
 	"github.com/shuntmesh/shunt/internal/podroute"
 	"github.com/shuntmesh/shunt/redirect"
 )
-
-// inNetNS runs fn in the network namespace at path (the current one when path is empty), on a locked
-// OS thread, so that the netlink sockets fn opens belong to that namespace.
-func inNetNS(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
-	return ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() })
-}
 
 // dial opens one netlink socket for every request of a call.
 func dial() (*gonft.Conn, error) {
@@ -49,7 +40,7 @@ func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 		return err
 	}
 	log := opts.logger()
-	return inNetNS(opts.NetNS, func() error {
+	return netns.Do(opts.NetNS, func() error {
 		have, present, err := readState()
 		if err != nil {
 			return err
@@ -184,7 +175,7 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 	if err != nil {
 		return err
 	}
-	return inNetNS(opts.NetNS, func() error {
+	return netns.Do(opts.NetNS, func() error {
 		have, _, err := readState()
 		if err != nil {
 			return err
@@ -199,7 +190,7 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 // Read returns what shunt's tables in the namespace hold.
 func Read(opts Options) (State, error) {
 	var s State
-	err := inNetNS(opts.NetNS, func() error {
+	err := netns.Do(opts.NetNS, func() error {
 		var err error
 		s, _, err = readState()
 		return err
@@ -211,7 +202,7 @@ func Read(opts Options) (State, error) {
 // IPv6 passthrough address shunt added. Every other table, route and address stays as it is.
 func Cleanup(ctx context.Context, opts Options) error {
 	_, err := Remove(opts)
-	return errors.Join(err, inNetNS(opts.NetNS, func() error {
+	return errors.Join(err, netns.Do(opts.NetNS, func() error {
 		_, err := podroute.Cleanup()
 		return err
 	}))
@@ -220,7 +211,7 @@ func Cleanup(ctx context.Context, opts Options) error {
 // Find returns the names of shunt's tables in the namespace, changing nothing.
 func Find(opts Options) ([]string, error) {
 	var names []string
-	err := inNetNS(opts.NetNS, func() error {
+	err := netns.Do(opts.NetNS, func() error {
 		var err error
 		names, err = ourTables()
 		return err
@@ -232,7 +223,7 @@ func Find(opts Options) ([]string, error) {
 // and addresses stay: see Cleanup.
 func Remove(opts Options) ([]string, error) {
 	var names []string
-	err := inNetNS(opts.NetNS, func() error {
+	err := netns.Do(opts.NetNS, func() error {
 		var err error
 		if names, err = ourTables(); err != nil {
 			return err

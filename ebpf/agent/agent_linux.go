@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
 	shuntebpf "github.com/shuntmesh/shunt/ebpf"
+	"github.com/shuntmesh/shunt/internal/netns"
 )
 
 // Run loads the data path and keeps it until ctx ends.
@@ -195,7 +195,7 @@ func liveNetNSCookies() (map[uint64]bool, error) {
 // NetNSAddrs returns the global unicast addresses of the network namespace at path: a pod's own IPs.
 func NetNSAddrs(path string) ([]netip.Addr, error) {
 	var out []netip.Addr
-	err := inNetNS(path, func() error {
+	err := netns.Do(path, func() error {
 		ifaces, err := net.Interfaces()
 		if err != nil {
 			return err
@@ -216,9 +216,4 @@ func NetNSAddrs(path string) ([]netip.Addr, error) {
 		return nil
 	})
 	return out, err
-}
-
-// inNetNS runs fn in the network namespace at path on a locked OS thread.
-func inNetNS(path string, fn func() error) error {
-	return ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() })
 }

@@ -15,11 +15,11 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -117,11 +117,8 @@ func Cleanup() ([]string, error) {
 
 // CleanupAt is Cleanup in the network namespace at path (the current one when empty).
 func CleanupAt(path string) ([]string, error) {
-	if path == "" {
-		return Cleanup()
-	}
 	var removed []string
-	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
+	err := netns.Do(path, func() error {
 		var err error
 		removed, err = Cleanup()
 		return err

@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -26,7 +26,7 @@ func mustPlan(t *testing.T, mode redirect.Mode, ipv6 bool) *redirect.Plan {
 // in runs fn in n.
 func in(t *testing.T, n *testutil.NetNS, fn func() error) {
 	t.Helper()
-	if err := ns.WithNetNSPath(n.Path(), func(ns.NetNS) error { return fn() }); err != nil {
+	if err := netns.Do(n.Path(), fn); err != nil {
 		t.Fatal(err)
 	}
 }
