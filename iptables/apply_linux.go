@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -260,7 +261,7 @@ func involvedTables(have State, fp *redirect.FamilyPlan) []string {
 	for _, t := range fp.Tables {
 		names = append(names, t.Name)
 	}
-	for _, name := range sortedKeys(have) {
+	for _, name := range slices.Sorted(maps.Keys(have)) {
 		if !slices.Contains(names, name) {
 			names = append(names, name)
 		}

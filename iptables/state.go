@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -230,18 +231,11 @@ func diffRules(where string, have, want []string) []string {
 	return out
 }
 
+// unionKeys returns the keys of a and b, sorted, each once.
 func unionKeys[V any](a, b map[string]V) []string {
-	var keys []string
-	for k := range a {
-		keys = append(keys, k)
-	}
-	for k := range b {
-		if _, ok := a[k]; !ok {
-			keys = append(keys, k)
-		}
-	}
+	keys := slices.AppendSeq(slices.Collect(maps.Keys(a)), maps.Keys(b))
 	slices.Sort(keys)
-	return keys
+	return slices.Compact(keys)
 }
 
 // RenderReplace returns restore input that, in one transaction per table, removes everything of ours in
@@ -274,7 +268,7 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 		}
 		fmt.Fprintf(&b, "*%s\n", table)
 		declared := map[string]bool{}
-		for _, chain := range sortedKeys(h.Owned) {
+		for _, chain := range slices.Sorted(maps.Keys(h.Owned)) {
 			fmt.Fprintf(&b, ":%s - [0:0]\n", chain)
 			declared[chain] = true
 		}
@@ -285,7 +279,7 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 				}
 			}
 		}
-		for _, chain := range sortedKeys(h.Builtin) {
+		for _, chain := range slices.Sorted(maps.Keys(h.Builtin)) {
 			specs, pos := h.Builtin[chain], h.Positions[chain]
 			if len(pos) != len(specs) {
 				for _, spec := range specs {
@@ -298,7 +292,7 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 				fmt.Fprintf(&b, "-D %s %d\n", chain, pos[i])
 			}
 		}
-		for _, chain := range sortedKeys(h.Owned) {
+		for _, chain := range slices.Sorted(maps.Keys(h.Owned)) {
 			if p == nil || p.Chain(chain) == nil {
 				fmt.Fprintf(&b, "-X %s\n", chain)
 			}
@@ -309,15 +303,6 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 		b.WriteString("COMMIT\n")
 	}
 	return b.Bytes()
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // ExplainSetup describes, for --explain, what is programmed besides iptables rules.
