@@ -3,13 +3,7 @@ GO       ?= go
 BIN      := bin/shunt
 # The init container's binary (cmd/shunt-init: iptables, cleanup, validate, nothing else linked).
 # Until cmd/shunt-init exists, bin/shunt stands in for it: it takes the same `iptables` arguments.
-ifneq ($(wildcard cmd/shunt-init/*.go),)
-INIT_BIN := bin/shunt-init
-CMDS     := ./cmd/shunt ./cmd/shunt-init
-else
-INIT_BIN := $(BIN)
-CMDS     := ./cmd/shunt
-endif
+INIT_BIN := $(if $(wildcard cmd/shunt-init/*.go),bin/shunt-init,$(BIN))
 SHARED   ?= ../shared
 FUZZTIME ?= 15s
 # The compiler of the eBPF programs: Debian bookworm's, which CI installs (.ci/deps). Another
@@ -20,10 +14,14 @@ CLANG    ?= clang-14
 
 all: build test
 
-# Static: no dynamic loader at start-up (an init container starts it once per pod). One go build
-# writes bin/shunt and bin/shunt-init.
+# Static: no dynamic loader at start-up (an init container starts it once per pod). bin/shunt-init
+# is stripped of its symbol table and DWARF (-s -w: half the init image; panics still print their
+# stacks); bin/shunt keeps them.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ $(CMDS)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/shunt
+ifneq ($(INIT_BIN),$(BIN))
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(INIT_BIN) ./cmd/shunt-init
+endif
 
 # The container images, each one static binary alone in an OCI image layout tarball, built without a
 # container engine and reproducible (timestamps from SOURCE_DATE_EPOCH, default the commit's time):

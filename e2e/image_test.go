@@ -62,11 +62,11 @@ func TestImage(t *testing.T) {
 	images := []*testImage{
 		buildTestImage(t, imageSpec{
 			file: "shunt-init", repo: initImageRepo, epoch: imageEpoch,
-			binary: staticBinary(t, pkgShuntInit, *shuntInitBinary),
+			binary: staticBinary(t, pkgShuntInit, *shuntInitBinary, "-s -w"),
 		}),
 		buildTestImage(t, imageSpec{
 			file: "shunt", repo: imageRepo, epoch: imageEpoch,
-			binary: staticBinary(t, pkgShunt, *shuntBinary),
+			binary: staticBinary(t, pkgShunt, *shuntBinary, ""),
 		}),
 	}
 	initImg, node := images[0], images[1]
@@ -414,9 +414,9 @@ func buildTestImage(t *testing.T, s imageSpec) *testImage {
 }
 
 // staticBinary returns prebuilt when set (made absolute), or builds pkg as `make build` does:
-// CGO_ENABLED=0, -trimpath. (bins builds with cgo when a C compiler is present: a dynamic binary,
-// which the image cannot start.)
-func staticBinary(t *testing.T, pkg, prebuilt string) string {
+// CGO_ENABLED=0, -trimpath, -ldflags ldflags. (bins builds with cgo when a C compiler is present: a
+// dynamic binary, which the image cannot start.)
+func staticBinary(t *testing.T, pkg, prebuilt, ldflags string) string {
 	t.Helper()
 	if prebuilt != "" {
 		abs, err := filepath.Abs(prebuilt)
@@ -426,7 +426,7 @@ func staticBinary(t *testing.T, pkg, prebuilt string) string {
 		return abs
 	}
 	path := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-trimpath", "-o", path, pkg)
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", path, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
