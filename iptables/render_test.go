@@ -1,19 +1,14 @@
 package iptables
 
 import (
-	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-
+	"github.com/shuntmesh/shunt/internal/testutil/golden"
 	"github.com/shuntmesh/shunt/redirect"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 // istioBase is the base of Istio's own golden tests: nothing captured until a case says so.
 func istioBase() redirect.Config {
@@ -116,19 +111,7 @@ func TestRenderGolden(t *testing.T) {
 	for name, cfg := range renderCases(t) {
 		t.Run(name, func(t *testing.T) {
 			got := renderPlan(t, cfg, true)
-			path := filepath.Join("testdata", name+".golden")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if diff := cmp.Diff(string(want), got); diff != "" {
-				t.Errorf("render %s mismatch (-want +got):\n%s", name, diff)
-			}
+			golden.Check(t, filepath.Join("testdata", name+".golden"), got)
 		})
 	}
 }

@@ -2,20 +2,15 @@ package nftables
 
 import (
 	"errors"
-	"flag"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-
+	"github.com/shuntmesh/shunt/internal/testutil/golden"
 	"github.com/shuntmesh/shunt/redirect"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.nft")
 
 // istioBase is the base of Istio's own tests: nothing captured until a case says so.
 func istioBase() redirect.Config {
@@ -79,19 +74,7 @@ func TestRenderGolden(t *testing.T) {
 	for name, cfg := range renderCases() {
 		t.Run(name, func(t *testing.T) {
 			got := render(t, cfg)
-			path := filepath.Join("testdata", name+".nft")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if diff := cmp.Diff(string(want), got); diff != "" {
-				t.Errorf("render %s mismatch (-want +got):\n%s", name, diff)
-			}
+			golden.Check(t, filepath.Join("testdata", name+".nft"), got)
 		})
 	}
 }
