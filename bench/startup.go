@@ -33,8 +33,14 @@ func initTime(ctx context.Context, binary string, args ...string) (time.Duration
 	if ctx.Err() != nil {
 		return 0, 0, ctx.Err()
 	}
+	return sumInitTrace(binary, args, stderr.Bytes())
+}
+
+// sumInitTrace returns the sum of the clock times of the inittrace lines in trace, the standard error
+// of binary run with args, and their number.
+func sumInitTrace(binary string, args []string, trace []byte) (time.Duration, int, error) {
 	var sum float64
-	lines := initLine.FindAllSubmatch(stderr.Bytes(), -1)
+	lines := initLine.FindAllSubmatch(trace, -1)
 	for _, m := range lines {
 		f, err := strconv.ParseFloat(string(m[1]), 64)
 		if err != nil {
@@ -43,7 +49,7 @@ func initTime(ctx context.Context, binary string, args ...string) (time.Duration
 		sum += f
 	}
 	if len(lines) == 0 {
-		return 0, 0, fmt.Errorf("%s %q with GODEBUG=inittrace=1 printed no init line:\n%s", binary, args, stderr.Bytes())
+		return 0, 0, fmt.Errorf("%s %q with GODEBUG=inittrace=1 printed no init line:\n%s", binary, args, trace)
 	}
 	return time.Duration(sum * float64(time.Millisecond)), len(lines), nil
 }
