@@ -15,7 +15,6 @@ import (
 	"time"
 
 	goiptables "github.com/coreos/go-iptables/iptables"
-	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -42,10 +41,7 @@ func nftTablesPresent() (v4, v6 bool) {
 		return true, true
 	}
 	defer sock.Close()
-	msgs, err := sock.Dump(mdnetlink.Message{
-		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE)},
-		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
+	msgs, err := sock.DumpTables(unix.AF_UNSPEC)
 	if err != nil {
 		return true, true
 	}

@@ -252,10 +252,7 @@ func ourTables() ([]string, error) {
 		return nil, err
 	}
 	defer sock.Close()
-	msgs, err := sock.Dump(mdnetlink.Message{
-		Header: mdnetlink.Header{Type: mdnetlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE)},
-		Data:   []byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0},
-	})
+	msgs, err := sock.DumpTables(unix.NFPROTO_INET)
 	if errors.Is(err, unix.EINVAL) {
 		return nil, nil
 	}

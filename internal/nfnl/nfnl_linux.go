@@ -88,6 +88,16 @@ func (s *Sock) Dump(req netlink.Message) ([]syscall.NetlinkMessage, error) {
 	}
 }
 
+// DumpTables returns the replies, one a table, to a dump of the nftables tables of family
+// (unix.NFPROTO_INET and the like; unix.AF_UNSPEC for every family). A reply's Data starts with the
+// table's nfgenmsg: its family first.
+func (s *Sock) DumpTables(family uint8) ([]syscall.NetlinkMessage, error) {
+	return s.Dump(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE)},
+		Data:   []byte{family, unix.NFNETLINK_V0, 0, 0},
+	})
+}
+
 // Transact commits msgs, a batch from NFNL_MSG_BATCH_BEGIN to NFNL_MSG_BATCH_END, in one send and
 // one acknowledgement: only the last message asks for one. The kernel reports any failing message
 // regardless, and then aborts the whole batch, so that the acknowledgement means all went in.
