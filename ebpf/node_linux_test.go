@@ -353,33 +353,8 @@ func (e *env) command(n *testutil.NetNS, cred *testutil.Cred, role string, args 
 func (e *env) start(n *testutil.NetNS, cred *testutil.Cred, role string, args ...string) {
 	e.t.Helper()
 	cmd, release := e.command(n, cred, role, args...)
-	stdout := &readyWriter{ready: make(chan struct{})}
-	var stderr lockedBuf
-	cmd.Stdout, cmd.Stderr = stdout, &stderr
-	err := cmd.Start()
-	release()
-	if err != nil {
-		e.t.Fatalf("start %s: %v", role, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	e.t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if e.t.Failed() {
-			e.t.Logf("%s stderr:\n%s", role, stderr.String())
-		}
-	})
-	select {
-	case <-stdout.ready:
-	case <-exited:
-		e.t.Fatalf("%s exited before ready:\n%s", role, stderr.String())
-	case <-time.After(testutil.ReadyTimeout):
-		e.t.Fatalf("%s not ready after %v:\n%s", role, testutil.ReadyTimeout, stderr.String())
-	}
+	defer release()
+	n.StartCmd(e.t, cmd)
 }
 
 // readyWriter closes ready at the first line "ready".
