@@ -199,7 +199,7 @@ func printTimes(w io.Writer, opts *options, results []result) error {
 	fmt.Fprintf(w, "runs       = %d each (after %d warm-up), interleaved, in rotating order\n\n", opts.n, opts.warmup)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "median (p90)\t%s\t\n", strings.Join(kinds, "\t"))
+	fmt.Fprintf(tw, "ms: median (p90)\t%s\t\n", strings.Join(kinds, "\t"))
 	for _, r := range results {
 		fmt.Fprintf(tw, "%s\t", r.variant)
 		for _, k := range kinds {
