@@ -357,40 +357,6 @@ func (e *env) start(n *testutil.NetNS, cred *testutil.Cred, role string, args ..
 	n.StartCmd(e.t, cmd)
 }
 
-// readyWriter closes ready at the first line "ready".
-type readyWriter struct {
-	lockedBuf
-	ready chan struct{}
-	once  sync.Once
-}
-
-func (w *readyWriter) Write(p []byte) (int, error) {
-	n, err := w.lockedBuf.Write(p)
-	for line := range strings.Lines(w.String()) {
-		if line == "ready\n" {
-			w.once.Do(func() { close(w.ready) })
-		}
-	}
-	return n, err
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // app runs the app helper in n as cred against targets and returns its results by target.
 func (e *env) app(n *testutil.NetNS, cred *testutil.Cred, args ...string) map[string]appResult {
 	e.t.Helper()
@@ -589,8 +555,8 @@ func TestRedirect(t *testing.T) {
 func (e *env) startHeld(n *testutil.NetNS, cred *testutil.Cred, target string) (finish func()) {
 	e.t.Helper()
 	cmd, release := e.command(n, cred, "app", "-hold", target)
-	stdout := &readyWriter{ready: make(chan struct{})}
-	var stderr lockedBuf
+	stdout := testutil.NewReadyWriter()
+	var stderr testutil.LockedBuffer
 	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -614,7 +580,7 @@ func (e *env) startHeld(n *testutil.NetNS, cred *testutil.Cred, target string) (
 	}
 	e.t.Cleanup(finish)
 	select {
-	case <-stdout.ready:
+	case <-stdout.Ready():
 	case <-time.After(helperTimeout):
 		e.t.Fatalf("held app not ready:\n%s\n%s", stdout.String(), stderr.String())
 	}

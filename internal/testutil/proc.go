@@ -28,8 +28,8 @@ func (n *NetNS) Start(t testing.TB, cred *Cred, argv ...string) {
 // output is logged when t has failed. cmd's Stdout and Stderr must be nil.
 func (n *NetNS) StartCmd(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
-	stdout := &readyWriter{ready: make(chan struct{})}
-	var stderr lockedBuffer
+	stdout := NewReadyWriter()
+	var stderr LockedBuffer
 	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", strings.Join(cmd.Args, " "), err)
@@ -51,7 +51,7 @@ func (n *NetNS) StartCmd(t testing.TB, cmd *exec.Cmd) {
 	timer := time.NewTimer(ReadyTimeout)
 	defer timer.Stop()
 	select {
-	case <-stdout.ready:
+	case <-stdout.Ready():
 	case <-exited:
 		t.Fatalf("%s exited before ready: %v\nstderr:\n%s", strings.Join(cmd.Args, " "), waitErr, stderr.String())
 	case <-timer.C:
@@ -59,33 +59,45 @@ func (n *NetNS) StartCmd(t testing.TB, cmd *exec.Cmd) {
 	}
 }
 
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer for a process's output that is safe for
+// concurrent use. The zero value is empty and ready to use.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (b *LockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+// String returns what was written so far.
+func (b *LockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
 
-// readyWriter keeps what is written and closes ready at the first line that
-// reads "ready".
-type readyWriter struct {
-	lockedBuffer
+// ReadyWriter keeps what is written to it (a process's standard output)
+// and closes Ready at the first line that reads "ready". It is safe for
+// concurrent use.
+type ReadyWriter struct {
+	LockedBuffer
 	ready chan struct{}
 	once  sync.Once
 }
 
-func (w *readyWriter) Write(p []byte) (int, error) {
-	n, err := w.lockedBuffer.Write(p)
+// NewReadyWriter returns an empty ReadyWriter.
+func NewReadyWriter() *ReadyWriter { return &ReadyWriter{ready: make(chan struct{})} }
+
+// Ready is closed once a line "ready" has been written.
+func (w *ReadyWriter) Ready() <-chan struct{} { return w.ready }
+
+// Write appends p and closes Ready once a line "ready" is in.
+func (w *ReadyWriter) Write(p []byte) (int, error) {
+	n, err := w.LockedBuffer.Write(p)
 	for line := range strings.Lines(w.String()) {
 		if line == "ready\n" {
 			w.once.Do(func() { close(w.ready) })
