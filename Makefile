@@ -2,8 +2,7 @@
 GO       ?= go
 BIN      := bin/shunt
 # The init container's binary (cmd/shunt-init: iptables, cleanup, validate, nothing else linked).
-# Until cmd/shunt-init exists, bin/shunt stands in for it: it takes the same `iptables` arguments.
-INIT_BIN := $(if $(wildcard cmd/shunt-init/*.go),bin/shunt-init,$(BIN))
+INIT_BIN := bin/shunt-init
 SHARED   ?= ../shared
 FUZZTIME ?= 15s
 # The compiler of the eBPF programs: Debian bookworm's, which CI installs (.ci/deps). Another
@@ -19,9 +18,7 @@ all: build test
 # stacks); bin/shunt keeps them.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/shunt
-ifneq ($(INIT_BIN),$(BIN))
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(INIT_BIN) ./cmd/shunt-init
-endif
 
 # The container images, each one static binary alone in an OCI image layout tarball, built without a
 # container engine and reproducible (timestamps from SOURCE_DATE_EPOCH, default the commit's time):
