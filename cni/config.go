@@ -68,6 +68,12 @@ type NetConf struct {
 	// EBPFPinDir is where the node's eBPF agent pins its maps; pods annotated shunt.io/mode: ebpf are
 	// registered there.
 	EBPFPinDir string `json:"ebpf_pin_dir,omitempty"`
+	// AgentNamespace and AgentPodPrefix name the node agent's own pods (the installer writes them from
+	// its pod's namespace and name). When the API server cannot be reached, such a pod passes
+	// unmeshed, as istio-cni lets its own node agent through: that pod is what restores the plugin's
+	// credentials, so failing it would keep the node from ever recovering.
+	AgentNamespace string `json:"agent_namespace,omitempty"`
+	AgentPodPrefix string `json:"agent_pod_prefix,omitempty"`
 
 	apiTimeout time.Duration
 }

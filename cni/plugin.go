@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -314,6 +315,9 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 	cancel()
 	inv.report.APISeconds = time.Since(t).Seconds()
 	if err != nil {
+		if inv.isAgentPod() {
+			return nil, "the node agent's own pod, while the API server cannot be reached", nil
+		}
 		return nil, "", types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s: read the pod from the API server", inv.pod()), err.Error())
 	}
 	ips := podIPs(prev)
@@ -336,6 +340,14 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 	}
 	inv.log.Debug("plan built", "ipv6", cfg.IPv6, "mode", string(cfg.Mode), "ebpf", dp.EBPF)
 	return &podPlan{plan: built, config: cfg, ips: ips, dataPath: dp}, "", nil
+}
+
+// isAgentPod reports whether the pod is one of the node agent's own (NetConf's agent_namespace and
+// agent_pod_prefix).
+func (inv *invocation) isAgentPod() bool {
+	c := inv.conf
+	return c.AgentNamespace != "" && c.AgentPodPrefix != "" && inv.namespace == c.AgentNamespace &&
+		strings.HasPrefix(inv.name, c.AgentPodPrefix)
 }
 
 func (inv *invocation) options(reconcile bool) RuleOptions {

@@ -249,6 +249,30 @@ func TestAddFailsClosed(t *testing.T) {
 			t.Errorf("error %v, want try-again naming the pod", err)
 		}
 	})
+	// The node agent's own pods pass while the API is unreachable (istio-cni's degraded-state rule):
+	// they restore the plugin's credentials. Others named alike, or in another namespace, fail.
+	t.Run("agent pod with the API unreachable", func(t *testing.T) {
+		agent := `,"agent_namespace":"kube-system","agent_pod_prefix":"shunt-cni-","exclude_namespaces":[]`
+		for args, passes := range map[string]bool{
+			"K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=shunt-cni-x7k2p": true,
+			"K8S_POD_NAMESPACE=shop;K8S_POD_NAME=shunt-cni-x7k2p":        false,
+			"K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-x7k2p":   false,
+		} {
+			f := newFake(t, nil, errors.New("dial tcp: connection refused"))
+			err := f.CmdAdd(cmdArgs(withPrev(t, agent), "/ns", args))
+			if passes && err != nil || !passes && (err == nil || cniCode(t, err) != types.ErrTryAgainLater) {
+				t.Errorf("%s: error %v, want it to pass: %v", args, err, passes)
+			}
+			if f.applied != nil {
+				t.Errorf("%s: rules applied", args)
+			}
+		}
+		// Without the fields the rule is off.
+		f := newFake(t, nil, errors.New("dial tcp: connection refused"))
+		if err := f.CmdAdd(cmdArgs(withPrev(t, `,"exclude_namespaces":[]`), "/ns", "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=shunt-cni-x7k2p")); err == nil {
+			t.Error("an agent-looking pod passed without agent_namespace and agent_pod_prefix")
+		}
+	})
 	t.Run("bad annotation", func(t *testing.T) {
 		f := newFake(t, meshedPod(map[string]string{meshpod.AnnotationExcludeOutboundPorts: "http"}), nil)
 		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))

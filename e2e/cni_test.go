@@ -355,6 +355,20 @@ func testCNIAPIDown(t *testing.T, n *cniNode) {
 	if err := n.add(t, n.list, plain); err != nil {
 		t.Errorf("ADD of an unmeshed pod with the API down: %v", err)
 	}
+	// The node agent's own pod, under a runtime that passes no annotations: it must start, or the
+	// node never gets its plugin credentials back. Any other pod still fails.
+	agentList := n.conflist(t, `"kubeconfig":"`+n.cluster.Kubeconfig+`","exclude_namespaces":[],"agent_namespace":"kube-system","agent_pod_prefix":"shunt-cni-"`)
+	agent := n.sandbox(t, "kube-system", "shunt-cni-x7k2p", nil)
+	if err := n.add(t, agentList, agent); err != nil {
+		t.Errorf("ADD of the agent's own pod with the API down: %v", err)
+	}
+	if r := ourRules(save(t, agent.ns, false)); r != "" {
+		t.Errorf("the agent's pod got rules:\n%s", r)
+	}
+	other := n.sandbox(t, "kube-system", "coredns-x7k2p", nil)
+	if e := cniError(t, n.add(t, agentList, other)); e.Code != 11 {
+		t.Errorf("ADD of another pod with the API down: %v, want try again later", e)
+	}
 }
 
 // testCNIVersions: shunt-cni answers VERSION with every spec version it supports, and chained in a

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -70,6 +71,8 @@ func TestInstallCNI(t *testing.T) {
 
 	health := "127.0.0.1:19102"
 	cmd := n.ns.Command(nil, installCNIArgs(t, n, binDir, netDir, token, tokenFile, caFile, health)...)
+	// The chart's downward-API variables: the plugin learns the agent's own pods from them.
+	cmd.Env = append(cmd.Env, "POD_NAME=shunt-cni-x7k2p", "POD_NAMESPACE=kube-system")
 	var logs lockedLog
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -118,6 +121,14 @@ func TestInstallCNI(t *testing.T) {
 		}
 		if !bytes.Contains(b, []byte(`"x-agent"`)) {
 			t.Error("the installer dropped a field of the primary config")
+		}
+		var entry struct {
+			Namespace string `json:"agent_namespace"`
+			Prefix    string `json:"agent_pod_prefix"`
+		}
+		if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &entry); err != nil ||
+			entry.Namespace != "kube-system" || entry.Prefix != "shunt-cni-" {
+			t.Errorf("the entry names the agent's pods %+v (%v), want kube-system and shunt-cni- from $POD_NAMESPACE and $POD_NAME", entry, err)
 		}
 		for file, mode := range map[string]os.FileMode{
 			conflistPath:                              0o644,

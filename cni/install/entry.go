@@ -28,6 +28,10 @@ type Entry struct {
 	ReportSocket string
 	// EBPFPinDir is where the node's eBPF agent pins its maps, as the host sees it.
 	EBPFPinDir string
+	// AgentNamespace and AgentPodPrefix name the installer's own pods, which the plugin lets through
+	// unmeshed while the API server cannot be reached; empty leaves the plugin without the rule.
+	AgentNamespace string
+	AgentPodPrefix string
 }
 
 // entryJSON is the entry as written, in this field order.
@@ -42,6 +46,8 @@ type entryJSON struct {
 	IptablesVariant   string          `json:"iptables_variant"`
 	ReportSocket      string          `json:"report_socket"`
 	EBPFPinDir        string          `json:"ebpf_pin_dir,omitempty"`
+	AgentNamespace    string          `json:"agent_namespace,omitempty"`
+	AgentPodPrefix    string          `json:"agent_pod_prefix,omitempty"`
 	Capabilities      map[string]bool `json:"capabilities"`
 }
 
@@ -58,6 +64,8 @@ func (e Entry) JSON() ([]byte, error) {
 		IptablesVariant:   e.IptablesVariant,
 		ReportSocket:      e.ReportSocket,
 		EBPFPinDir:        e.EBPFPinDir,
+		AgentNamespace:    e.AgentNamespace,
+		AgentPodPrefix:    e.AgentPodPrefix,
 		Capabilities:      map[string]bool{cni.CapabilityAnnotations: true},
 	}
 	if j.ExcludeNamespaces == nil {

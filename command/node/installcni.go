@@ -34,6 +34,7 @@ type installCNIFlags struct {
 	iptablesVariant, backend            string
 	reportSocket, hostReportSocket      string
 	ebpfPinDir                          string
+	podName, podNamespace               string
 	healthAddr                          string
 	monitoringPort                      int
 	repairMode, repairLabel, repairInit string
@@ -77,6 +78,8 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	fs.StringVar(&f.iptablesVariant, "iptables-variant", "", "iptables the plugin uses: nft or legacy (default: detected per pod)")
 	fs.StringVar(&f.reportSocket, "report-socket", cni.DefaultReportSocket, "datagram socket the plugin reports to, as mounted")
 	fs.StringVar(&f.hostReportSocket, "host-report-socket", "", "the report socket as the host sees it (default: --report-socket)")
+	fs.StringVar(&f.podName, "pod-name", "", "this installer's pod name (the chart sets $POD_NAME): the plugin lets this DaemonSet's pods through unmeshed while the API server cannot be reached")
+	fs.StringVar(&f.podNamespace, "pod-namespace", "", "this installer's pod namespace (the chart sets $POD_NAMESPACE)")
 	fs.StringVar(&f.ebpfPinDir, "ebpf-pin-dir", cni.DefaultEBPFPinDir, "bpffs directory of the node's eBPF agent, where the plugin registers pods annotated shunt.io/mode: ebpf")
 	fs.StringVar(&f.healthAddr, "health-addr", install.DefaultHealthAddr, "address of /healthz, /readyz and /metrics; empty for none")
 	fs.IntVar(&f.monitoringPort, "monitoring-port", 0, "port of /healthz, /readyz and /metrics on all addresses: --health-addr=:PORT")
@@ -236,6 +239,8 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 			IptablesVariant:   f.iptablesVariant,
 			ReportSocket:      hostSocket,
 			EBPFPinDir:        f.ebpfPinDir,
+			AgentNamespace:    f.podNamespace,
+			AgentPodPrefix:    daemonSetPrefix(f.podName),
 		},
 		ReportSocket: f.reportSocket,
 		HealthAddr:   f.healthAddr,
@@ -263,4 +268,14 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 	log.Info("install-cni starting", "node", f.nodeName, "cni_bin_dir", f.binDir, "cni_net_dir", f.netDir,
 		"api_server", f.apiServer, "repair_mode", f.repairMode)
 	return in.Run(ctx)
+}
+
+// daemonSetPrefix is the name prefix of a DaemonSet's pods, from one pod's name: "shunt-cni-7xk2p" gives
+// "shunt-cni-". A name without a dash gives "" (no prefix is written, and the plugin has no rule).
+func daemonSetPrefix(podName string) string {
+	i := strings.LastIndex(podName, "-")
+	if i <= 0 {
+		return ""
+	}
+	return podName[:i+1]
 }
