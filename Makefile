@@ -40,8 +40,13 @@ image: build
 # checks in all three modes when ../shared/compat is present.
 test: build lint unit compat
 
-unit:
+# The e2e tests of the capture commands run a second time against the init container's binary,
+# bin/shunt-init, which must behave exactly as shunt's capture commands do.
+INIT_E2E := ^(TestApplyTwice|TestCaptureLists|TestCleanup.*|TestDNS.*|TestDryRun|TestFlagsIptablesIgnoredFailEarly|TestFlagsValidateChangesNothing|TestFlows|TestIstioQuirk.*|TestNative.*|TestOtherNamespace|TestPodDryRunInjected|TestReconcile.*|TestValidate|TestDemo)$$
+
+unit: build
 	$(GO) test -count=1 -timeout 30m ./...
+	cd e2e && $(GO) test -count=1 -timeout 30m -run '$(INIT_E2E)' . -args -shunt $(abspath bin/shunt-init)
 
 compat: build
 	@if [ -x $(SHARED)/compat/check-istio-compat ]; then \
