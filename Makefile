@@ -37,7 +37,7 @@ image: build
 		-name $(IMAGE) -tag $(IMAGE_TAG) -revision "$$(git rev-parse HEAD 2>/dev/null)"
 
 # Everything: vet, unit tests, privileged tests and e2e flows (root), and the Istio compatibility
-# checks in all three modes when ../shared/compat is present.
+# checks in all three modes, for both binaries, when ../shared/compat is present.
 test: build lint unit compat
 
 # The e2e tests of the capture commands run a second time against the init container's binary,
@@ -51,10 +51,10 @@ unit: build
 compat: build
 	@if [ -x $(SHARED)/compat/check-istio-compat ]; then \
 		fail=0; \
-		for dir in istio istio-cni istio-nft; do for mode in "" --apply; do \
-			out=$$($(SHARED)/compat/check-istio-compat $$mode $(BIN) $(SHARED)/compat/$$dir) || { echo "$$out" | grep -v '^PASS'; fail=1; }; \
-			echo "$$dir: $$(echo "$$out" | tail -n 1)"; \
-		done; done; exit $$fail; \
+		for bin in $(BIN) bin/shunt-init; do for dir in istio istio-cni istio-nft; do for mode in "" --apply; do \
+			out=$$($(SHARED)/compat/check-istio-compat $$mode $$bin $(SHARED)/compat/$$dir) || { echo "$$out" | grep -v '^PASS'; fail=1; }; \
+			echo "$$(basename $$bin) $$dir: $$(echo "$$out" | tail -n 1)"; \
+		done; done; done; exit $$fail; \
 	else echo "compat: $(SHARED)/compat not found, skipped"; fi
 
 # Median wall time of `shunt istio-iptables` and `shunt-init istio-iptables` (iptables-nft,
