@@ -53,7 +53,14 @@ func TestMain(m *testing.M) {
 	}
 	bins = testutil.NewBinaries(dir)
 	if shunt != "" {
-		bins.Use(pkgShunt, shunt)
+		// A copy in dir: the given path may sit in a directory the proxy's and the app's uids cannot
+		// enter (a checkout under a 0700 temp dir), and the validation runs the binary as the proxy.
+		copied := filepath.Join(dir, filepath.Base(shunt))
+		if err := copyExecutable(shunt, copied); err != nil {
+			fmt.Fprintln(os.Stderr, "-shunt:", err)
+			os.Exit(1)
+		}
+		bins.Use(pkgShunt, copied)
 	}
 	code := m.Run()
 	if err := os.RemoveAll(dir); err != nil {
@@ -67,3 +74,12 @@ const (
 	pkgRefproxy   = "github.com/shuntmesh/shunt/e2e/refproxy"
 	pkgEchoserver = "github.com/shuntmesh/shunt/e2e/echoserver"
 )
+
+// copyExecutable copies the file src to dst, mode 0755.
+func copyExecutable(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o755)
+}
