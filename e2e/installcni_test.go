@@ -23,6 +23,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
 // primaryConflist is the primary plugin's config as another agent writes it, formatted its way.
@@ -108,17 +110,7 @@ func TestInstallCNI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		list, err := libcni.ConfListFromBytes(b)
-		if err != nil {
-			t.Fatalf("the conflist the installer wrote does not load: %v", err)
-		}
-		var types []string
-		for _, p := range list.Plugins {
-			types = append(types, p.Network.Type)
-		}
-		if strings.Join(types, ",") != "bridge,shunt-cni" {
-			t.Errorf("plugins %v, want bridge then shunt-cni", types)
-		}
+		list := chainedAfterBridge(t, b)
 		if !bytes.Contains(b, []byte(`"x-agent"`)) {
 			t.Error("the installer dropped a field of the primary config")
 		}
@@ -278,7 +270,7 @@ func TestInstallCNIKilledAndRestarted(t *testing.T) {
 	confPath, listPath := filepath.Join(netDir, "10-bridge.conf"), filepath.Join(netDir, "10-bridge.conflist")
 	writeFile(t, confPath, []byte(fmt.Sprintf(loneConf, filepath.Join(n.dataDir, "ipam-restart"))), 0o600)
 	writeFile(t, filepath.Join(netDir, "99-loopback.conflist"), []byte(`{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}`), 0o644)
-	wantNet, wantBin := dirFiles(t, netDir), dirFiles(t, binDir)
+	wantNet, wantBin := testutil.DirFiles(t, netDir), testutil.DirFiles(t, binDir)
 
 	health := "127.0.0.1:19103"
 	args := installCNIArgs(t, n, binDir, netDir, token, tokenFile, caFile, health)
@@ -298,17 +290,7 @@ func TestInstallCNIKilledAndRestarted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		list, err := libcni.ConfListFromBytes(b)
-		if err != nil {
-			t.Fatalf("the conflist the installer wrote does not load: %v", err)
-		}
-		var types []string
-		for _, p := range list.Plugins {
-			types = append(types, p.Network.Type)
-		}
-		if strings.Join(types, ",") != "bridge,shunt-cni" {
-			t.Errorf("plugins %v, want bridge then shunt-cni", types)
-		}
+		chainedAfterBridge(t, b)
 		if _, err := os.Stat(confPath); !os.IsNotExist(err) {
 			t.Errorf("the .conf is still there (%v): runtimes would read it before the conflist", err)
 		}
@@ -337,10 +319,10 @@ func TestInstallCNIKilledAndRestarted(t *testing.T) {
 	}
 	second.stop(t)
 
-	if diff := cmp.Diff(wantNet, dirFiles(t, netDir)); diff != "" {
+	if diff := cmp.Diff(wantNet, testutil.DirFiles(t, netDir)); diff != "" {
 		t.Errorf("CNI config dir after the restarted installer stopped (-before the first start +after):\n%s", diff)
 	}
-	if diff := cmp.Diff(wantBin, dirFiles(t, binDir)); diff != "" {
+	if diff := cmp.Diff(wantBin, testutil.DirFiles(t, binDir)); diff != "" {
 		t.Errorf("CNI bin dir (-before +after):\n%s", diff)
 	}
 }
@@ -412,40 +394,22 @@ func (p *installCNIProc) wait(t *testing.T) error {
 	}
 }
 
-// dirFile is a file as dirFiles compares them.
-type dirFile struct {
-	Data string
-	Mode os.FileMode
-}
-
-// dirFiles returns every entry of dir by name: the bytes and mode of files, the target of symlinks.
-func dirFiles(t *testing.T, dir string) map[string]dirFile {
+// chainedAfterBridge loads the conflist the installer wrote, as libcni does, and checks that shunt-cni
+// follows the bridge plugin.
+func chainedAfterBridge(t *testing.T, conflist []byte) *libcni.NetworkConfigList {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
+	list, err := libcni.ConfListFromBytes(conflist)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the conflist the installer wrote does not load: %v", err)
 	}
-	out := make(map[string]dirFile)
-	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
-		fi, err := os.Lstat(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := dirFile{Mode: fi.Mode()}
-		if fi.Mode()&os.ModeSymlink != 0 {
-			f.Data, err = os.Readlink(p)
-		} else {
-			var b []byte
-			b, err = os.ReadFile(p)
-			f.Data = string(b)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[e.Name()] = f
+	var types []string
+	for _, p := range list.Plugins {
+		types = append(types, p.Network.Type)
 	}
-	return out
+	if strings.Join(types, ",") != "bridge,shunt-cni" {
+		t.Errorf("plugins %v, want bridge then shunt-cni", types)
+	}
+	return list
 }
 
 func readBytes(t *testing.T, path string) []byte {

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/shuntmesh/shunt/command/capture"
+	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
 // commandFlags declares, for every command, the flags it honours (inherited ones included) and which
@@ -116,25 +117,7 @@ func parse(t *testing.T, env map[string]string, args ...string) error {
 	if err != nil {
 		return err
 	}
-	return parseCmd(cmd, rest)
-}
-
-func parseCmd(cmd *cobra.Command, args []string) error {
-	if err := cmd.ParseFlags(args); err != nil {
-		return err
-	}
-	if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
-		return err
-	}
-	if cmd.PreRunE != nil {
-		if err := cmd.PreRunE(cmd, cmd.Flags().Args()); err != nil {
-			return err
-		}
-	}
-	if err := cmd.ValidateRequiredFlags(); err != nil {
-		return err
-	}
-	return cmd.ValidateFlagGroups()
+	return testutil.ParseCommand(cmd, rest)
 }
 
 // envVars are the variables the tests set; each test sees them unset unless it sets them.

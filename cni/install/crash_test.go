@@ -3,38 +3,18 @@ package install
 import (
 	"errors"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
 // errCrash stops a config change where a crash would.
 var errCrash = errors.New("crash")
-
-// dirFile is a file of a directory as the tests compare them.
-type dirFile struct {
-	Data string
-	Mode fs.FileMode
-}
-
-// snapshot returns every file of dir, by name.
-func snapshot(t *testing.T, dir string) map[string]dirFile {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(map[string]dirFile)
-	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
-		out[e.Name()] = dirFile{readFile(t, p), fileMode(t, p)}
-	}
-	return out
-}
 
 // crashed runs an installer's config change for cfg until the step named crashAt (none: to its end)
 // and abandons it there, as when its process is killed: nothing is uninstalled.
@@ -121,9 +101,9 @@ func TestCrashRecovery(t *testing.T) {
 		}},
 		{"installed_killed_twice", func(t *testing.T, n *testNode, cfg Config, file string) {
 			crashed(t, cfg, "")
-			before := snapshot(t, n.netDir)
+			before := testutil.DirFiles(t, n.netDir)
 			crashed(t, cfg, "")
-			if diff := cmp.Diff(before, snapshot(t, n.netDir)); diff != "" {
+			if diff := cmp.Diff(before, testutil.DirFiles(t, n.netDir)); diff != "" {
 				t.Errorf("a second run changed what the first installed (-first +second):\n%s", diff)
 			}
 		}},
@@ -153,7 +133,7 @@ func TestCrashRecovery(t *testing.T) {
 			t.Run(strings.ReplaceAll(conf.file, ".", "_")+"/"+tt.name, func(t *testing.T) {
 				n, cfg := newTestNode(t)
 				writeFile(t, n.path(conf.file), conf.data, conf.mode)
-				want := snapshot(t, n.netDir)
+				want := testutil.DirFiles(t, n.netDir)
 				tt.crash(t, n, cfg, conf.file)
 
 				in, stop := start(t, cfg)
@@ -174,7 +154,7 @@ func TestCrashRecovery(t *testing.T) {
 				if err := stop(); err != nil {
 					t.Fatalf("Run: %v", err)
 				}
-				if diff := cmp.Diff(want, snapshot(t, n.netDir)); diff != "" {
+				if diff := cmp.Diff(want, testutil.DirFiles(t, n.netDir)); diff != "" {
 					t.Errorf("config directory after uninstall (-want +got):\n%s", diff)
 				}
 			})
@@ -190,18 +170,9 @@ func TestCrashRecoveryUninstallOnly(t *testing.T) {
 			t.Run(strings.ReplaceAll(conf.file, ".", "_")+"/"+strings.ReplaceAll(crashAt, " ", "_"), func(t *testing.T) {
 				n, cfg := newTestNode(t)
 				writeFile(t, n.path(conf.file), conf.data, conf.mode)
-				want := snapshot(t, n.netDir)
+				want := testutil.DirFiles(t, n.netDir)
 				crashed(t, cfg, crashAt)
-				in, err := New(cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := in.uninstall(); err != nil {
-					t.Fatal(err)
-				}
-				if diff := cmp.Diff(want, snapshot(t, n.netDir)); diff != "" {
-					t.Errorf("config directory after uninstall (-want +got):\n%s", diff)
-				}
+				uninstallLeaves(t, cfg, n.netDir, want)
 			})
 		}
 	}
@@ -213,7 +184,7 @@ func TestCrashRecoveryConflist(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			n, cfg := newTestNode(t)
 			writeFile(t, n.path("10-calico.conflist"), calicoConflist, 0o640)
-			want := snapshot(t, n.netDir)
+			want := testutil.DirFiles(t, n.netDir)
 			if name == "while_writing" {
 				leaveTemp(t, n, "10-calico.conflist")
 			} else {
@@ -227,7 +198,7 @@ func TestCrashRecoveryConflist(t *testing.T) {
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(want, snapshot(t, n.netDir)); diff != "" {
+			if diff := cmp.Diff(want, testutil.DirFiles(t, n.netDir)); diff != "" {
 				t.Errorf("config directory after uninstall (-want +got):\n%s", diff)
 			}
 		})
@@ -246,7 +217,7 @@ func TestLoneConfRewrittenWhileDown(t *testing.T) {
 			writeFile(t, confPath, conf, 0o644)
 			crashed(t, cfg, crashAt)
 			writeFile(t, confPath, conf2, 0o600)
-			want := map[string]dirFile{"10-bridge.conf": {conf2, 0o600}}
+			want := map[string]testutil.File{"10-bridge.conf": {Data: conf2, Mode: 0o600}}
 
 			in, stop := start(t, cfg)
 			waitReady(t, in)
@@ -256,7 +227,7 @@ func TestLoneConfRewrittenWhileDown(t *testing.T) {
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(want, snapshot(t, n.netDir)); diff != "" {
+			if diff := cmp.Diff(want, testutil.DirFiles(t, n.netDir)); diff != "" {
 				t.Errorf("config directory after uninstall (-want +got):\n%s", diff)
 			}
 		})
@@ -272,17 +243,8 @@ func TestUninstallKeepsNewerOriginal(t *testing.T) {
 	writeFile(t, n.path("10-bridge.conf"), conf, 0o644)
 	crashed(t, cfg, stepConflistWritten) // both files there, as when killed while restoring
 	writeFile(t, n.path("10-bridge.conf"), conf2, 0o644)
-	want := map[string]dirFile{"10-bridge.conf": {conf2, 0o644}}
-	in, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := in.uninstall(); err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(want, snapshot(t, n.netDir)); diff != "" {
-		t.Errorf("config directory after uninstall (-want +got):\n%s", diff)
-	}
+	want := map[string]testutil.File{"10-bridge.conf": {Data: conf2, Mode: 0o644}}
+	uninstallLeaves(t, cfg, n.netDir, want)
 }
 
 // TestConvertedConflistChangedByOthers: another agent edits the conflist we made of a .conf (keeping
@@ -332,13 +294,29 @@ func TestStaleTempsRemoved(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(map[string]dirFile{
-		"10-calico.conflist": {calicoConflist, 0o644},
-		".other-agent.tmp":   {"x", 0o644},
-	}, snapshot(t, n.netDir)); diff != "" {
+	if diff := cmp.Diff(map[string]testutil.File{
+		"10-calico.conflist": {Data: calicoConflist, Mode: 0o644},
+		".other-agent.tmp":   {Data: "x", Mode: 0o644},
+	}, testutil.DirFiles(t, n.netDir)); diff != "" {
 		t.Errorf("net.d (-want +got):\n%s", diff)
 	}
 	if exists(bin) {
 		t.Error("stale temporary binary left")
+	}
+}
+
+// uninstallLeaves uninstalls with a fresh installer for cfg, as a restarted one does, and compares
+// the config directory with want.
+func uninstallLeaves(t *testing.T, cfg Config, dir string, want map[string]testutil.File) {
+	t.Helper()
+	in, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, testutil.DirFiles(t, dir)); diff != "" {
+		t.Errorf("config directory after uninstall (-want +got):\n%s", diff)
 	}
 }

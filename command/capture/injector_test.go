@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -23,25 +24,6 @@ func setInjectorEnv(t *testing.T, env map[string]string) {
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
-}
-
-// parseCmd runs cmd's flag parsing and checks as Execute does, without RunE.
-func parseCmd(cmd *cobra.Command, args []string) error {
-	if err := cmd.ParseFlags(args); err != nil {
-		return err
-	}
-	if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
-		return err
-	}
-	if cmd.PreRunE != nil {
-		if err := cmd.PreRunE(cmd, cmd.Flags().Args()); err != nil {
-			return err
-		}
-	}
-	if err := cmd.ValidateRequiredFlags(); err != nil {
-		return err
-	}
-	return cmd.ValidateFlagGroups()
 }
 
 // TestInjectorArgs: the argument lists Istio's sidecar injector writes for its init container (and,
@@ -83,7 +65,7 @@ func TestInjectorArgs(t *testing.T) {
 							if err != nil {
 								t.Fatal(err)
 							}
-							if err := parseCmd(cmd, rest); err != nil {
+							if err := testutil.ParseCommand(cmd, rest); err != nil {
 								t.Fatalf("refused: %v", err)
 							}
 							readFile := func(name string) ([]byte, error) {
