@@ -113,6 +113,23 @@ func mustAttr(typ uint16, data []byte) []byte {
 	return b
 }
 
+// counts returns the packets and bytes r's counter expressions (NFTA_COUNTER_PACKETS and
+// NFTA_COUNTER_BYTES) hold, summed: zero for a rule without one. shunt's rules have one each.
+func (r rawRule) counts() (packets, bytes uint64, err error) {
+	for _, re := range r {
+		if re.name != "counter" {
+			continue
+		}
+		var c expr.Counter
+		if err := expr.Unmarshal(unix.NFPROTO_INET, re.data, &c); err != nil {
+			return 0, 0, fmt.Errorf("decode counter: %w", err)
+		}
+		packets += c.Packets
+		bytes += c.Bytes
+	}
+	return packets, bytes, nil
+}
+
 // describe returns the canonical form of a rule's expressions: what the kernel evaluates, without
 // counter values, set names or ids. An expression shunt never writes is described whole, so that
 // any foreign change shows as a difference.
