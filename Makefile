@@ -42,7 +42,7 @@ test: build lint unit compat
 
 # The e2e tests of the capture commands run a second time against the init container's binary,
 # bin/shunt-init, which must behave exactly as shunt's capture commands do.
-INIT_E2E := ^(TestApplyTwice|TestCaptureLists|TestCleanup.*|TestDNS.*|TestDryRun|TestFlagsIptablesIgnoredFailEarly|TestFlagsValidateChangesNothing|TestFlows|TestIstioQuirk.*|TestNative.*|TestOtherNamespace|TestPodDryRunInjected|TestReconcile.*|TestValidate|TestDemo)$$
+INIT_E2E := ^(TestApplyTwice|TestCaptureLists|TestCleanup.*|TestDNS.*|TestDryRun|TestFlagsIptablesIgnoredFailEarly|TestFlagsValidateChangesNothing|TestFlows|TestIstioQuirk.*|TestNative.*|TestOtherNamespace|TestReconcile.*|TestValidate|TestDemo)$$
 
 unit: build
 	$(GO) test -count=1 -timeout 30m ./...

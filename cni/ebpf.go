@@ -16,9 +16,12 @@ type EBPFPod struct {
 	SockMsg bool            // splice its loopback sockets with sk_msg
 }
 
-// joinEBPF registers pod in the maps of the eBPF agent pinned at pinDir.
-func joinEBPF(pinDir string, pod EBPFPod) error {
-	node, err := shuntebpf.Open(pinDir)
+// ebpfLayer is the eBPF data path: the maps of the node's agent, pinned at pinDir.
+type ebpfLayer struct{ pinDir string }
+
+// Register adds pod to the agent's maps.
+func (l ebpfLayer) Register(pod EBPFPod) error {
+	node, err := shuntebpf.Open(l.pinDir)
 	if err != nil {
 		return err
 	}
@@ -35,10 +38,10 @@ func joinEBPF(pinDir string, pod EBPFPod) error {
 	return node.AddPod(entry)
 }
 
-// leaveEBPF removes the pod whose namespace is at netns from the agent's maps, if they hold it. A node
+// Unregister removes the pod whose namespace is at netns from the agent's maps, if they hold it. A node
 // without an agent has nothing to remove.
-func leaveEBPF(pinDir, netns string) error {
-	node, err := shuntebpf.Open(pinDir)
+func (l ebpfLayer) Unregister(netns string) error {
+	node, err := shuntebpf.Open(l.pinDir)
 	if errors.Is(err, shuntebpf.ErrNotLoaded) {
 		return nil
 	}

@@ -17,9 +17,8 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/shuntmesh/shunt/backend"
 	"github.com/shuntmesh/shunt/cni/meshpod"
-	"github.com/shuntmesh/shunt/iptables"
-	"github.com/shuntmesh/shunt/nftables"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -32,22 +31,56 @@ const errPluginNotAvailable uint = 50
 // maxLogSize is the size past which the plugin's log file is rotated (to LogFile + ".1").
 const maxLogSize = 10 << 20
 
-// Plugin runs the CNI commands. The zero value reads pods from the API server and programs iptables;
-// the fields replace those side effects in tests.
+// Plugin runs the CNI commands. The zero value reads pods from the API server and programs the kernel;
+// the fields replace those side effects in tests (backendtest.Fake for the backend seam).
 type Plugin struct {
 	// GetPod reads a pod; nil reads it from the API server with the kubeconfig of the NetConf.
 	GetPod func(ctx context.Context, conf *NetConf, namespace, name string) (*Pod, error)
-	// Apply, Check and Cleanup program, compare and remove rules; nil uses the backend the NetConf
-	// names (see applyRules).
-	Apply   func(context.Context, *redirect.Plan, RuleOptions) error
-	Check   func(context.Context, *redirect.Plan, RuleOptions) error
-	Cleanup func(context.Context, RuleOptions) error
-	// JoinEBPF registers a pod's namespace with the node's eBPF agent, LeaveEBPF removes it; nil uses
-	// the agent's maps pinned in the NetConf's ebpf_pin_dir.
-	JoinEBPF  func(pinDir string, pod EBPFPod) error
-	LeaveEBPF func(pinDir, netns string) error
+	// Backends selects the backend of a pod's namespace; nil is backend.Select.
+	Backends func(backend.Settings) (backend.Backend, backend.Choice, error)
+	// Cleanup removes everything of shunt's from a namespace, whichever backend holds it; nil is
+	// backend.Cleanup.
+	Cleanup func(context.Context, backend.Scope) ([]string, error)
+	// Layer returns the data path layered on the rules of the NetConf's pods; nil is the eBPF agent's
+	// maps pinned in its ebpf_pin_dir.
+	Layer func(conf *NetConf) DataPathLayer
 	// Logger, when set, is used instead of the NetConf's log file.
 	Logger *slog.Logger
+}
+
+// DataPathLayer is a data path stacked on a pod's rules, as the eBPF agent's maps are: the rules stay
+// underneath, for what the layer does not take and as the safety net when it is gone.
+type DataPathLayer interface {
+	// Register adds the pod; it fails when the layer cannot take it (no agent, a kernel without the
+	// features), and the pod then stays on its rules alone.
+	Register(pod EBPFPod) error
+	// Unregister removes the pod whose namespace is at netns, if the layer holds it.
+	Unregister(netns string) error
+}
+
+func (p *Plugin) backendFor(inv *invocation) (backend.Backend, error) {
+	sel := p.Backends
+	if sel == nil {
+		sel = backend.Select
+	}
+	b, choice, err := sel(backend.Settings{
+		NetNS:           inv.args.Netns,
+		NativeNFTables:  inv.conf.Backend == BackendNFTables,
+		IptablesVariant: inv.conf.IptablesVariant,
+		Logger:          inv.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	inv.log.Debug("backend chosen", "backend", choice.Backend, "reason", choice.Reason)
+	return b, nil
+}
+
+func (p *Plugin) layer(conf *NetConf) DataPathLayer {
+	if p.Layer == nil {
+		return ebpfLayer{pinDir: conf.EBPFPinDir}
+	}
+	return p.Layer(conf)
 }
 
 // Main runs the plugin as a CNI runtime executes it: the command in CNI_COMMAND, the configuration on
@@ -160,12 +193,10 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	if skip != "" {
 		return inv.finish(OutcomeSkipped, skip, types.PrintResult(prev, inv.conf.CNIVersion))
 	}
-	apply := p.Apply
-	if apply == nil {
-		apply = applyRules
-	}
 	t := time.Now()
-	err = apply(context.Background(), &pp.plan, inv.options(true))
+	err = p.program(inv, pp, func(b backend.Backend, plan *redirect.Plan) error {
+		return b.Apply(context.Background(), plan, backend.Mode{Reconcile: true})
+	})
 	if err == nil && pp.dataPath.EBPF {
 		p.joinEBPF(inv, pp)
 	}
@@ -181,12 +212,8 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 // node that cannot (no agent loaded, a kernel without the features) leaves the pod on iptables, with a
 // warning: it is captured either way.
 func (p *Plugin) joinEBPF(inv *invocation, pp *podPlan) {
-	join := p.JoinEBPF
-	if join == nil {
-		join = joinEBPF
-	}
 	pod := EBPFPod{NetNS: inv.args.Netns, Config: pp.config, IPs: pp.ips, SockMsg: pp.dataPath.SockMsg}
-	if err := join(inv.conf.EBPFPinDir, pod); err != nil {
+	if err := p.layer(inv.conf).Register(pod); err != nil {
 		inv.log.Warn("eBPF data path unavailable, the pod stays on iptables", "pod", inv.pod(), "error", err.Error())
 		inv.report.DataPath = "iptables"
 		return
@@ -210,12 +237,10 @@ func (p *Plugin) CmdCheck(args *skel.CmdArgs) error {
 	if skip != "" {
 		return inv.finish(OutcomeChecked, skip, nil)
 	}
-	check := p.Check
-	if check == nil {
-		check = checkRules
-	}
 	t := time.Now()
-	err = check(context.Background(), &pp.plan, inv.options(false))
+	err = p.program(inv, pp, func(b backend.Backend, plan *redirect.Plan) error {
+		return b.Check(context.Background(), plan)
+	})
 	inv.report.ProgramSeconds = time.Since(t).Seconds()
 	if err != nil {
 		return inv.finish(OutcomeCheckFailed, "rules differ from the plan", types.NewError(types.ErrInternal,
@@ -239,19 +264,19 @@ func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
 	}
 	cleanup := p.Cleanup
 	if cleanup == nil {
-		cleanup = cleanupRules
-	}
-	leave := p.LeaveEBPF
-	if leave == nil {
-		leave = leaveEBPF
+		cleanup = backend.Cleanup
 	}
 	t := time.Now()
 	// Every pod's namespace may have been registered (the annotation may have changed since ADD):
 	// leaving is idempotent, and a node without an agent has nothing to leave.
-	if err := leave(inv.conf.EBPFPinDir, args.Netns); err != nil {
+	if err := p.layer(inv.conf).Unregister(args.Netns); err != nil {
 		inv.log.Warn("could not remove the pod from the eBPF agent", "pod", inv.pod(), "error", err.Error())
 	}
-	err = cleanup(context.Background(), inv.options(false))
+	// Every backend is cleaned, not only the NetConf's: the backend may have changed since ADD.
+	removed, err := cleanup(context.Background(), backend.Scope{NetNS: args.Netns, Logger: inv.log})
+	for _, r := range removed {
+		inv.log.Debug(r)
+	}
 	inv.report.ProgramSeconds = time.Since(t).Seconds()
 	if err != nil {
 		if _, serr := os.Stat(args.Netns); errors.Is(serr, os.ErrNotExist) {
@@ -287,7 +312,6 @@ func (p *Plugin) CmdStatus(args *skel.CmdArgs) error {
 // plan decides whether the pod is captured and with which rules. skip is the reason it is not.
 // podPlan is what ADD programs for a pod.
 type podPlan struct {
-	plan     redirect.Plan
 	config   redirect.Config
 	ips      []netip.Addr
 	dataPath DataPath
@@ -333,13 +357,21 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 	if err = errors.Join(err, dpErr); err != nil {
 		return nil, "", types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: invalid capture settings", inv.pod()), err.Error())
 	}
-	cfg.NativeNFTables = inv.conf.Backend == BackendNFTables
-	built, err := redirect.Build(cfg)
+	inv.log.Debug("pod decided", "ipv6", cfg.IPv6, "mode", string(cfg.Mode), "ebpf", dp.EBPF)
+	return &podPlan{config: cfg, ips: ips, dataPath: dp}, "", nil
+}
+
+// program selects the pod's backend, builds its plan and hands both to do.
+func (p *Plugin) program(inv *invocation, pp *podPlan, do func(backend.Backend, *redirect.Plan) error) error {
+	b, err := p.backendFor(inv)
 	if err != nil {
-		return nil, "", types.NewError(types.ErrInternal, fmt.Sprintf("pod %s: plan capture rules", inv.pod()), err.Error())
+		return err
 	}
-	inv.log.Debug("plan built", "ipv6", cfg.IPv6, "mode", string(cfg.Mode), "ebpf", dp.EBPF)
-	return &podPlan{plan: built, config: cfg, ips: ips, dataPath: dp}, "", nil
+	plan, err := b.Plan(pp.config)
+	if err != nil {
+		return fmt.Errorf("plan capture rules: %w", err)
+	}
+	return do(b, &plan)
 }
 
 // isAgentPod reports whether the pod is one of the node agent's own (NetConf's agent_namespace and
@@ -348,55 +380,6 @@ func (inv *invocation) isAgentPod() bool {
 	c := inv.conf
 	return c.AgentNamespace != "" && c.AgentPodPrefix != "" && inv.namespace == c.AgentNamespace &&
 		strings.HasPrefix(inv.name, c.AgentPodPrefix)
-}
-
-func (inv *invocation) options(reconcile bool) RuleOptions {
-	return RuleOptions{
-		NetNS:           inv.args.Netns,
-		Backend:         inv.conf.Backend,
-		IptablesVariant: inv.conf.IptablesVariant,
-		Reconcile:       reconcile,
-		Logger:          inv.log,
-	}
-}
-
-// RuleOptions tell a rule backend which namespace to program, and how.
-type RuleOptions struct {
-	NetNS           string
-	Backend         string // BackendIptables or BackendNFTables
-	IptablesVariant string
-	Reconcile       bool
-	Logger          *slog.Logger
-}
-
-func (o RuleOptions) iptables() iptables.Options {
-	return iptables.Options{NetNS: o.NetNS, Variant: iptables.Variant(o.IptablesVariant), Reconcile: o.Reconcile, Logger: o.Logger}
-}
-
-func (o RuleOptions) nftables() nftables.Options {
-	return nftables.Options{NetNS: o.NetNS, Reconcile: o.Reconcile, Logger: o.Logger}
-}
-
-// applyRules, checkRules and cleanupRules program, compare and remove rules with o's backend.
-func applyRules(ctx context.Context, plan *redirect.Plan, o RuleOptions) error {
-	if o.Backend == BackendNFTables {
-		return nftables.Apply(ctx, plan, o.nftables())
-	}
-	return iptables.Apply(ctx, plan, o.iptables())
-}
-
-func checkRules(ctx context.Context, plan *redirect.Plan, o RuleOptions) error {
-	if o.Backend == BackendNFTables {
-		return nftables.Check(ctx, plan, o.nftables())
-	}
-	return iptables.Check(ctx, plan, o.iptables())
-}
-
-func cleanupRules(ctx context.Context, o RuleOptions) error {
-	if o.Backend == BackendNFTables {
-		return nftables.Cleanup(ctx, o.nftables())
-	}
-	return iptables.Cleanup(ctx, o.iptables())
 }
 
 // prevResult is the primary plugin's result, which the plugin passes on and takes the pod's IPs from.

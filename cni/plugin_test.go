@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/shuntmesh/shunt/backend/backendtest"
 	"github.com/shuntmesh/shunt/cni/meshpod"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -53,16 +54,14 @@ func meshedPod(ann map[string]string) *Pod {
 	return p
 }
 
-// fakePlugin records what the plugin asked of the API server and the backend.
+// fakePlugin records what the plugin asked of the API server, the backend and the eBPF layer.
 type fakePlugin struct {
 	Plugin
-	gets    int
-	applied *redirect.Plan
-	opts    RuleOptions
-	cleaned bool
-	joined  []EBPFPod
-	joinErr error
-	left    []string
+	gets     int
+	backends backendtest.Fake
+	joined   []EBPFPod
+	joinErr  error
+	left     []string
 }
 
 func newFake(t *testing.T, pod *Pod, getErr error) *fakePlugin {
@@ -72,28 +71,37 @@ func newFake(t *testing.T, pod *Pod, getErr error) *fakePlugin {
 		f.gets++
 		return pod, getErr
 	}
-	f.Apply = func(_ context.Context, p *redirect.Plan, o RuleOptions) error {
-		f.applied, f.opts = p, o
-		return nil
-	}
-	f.Check = func(_ context.Context, p *redirect.Plan, o RuleOptions) error { return nil }
-	f.Cleanup = func(_ context.Context, o RuleOptions) error {
-		f.cleaned, f.opts = true, o
-		return nil
-	}
-	f.JoinEBPF = func(pinDir string, p EBPFPod) error {
-		if pinDir != DefaultEBPFPinDir {
-			t.Errorf("join with pin dir %q", pinDir)
+	f.Backends = f.backends.Select
+	f.Cleanup = f.backends.Cleanup
+	f.Layer = func(conf *NetConf) DataPathLayer {
+		if conf.EBPFPinDir != DefaultEBPFPinDir {
+			t.Errorf("eBPF layer with pin dir %q", conf.EBPFPinDir)
 		}
-		f.joined = append(f.joined, p)
-		return f.joinErr
-	}
-	f.LeaveEBPF = func(pinDir, netns string) error {
-		f.left = append(f.left, netns)
-		return nil
+		return fakeLayer{f}
 	}
 	quietStdout(t)
 	return f
+}
+
+// applied is the plan the last Apply installed, or nil.
+func (f *fakePlugin) applied() *redirect.Plan {
+	c, ok := f.backends.Last("Apply")
+	if !ok {
+		return nil
+	}
+	return f.backends.Installed(c.NetNS)
+}
+
+type fakeLayer struct{ f *fakePlugin }
+
+func (l fakeLayer) Register(p EBPFPod) error {
+	l.f.joined = append(l.f.joined, p)
+	return l.f.joinErr
+}
+
+func (l fakeLayer) Unregister(netns string) error {
+	l.f.left = append(l.f.left, netns)
+	return nil
 }
 
 // quietStdout sends the CNI result the plugin prints to /dev/null for the test.
@@ -127,14 +135,14 @@ func TestAddProgramsMeshedPod(t *testing.T) {
 	if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
 		t.Fatal(err)
 	}
-	if f.gets != 1 || f.applied == nil {
-		t.Fatalf("gets=%d applied=%v, want one GET and an apply", f.gets, f.applied != nil)
+	if f.gets != 1 || f.applied() == nil {
+		t.Fatalf("gets=%d applied=%v, want one GET and an apply", f.gets, f.applied() != nil)
 	}
-	if len(f.applied.Families) != 2 {
-		t.Errorf("planned %d families, want IPv4 and IPv6 from prevResult's IPs", len(f.applied.Families))
+	if len(f.applied().Families) != 2 {
+		t.Errorf("planned %d families, want IPv4 and IPv6 from prevResult's IPs", len(f.applied().Families))
 	}
-	if f.opts.NetNS != "/var/run/netns/x" || !f.opts.Reconcile {
-		t.Errorf("options %+v, want the pod's netns and reconcile", f.opts)
+	if c, _ := f.backends.Last("Apply"); c.NetNS != "/var/run/netns/x" || !c.Mode.Reconcile {
+		t.Errorf("apply %+v, want the pod's netns and reconcile", c)
 	}
 }
 
@@ -143,14 +151,14 @@ func TestAddNFTablesBackend(t *testing.T) {
 	if err := f.CmdAdd(cmdArgs(netConf(t, `,"backend":"nftables","prevResult":`+prevV4V6), "/var/run/netns/x", podArgs)); err != nil {
 		t.Fatal(err)
 	}
-	if f.applied == nil || len(f.applied.Families) != 1 || f.applied.Families[0].Family != redirect.Inet {
-		t.Fatalf("applied %+v, want one inet plan", f.applied)
+	if f.applied() == nil || len(f.applied().Families) != 1 || f.applied().Families[0].Family != redirect.Inet {
+		t.Fatalf("applied %+v, want one inet plan", f.applied())
 	}
-	if got := f.applied.Families[0].Covers; len(got) != 2 {
+	if got := f.applied().Families[0].Covers; len(got) != 2 {
 		t.Errorf("inet plan covers %v, want IPv4 and IPv6 from prevResult's IPs", got)
 	}
-	if f.opts.Backend != BackendNFTables {
-		t.Errorf("options %+v, want the nftables backend", f.opts)
+	if c, _ := f.backends.Last("Select"); !c.Inet {
+		t.Errorf("selected %+v, want the nftables backend", c)
 	}
 }
 
@@ -161,8 +169,8 @@ func TestAddDualStackNeedsTheVariable(t *testing.T) {
 	if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
 		t.Fatal(err)
 	}
-	if f.applied == nil || len(f.applied.Families) != 1 || f.applied.Families[0].Family != redirect.IPv4 {
-		t.Fatalf("applied %+v, want IPv4 only", f.applied)
+	if f.applied() == nil || len(f.applied().Families) != 1 || f.applied().Families[0].Family != redirect.IPv4 {
+		t.Fatalf("applied %+v, want IPv4 only", f.applied())
 	}
 }
 
@@ -196,8 +204,8 @@ func TestAddSkipsWithoutAPICall(t *testing.T) {
 			if err := f.CmdAdd(cmdArgs(withPrev(t, c.conf), "/ns", c.args)); err != nil {
 				t.Fatal(err)
 			}
-			if f.gets != 0 || f.applied != nil {
-				t.Errorf("gets=%d applied=%v, want neither", f.gets, f.applied != nil)
+			if f.gets != 0 || f.applied() != nil {
+				t.Errorf("gets=%d applied=%v, want neither", f.gets, f.applied() != nil)
 			}
 		})
 	}
@@ -209,8 +217,8 @@ func TestAddReadsPodWhenAnnotated(t *testing.T) {
 	if err := f.CmdAdd(cmdArgs(withPrev(t, conf), "/ns", podArgs)); err != nil {
 		t.Fatal(err)
 	}
-	if f.gets != 1 || f.applied == nil {
-		t.Fatalf("gets=%d applied=%v", f.gets, f.applied != nil)
+	if f.gets != 1 || f.applied() == nil {
+		t.Fatalf("gets=%d applied=%v", f.gets, f.applied() != nil)
 	}
 }
 
@@ -234,7 +242,7 @@ func TestAddSkipReasons(t *testing.T) {
 			if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs)); err != nil {
 				t.Fatal(err)
 			}
-			if f.applied != nil {
+			if f.applied() != nil {
 				t.Error("a skipped pod was programmed")
 			}
 		})
@@ -263,7 +271,7 @@ func TestAddFailsClosed(t *testing.T) {
 			if passes && err != nil || !passes && (err == nil || cniCode(t, err) != types.ErrTryAgainLater) {
 				t.Errorf("%s: error %v, want it to pass: %v", args, err, passes)
 			}
-			if f.applied != nil {
+			if f.applied() != nil {
 				t.Errorf("%s: rules applied", args)
 			}
 		}
@@ -281,15 +289,13 @@ func TestAddFailsClosed(t *testing.T) {
 			!strings.Contains(e.Details, meshpod.AnnotationExcludeOutboundPorts) || !strings.Contains(e.Details, `"http"`) {
 			t.Errorf("error %+v, want the pod, the annotation and the value", err)
 		}
-		if f.applied != nil {
+		if f.applied() != nil {
 			t.Error("rules applied for an invalid pod")
 		}
 	})
 	t.Run("programming fails", func(t *testing.T) {
 		f := newFake(t, meshedPod(nil), nil)
-		f.Apply = func(context.Context, *redirect.Plan, RuleOptions) error {
-			return errors.New("iptables-restore: exit 4")
-		}
+		f.backends.Errors = map[string]error{"Apply": errors.New("iptables-restore: exit 4")}
 		err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs))
 		if err == nil || !strings.Contains(err.Error(), "shop/cart-1") {
 			t.Errorf("error %v, want one naming the pod", err)
@@ -313,8 +319,8 @@ func TestAddEBPF(t *testing.T) {
 		if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/var/run/netns/x", podArgs)); err != nil {
 			t.Fatal(err)
 		}
-		if f.applied == nil || len(f.joined) != 1 {
-			t.Fatalf("applied=%v joined=%d, want the rules and one join", f.applied != nil, len(f.joined))
+		if f.applied() == nil || len(f.joined) != 1 {
+			t.Fatalf("applied=%v joined=%d, want the rules and one join", f.applied() != nil, len(f.joined))
 		}
 		j := f.joined[0]
 		if j.NetNS != "/var/run/netns/x" || !j.SockMsg || !slices.Equal(j.Config.OutboundPortsExclude, []uint16{9000}) || len(j.IPs) != 2 {
@@ -347,8 +353,8 @@ func TestAddEBPF(t *testing.T) {
 		if err := f.CmdAdd(cmdArgs(withPrev(t, ""), "/ns", podArgs)); err != nil {
 			t.Fatalf("ADD = %v, want success on iptables", err)
 		}
-		if f.applied == nil || !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "not loaded") {
-			t.Errorf("applied=%v, log:\n%s\nwant the rules and a warning with the cause", f.applied != nil, log.String())
+		if f.applied() == nil || !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "not loaded") {
+			t.Errorf("applied=%v, log:\n%s\nwant the rules and a warning with the cause", f.applied() != nil, log.String())
 		}
 	})
 	t.Run("bad values", func(t *testing.T) {
@@ -359,7 +365,7 @@ func TestAddEBPF(t *testing.T) {
 			!strings.Contains(e.Details, AnnotationEBPFSockMsg) || !strings.Contains(e.Details, `"maybe"`) {
 			t.Errorf("error %+v, want both annotations and values named", err)
 		}
-		if f.applied != nil || len(f.joined) != 0 {
+		if f.applied() != nil || len(f.joined) != 0 {
 			t.Error("a pod with bad settings was programmed")
 		}
 	})
@@ -367,9 +373,7 @@ func TestAddEBPF(t *testing.T) {
 
 func TestCheckNamesDifference(t *testing.T) {
 	f := newFake(t, meshedPod(nil), nil)
-	f.Check = func(context.Context, *redirect.Plan, RuleOptions) error {
-		return errors.New("nat/ISTIO_OUTPUT: rule missing: -A ISTIO_OUTPUT -j ISTIO_REDIRECT")
-	}
+	f.backends.Errors = map[string]error{"Check": errors.New("nat/ISTIO_OUTPUT: rule missing: -A ISTIO_OUTPUT -j ISTIO_REDIRECT")}
 	err := f.CmdCheck(cmdArgs(withPrev(t, ""), "/ns", podArgs))
 	if err == nil || !strings.Contains(err.Error(), "-A ISTIO_OUTPUT -j ISTIO_REDIRECT") {
 		t.Errorf("CHECK error %v, want the difference", err)
@@ -384,15 +388,16 @@ func TestDel(t *testing.T) {
 			t.Fatalf("DEL %d of a gone namespace: %v", i, err)
 		}
 	}
-	if f.cleaned {
+	if _, cleaned := f.backends.Last("Cleanup"); cleaned {
 		t.Error("cleanup ran for a namespace that is gone")
 	}
 	here := filepath.Join(t.TempDir(), "here")
 	if err := os.WriteFile(here, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.CmdDel(cmdArgs(netConf(t, ""), here, podArgs)); err != nil || !f.cleaned || f.opts.NetNS != here {
-		t.Errorf("DEL: err=%v cleaned=%v netns=%q", err, f.cleaned, f.opts.NetNS)
+	err := f.CmdDel(cmdArgs(netConf(t, ""), here, podArgs))
+	if c, cleaned := f.backends.Last("Cleanup"); err != nil || !cleaned || c.Scope.NetNS != here || c.Scope.NativeNFTables || c.Scope.IptablesVariant != "" {
+		t.Errorf("DEL: err=%v cleaned=%v scope=%+v, want every backend of %s cleaned", err, cleaned, c.Scope, here)
 	}
 	if !slices.Equal(f.left, []string{here}) {
 		t.Errorf("left the eBPF agent for %q, want only the existing namespace", f.left)

@@ -66,12 +66,18 @@ func procListNonEmpty(name string) bool {
 	return strings.TrimSpace(string(data)) != ""
 }
 
-// chooseVariant picks the iptables variant: the forced one, else the one already holding rules, else
-// nft when its tools are installed, else legacy. It says why.
-func chooseVariant(forced Variant) (Variant, string) {
-	if forced != "" {
-		return forced, "forced with --force-iptables-binary"
-	}
+// ChooseVariant picks the iptables variant for the namespace at netnsPath (the current one when
+// empty), from what it holds, and says why: the variant already holding tables, else nft when its tools
+// are installed, else legacy. Reading creates no table.
+func ChooseVariant(netnsPath string) (v Variant, why string, err error) {
+	err = netns.Do(netnsPath, func() error {
+		v, why = chooseVariant()
+		return nil
+	})
+	return v, why, err
+}
+
+func chooseVariant() (Variant, string) {
 	l4, l6 := tablesPresent(VariantLegacy)
 	n4, n6 := tablesPresent(VariantNFT)
 	legacy, nft := l4 || l6, n4 || n6
@@ -90,6 +96,16 @@ func chooseVariant(forced Variant) (Variant, string) {
 		return VariantLegacy, "no tables yet and iptables-nft is not installed"
 	}
 	return VariantNFT, "no tables yet; no variant-specific tools found, using iptables-restore"
+}
+
+// variant is opts' variant, or the one chooseVariant picks (logged) when opts leaves it open.
+func (o *Options) variant() Variant {
+	if o.Variant != "" {
+		return o.Variant
+	}
+	v, why := chooseVariant()
+	o.logger().Info("iptables variant chosen", "variant", v, "reason", why)
+	return v
 }
 
 // lockEnv returns the environment of legacy iptables commands: a lock file of this namespace's own when
@@ -131,8 +147,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	}
 	log := opts.logger()
 	r := opts.runner()
-	v, why := chooseVariant(opts.Variant)
-	log.Info("iptables variant chosen", "variant", v, "reason", why)
+	v := opts.variant()
 	env, unlock := lockEnv(v, opts.NetNS)
 	defer unlock()
 	p4, p6 := tablesPresent(v)
@@ -281,7 +296,7 @@ func existing(tables map[string]*SavedTable, names []string) []string {
 // changes nothing.
 func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 	return netns.Do(opts.NetNS, func() error {
-		v, _ := chooseVariant(opts.Variant)
+		v := opts.variant()
 		p4, p6 := tablesPresent(v)
 		var diff []string
 		for _, f := range []redirect.Family{redirect.IPv4, redirect.IPv6} {

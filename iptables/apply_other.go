@@ -29,3 +29,6 @@ func Find(context.Context, Options) ([]Installed, error) { return nil, ErrNotSup
 
 // Remove is not supported off Linux.
 func Remove(context.Context, Options) ([]Installed, error) { return nil, ErrNotSupported }
+
+// ChooseVariant is not supported off Linux.
+func ChooseVariant(string) (Variant, string, error) { return "", "", ErrNotSupported }

@@ -24,9 +24,9 @@ func (c Counter) String() string {
 	return fmt.Sprintf("%s %s #%d [%d:%d] %s", c.NFTTable, c.NFTChain, c.Index, c.Packets, c.Bytes, c.Rule)
 }
 
-// planTable is the engine table of one of shunt's nftables tables: the inverse of TableName.
-func planTable(name string) string { return strings.TrimPrefix(name, TableName("")) }
+// PlanTable is the engine table of one of shunt's nftables tables: the inverse of TableName.
+func PlanTable(name string) string { return strings.TrimPrefix(name, TableName("")) }
 
-// planChain is the engine chain of an nftables chain: the inverse of ChainName for the engine's
+// PlanChain is the engine chain of an nftables chain: the inverse of ChainName for the engine's
 // chains, which are upper case with underscores.
-func planChain(name string) string { return strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
+func PlanChain(name string) string { return strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }

@@ -51,7 +51,7 @@ func Counters(opts Options) ([]Counter, error) {
 					if err != nil {
 						return fmt.Errorf("%s %s rule %d: %w", table, c.Name, i, err)
 					}
-					out = append(out, Counter{Table: planTable(table), Chain: planChain(c.Name), NFTTable: table, NFTChain: c.Name,
+					out = append(out, Counter{Table: PlanTable(table), Chain: PlanChain(c.Name), NFTTable: table, NFTChain: c.Name,
 						Index: i, Rule: r.describe(lookup), Packets: packets, Bytes: bytes})
 				}
 			}

@@ -10,13 +10,13 @@ import (
 // chain they were made from.
 func TestCounterNamesArePlanNames(t *testing.T) {
 	for _, table := range redirect.Tables {
-		if got := planTable(TableName(table)); got != table {
-			t.Errorf("planTable(%q) = %q, want %q", TableName(table), got, table)
+		if got := PlanTable(TableName(table)); got != table {
+			t.Errorf("PlanTable(%q) = %q, want %q", TableName(table), got, table)
 		}
 	}
 	for _, chain := range append(append([]string{}, redirect.OwnedChains...), redirect.BuiltinChains...) {
-		if got := planChain(ChainName(chain)); got != chain {
-			t.Errorf("planChain(%q) = %q, want %q", ChainName(chain), got, chain)
+		if got := PlanChain(ChainName(chain)); got != chain {
+			t.Errorf("PlanChain(%q) = %q, want %q", ChainName(chain), got, chain)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/shuntmesh/shunt/cni/meshpod"
 	"github.com/shuntmesh/shunt/command/capture"
 	"github.com/shuntmesh/shunt/command/node"
 )
@@ -30,8 +31,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return capture.Execute(ctx, newRootCmd(env), args, env)
 }
 
-// newRootCmd returns the command tree: the capture commands and the node's.
+// newRootCmd returns the command tree: the capture commands, with --pod, and the node's.
 func newRootCmd(env capture.Env) *cobra.Command {
+	env.PodConfig = meshpod.ManifestConfig
 	root := capture.NewRoot("shunt", "Transparent traffic interception for service-mesh sidecars")
 	root.AddCommand(capture.Commands(env)...)
 	root.AddCommand(node.Commands(env)...)

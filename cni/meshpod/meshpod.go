@@ -105,6 +105,28 @@ type Decision struct {
 	Warnings []string
 }
 
+// ManifestConfig decodes a Pod manifest (YAML or JSON, as `kubectl get pod -o yaml` prints it) and
+// returns the Config the CNI plugin would capture it with, passing each warning of Decide to warn. A pod
+// the plugin would not capture is an error saying why.
+func ManifestConfig(manifest []byte, warn func(string)) (redirect.Config, error) {
+	pod, err := Decode(manifest)
+	if err != nil {
+		return redirect.Config{}, err
+	}
+	name := pod.Metadata.Namespace + "/" + pod.Metadata.Name
+	d, err := Decide(pod, nil)
+	for _, w := range d.Warnings {
+		warn("pod " + name + ": " + w)
+	}
+	if err != nil {
+		return redirect.Config{}, fmt.Errorf("pod %s: %w", name, err)
+	}
+	if d.Skip != "" {
+		return redirect.Config{}, fmt.Errorf("pod %s is not captured by the CNI plugin: %s", name, d.Skip)
+	}
+	return d.Config, nil
+}
+
 // ConfigForPod is Decide without the warnings.
 func ConfigForPod(pod *Pod, podIPs []netip.Addr) (cfg redirect.Config, skip string, err error) {
 	d, err := Decide(pod, podIPs)

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shuntmesh/shunt/iptables"
+	"github.com/shuntmesh/shunt/redirect"
 )
 
 // ExitError carries a process exit code: the mains exit with Code.
@@ -34,10 +35,23 @@ func Commands(env Env) []*cobra.Command {
 	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env)}
 }
 
-// Env is what commands reach of the process: standard streams and the environment.
+// Env is what commands reach of the process: standard streams and the environment, and what the
+// binary links to decide a Pod's settings.
 type Env struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
+	// PodConfig, when set, returns the Config the CNI plugin would capture a Pod manifest with
+	// (meshpod.ManifestConfig), and `iptables` offers --pod. The init container's binary leaves it out,
+	// and the YAML decoding with it: the injector never passes --pod.
+	PodConfig func(manifest []byte, warn func(string)) (redirect.Config, error)
+}
+
+// podFlag is the --pod flag when the binary decodes Pod manifests.
+func (e Env) podFlag() []string {
+	if e.PodConfig == nil {
+		return nil
+	}
+	return []string{"pod"}
 }
 
 // Getenv reads the process environment.

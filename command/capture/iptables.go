@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/shuntmesh/shunt/cni/meshpod"
+	"github.com/shuntmesh/shunt/backend"
 	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/nftables"
 	"github.com/shuntmesh/shunt/redirect"
@@ -31,8 +31,8 @@ func newIptablesCmd(env Env) (*cobra.Command, *istioFlags) {
 			"only with --run-validation, no rule flags with --cleanup-only or --pod.",
 		Args: cobra.NoArgs,
 	}
-	f := newIstioFlags(cmd.Flags(), ruleFlags, backendFlags, probeFlags, logFlags, []string{
-		"pod", "network-namespace", "dry-run", "explain", "cleanup-only", "reconcile", "force-apply",
+	f := newIstioFlags(cmd.Flags(), ruleFlags, backendFlags, probeFlags, logFlags, env.podFlag(), []string{
+		"network-namespace", "dry-run", "explain", "cleanup-only", "reconcile", "force-apply",
 		"run-validation", "skip-rule-apply",
 	})
 	markExclusive(cmd)
@@ -53,7 +53,7 @@ func newCleanupCmd(env Env) *cobra.Command {
 	markExclusive(cmd)
 	cmd.PreRunE = func(*cobra.Command, []string) error { return f.prepare(env.Getenv) }
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return runCleanup(cmd.Context(), f.cleanupScope(), env.Logger(f.logLevel, f.logJSON), env.Stdout)
+		return runCleanup(cmd.Context(), f.cleanupScope(env.Logger(f.logLevel, f.logJSON)), env.Stdout)
 	}
 	return cmd
 }
@@ -77,18 +77,13 @@ func newValidateCmd(env Env) *cobra.Command {
 	return cmd
 }
 
-// cleanupScope is what --cleanup-only or `shunt cleanup` removes: every backend unless the flags narrow it.
-func (f *istioFlags) cleanupScope() cleanupScope {
-	return cleanupScope{NetNS: f.netns, NativeNFTables: f.nativeNFT, Variant: iptables.Variant(f.forceBinary)}
-}
-
 // runIptables carries out the flags, which prepare accepted: it builds and checks everything before
 // it changes anything.
 func runIptables(cmd *cobra.Command, env Env, f *istioFlags) error {
 	log := env.Logger(f.logLevel, f.logJSON)
 	ctx := cmd.Context()
 	if f.cleanupOnly {
-		return runCleanup(ctx, f.cleanupScope(), log, env.Stdout)
+		return runCleanup(ctx, f.cleanupScope(log), env.Stdout)
 	}
 	cfg, err := f.buildConfig(env)
 	if err != nil {
@@ -108,14 +103,15 @@ func runIptables(cmd *cobra.Command, env Env, f *istioFlags) error {
 		}
 	}
 	if !f.skipRuleApply {
-		var err error
-		if f.nativeNFT {
-			err = nftables.Apply(ctx, &plan, nftables.Options{NetNS: f.netns, Reconcile: f.reconcile, Force: f.forceApply, Logger: log})
-		} else {
-			err = iptables.Apply(ctx, &plan, iptables.Options{Variant: iptables.Variant(f.forceBinary), NetNS: f.netns,
-				Reconcile: f.reconcile, Force: f.forceApply, Logger: log})
-		}
+		b, choice, err := backend.Select(backend.Settings{NetNS: f.netns, NativeNFTables: f.nativeNFT, IptablesVariant: f.forceBinary, Logger: log})
 		if err != nil {
+			return err
+		}
+		log.Info("backend chosen", "backend", choice.Backend, "reason", choice.Reason)
+		if plan, err = b.Plan(cfg); err != nil {
+			return err
+		}
+		if err := b.Apply(ctx, &plan, backend.Mode{Reconcile: f.reconcile, Force: f.forceApply}); err != nil {
 			return err
 		}
 	}
@@ -164,6 +160,9 @@ func (f *istioFlags) ruleConfig(env Env) (redirect.Config, error) {
 			return iptables.DetectIPv6(f.netns, dualStack)
 		})
 	}
+	if env.PodConfig == nil {
+		return redirect.Config{}, errors.New("--pod: this binary decodes no Pod manifests; use shunt")
+	}
 	var data []byte
 	var err error
 	if f.pod == "-" {
@@ -174,21 +173,11 @@ func (f *istioFlags) ruleConfig(env Env) (redirect.Config, error) {
 	if err != nil {
 		return redirect.Config{}, fmt.Errorf("--pod: %w", err)
 	}
-	pod, err := meshpod.Decode(data)
+	cfg, err := env.PodConfig(data, func(w string) { fmt.Fprintf(env.Stderr, "shunt: warning: %s\n", w) })
 	if err != nil {
 		return redirect.Config{}, fmt.Errorf("--pod %s: %w", f.pod, err)
 	}
-	d, err := meshpod.Decide(pod, nil)
-	for _, w := range d.Warnings {
-		fmt.Fprintf(env.Stderr, "shunt: warning: pod %s/%s: %s\n", pod.Metadata.Namespace, pod.Metadata.Name, w)
-	}
-	if err != nil {
-		return redirect.Config{}, fmt.Errorf("pod %s/%s: %w", pod.Metadata.Namespace, pod.Metadata.Name, err)
-	}
-	if d.Skip != "" {
-		return redirect.Config{}, fmt.Errorf("pod %s/%s is not captured by the CNI plugin: %s", pod.Metadata.Namespace, pod.Metadata.Name, d.Skip)
-	}
-	return d.Config, nil
+	return cfg, nil
 }
 
 // printPlan writes the restore input of every family, each after a comment line naming the tool, or
