@@ -50,8 +50,8 @@ type Pod struct {
 	NoSockMsg bool
 }
 
-// PodFromConfig returns the Pod of the namespace cookie for cfg, the same settings the rule engine
-// turns into ISTIO_OUTPUT, and podIPs, the pod's own addresses. It performs no I/O.
+// PodFromConfig returns the Pod of the namespace cookie for cfg and podIPs, the pod's own addresses:
+// cfg's Outbound, the decisions the rule engine turns into ISTIO_OUTPUT. It performs no I/O.
 //
 // Settings that only concern inbound traffic (the inbound ports, TPROXY mode and marks,
 // DropInvalid) stay with the nat and mangle rules, and so do KubeVirtInterfaces: traffic a VM
@@ -88,50 +88,31 @@ func PodFromConfig(cookie uint64, cfg *redirect.Config, podIPs []netip.Addr) (Po
 	if err := errors.Join(errs...); err != nil {
 		return Pod{}, err
 	}
-	p := Pod{
+	o := cfg.Outbound()
+	return Pod{
 		Cookie:       cookie,
-		ProxyPort:    cfg.ProxyPort,
-		InboundPort:  cfg.InboundCapturePort,
-		ProxyUIDs:    slices.Clone(cfg.ProxyUIDs),
-		ProxyGIDs:    slices.Clone(cfg.ProxyGIDs),
+		ProxyPort:    o.ProxyPort,
+		InboundPort:  o.InboundPort,
+		ProxyUIDs:    o.ProxyUIDs,
+		ProxyGIDs:    o.ProxyGIDs,
 		IPs:          ips,
 		IPv6:         cfg.IPv6,
-		IncludeAll:   cfg.OutboundIPRanges.All,
-		Include:      masked(cfg.OutboundIPRanges.Prefixes),
-		Exclude:      masked(cfg.OutboundIPRangesExclude),
-		Ports:        slices.Clone(cfg.OutboundPorts),
-		PortsExclude: slices.Clone(cfg.OutboundPortsExclude),
-		HostLoopback: cfg.HostIPv4LoopbackCIDR.Masked(),
-		OwnerGroups: redirect.GroupFilter{
-			All:     cfg.OwnerGroups.All,
-			Include: slices.Clone(cfg.OwnerGroups.Include),
-			Exclude: slices.Clone(cfg.OwnerGroups.Exclude),
-		},
-	}
-	// As redirect.Build: DNS is captured only with servers to capture.
-	if cfg.RedirectDNS && (cfg.CaptureAllDNS || len(cfg.DNSServers) > 0) {
-		p.DNSPort = redirect.DNSProxyPort
-		p.DNSAll = cfg.CaptureAllDNS
-		if !p.DNSAll {
-			p.DNSServers = slices.Clone(cfg.DNSServers)
-		}
-	}
-	return p, nil
-}
-
-func masked(ps []netip.Prefix) []netip.Prefix {
-	out := make([]netip.Prefix, len(ps))
-	for i, p := range ps {
-		out[i] = p.Masked()
-	}
-	return out
+		IncludeAll:   o.IncludeAll,
+		Include:      o.Include,
+		Exclude:      o.Exclude,
+		Ports:        o.Ports,
+		PortsExclude: o.PortsExclude,
+		HostLoopback: o.HostLoopback,
+		OwnerGroups:  o.OwnerGroups,
+		DNSPort:      o.DNSPort,
+		DNSAll:       o.DNSAll,
+		DNSServers:   o.DNSServers,
+	}, nil
 }
 
 // captureLocal reports whether an included range is a loopback range: istio-iptables then leaves
 // out the rule that returns the app's traffic over lo, and so does the fast path.
-func (p *Pod) captureLocal() bool {
-	return slices.ContainsFunc(p.Include, func(pr netip.Prefix) bool { return pr.Addr().IsLoopback() })
-}
+func (p *Pod) captureLocal() bool { return redirect.IncludesLoopback(p.Include) }
 
 // Validate reports every setting of p that the kernel programs cannot hold.
 func (p *Pod) Validate() error {

@@ -106,6 +106,29 @@ func TestPodFromConfigLists(t *testing.T) {
 	}
 }
 
+// TestPodFromConfigIsOutbound: the pod holds the engine's decisions of ISTIO_OUTPUT, as they are.
+func TestPodFromConfigIsOutbound(t *testing.T) {
+	cfg := redirect.DefaultConfig()
+	cfg.OutboundIPRanges = redirect.PrefixList{Prefixes: []netip.Prefix{mustPrefix(t, "10.96.0.1/12"), mustPrefix(t, "127.1.2.3/32")}}
+	cfg.OutboundIPRangesExclude = []netip.Prefix{mustPrefix(t, "fd00::5/64")}
+	cfg.OwnerGroups = redirect.GroupFilter{All: true, Exclude: []uint32{5}}
+	cfg.RedirectDNS, cfg.DNSServers = true, []netip.Addr{mustAddr(t, "10.96.0.10")}
+	p, err := PodFromConfig(3, &cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.Outbound()
+	got := redirect.Outbound{
+		ProxyPort: p.ProxyPort, InboundPort: p.InboundPort, TunnelPort: o.TunnelPort, ProxyUIDs: p.ProxyUIDs, ProxyGIDs: p.ProxyGIDs,
+		IncludeAll: p.IncludeAll, Include: p.Include, Exclude: p.Exclude, Ports: p.Ports, PortsExclude: p.PortsExclude,
+		HostLoopback: p.HostLoopback, IncludesLoopback: p.captureLocal(), OwnerGroups: p.OwnerGroups,
+		DNSPort: p.DNSPort, DNSAll: p.DNSAll, DNSServers: p.DNSServers,
+	}
+	if diff := cmp.Diff(o, got, cmpPod); diff != "" {
+		t.Errorf("(-outbound +pod)\n%s", diff)
+	}
+}
+
 func TestPodFromConfigDNS(t *testing.T) {
 	for _, c := range []struct {
 		name     string

@@ -5,10 +5,10 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
-	"regexp"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -100,37 +100,142 @@ func (s State) Empty() bool {
 	return true
 }
 
-// ourBuiltinRules match the rules the engine puts in built-in chains that are not jumps into our
-// chains (those are recognised by their target). Interface RETURNs are ours only when the table holds
-// our chains too. Compiled on first use: the init container's start-up stays lean.
-var ourBuiltinRules = sync.OnceValue(func() []*regexp.Regexp {
-	return []*regexp.Regexp{
-		regexp.MustCompile(`^-p tcp -m mark --mark 0x[0-9a-f]+ -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
-		regexp.MustCompile(`^-o lo -p tcp -m mark --mark 0x[0-9a-f]+ -j RETURN$`),
-		regexp.MustCompile(`^! -d \S+ -o lo -p tcp -m owner --[ug]id-owner \d+ -j MARK --set-xmark 0x53a/0xffffffff$`),
-		regexp.MustCompile(`^-p tcp -m connmark --mark 0x[0-9a-f]+ -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff$`),
-	}
-})
-
-var ifaceReturn = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^-[io] [A-Za-z0-9._+-]+ -j RETURN$`) })
-
-// isOurs reports whether spec, a rule of a built-in chain, is one the engine installs.
+// isOurs reports whether spec, a rule of a built-in chain, is one the engine installs there (see
+// redirect.OwnsBuiltinRule); tableHasOurChains tells whether its table holds chains of ours. Nothing is
+// compiled: the init container's start-up stays lean.
 func isOurs(spec string, tableHasOurChains bool) bool {
-	if i := strings.LastIndex(spec, "-j "); i >= 0 {
-		target := strings.Fields(spec[i+3:])[0]
-		if redirect.IsOwned(target) {
-			return true
+	r, exact := savedRule(spec)
+	if !exact {
+		// It matches what no Rule holds: only its target can make it ours.
+		r = redirect.Rule{Target: r.Target}
+	}
+	return redirect.OwnsBuiltinRule(&r, tableHasOurChains)
+}
+
+// savedRule reads spec, a rule as iptables-save prints it, back into the Rule that RuleSpec renders as
+// spec. exact is false when spec is no rendering of RuleSpec; r then still holds the target of spec's
+// last -j.
+func savedRule(spec string) (r redirect.Rule, exact bool) {
+	w := strings.Fields(spec)
+	j := -1
+	for i, s := range w {
+		if s == "-j" {
+			j = i
 		}
 	}
-	if tableHasOurChains && ifaceReturn().MatchString(spec) {
-		return true
+	if j < 0 || j == len(w)-1 {
+		return r, false
 	}
-	for _, re := range ourBuiltinRules() {
-		if re.MatchString(spec) {
-			return true
+	fam := savedTarget(&r.Target, w[j+1:])
+	return r, savedMatches(&r, w[:j]) && RuleSpec(&r, fam) == spec
+}
+
+// savedTarget reads the target w (its name and options) into t, and returns the family its options
+// imply (TPROXY's --on-ip).
+func savedTarget(t *redirect.Target, w []string) redirect.Family {
+	opt := func(name string) string {
+		if i := slices.Index(w, name); i >= 0 && i+1 < len(w) {
+			return w[i+1]
+		}
+		return ""
+	}
+	fam := redirect.IPv4
+	switch w[0] {
+	case "RETURN":
+		t.Kind = redirect.TargetReturn
+	case "ACCEPT":
+		t.Kind = redirect.TargetAccept
+	case "DROP":
+		t.Kind = redirect.TargetDrop
+	case "REDIRECT":
+		t.Kind, t.Port = redirect.TargetRedirect, uint16(savedNumber(opt("--to-ports")))
+	case "TPROXY":
+		t.Kind, t.Port, t.Mark = redirect.TargetTProxy, uint16(savedNumber(opt("--on-port"))), savedNumber(opt("--tproxy-mark"))
+		if opt("--on-ip") == "::" {
+			fam = redirect.IPv6
+		}
+	case "MARK":
+		t.Kind, t.Mark = redirect.TargetSetMark, savedNumber(opt("--set-xmark"))
+	case "CONNMARK":
+		t.Kind = redirect.TargetRestoreMark
+		if slices.Contains(w, "--save-mark") {
+			t.Kind = redirect.TargetSaveMark
+		}
+	case "CT":
+		t.Kind, t.Zone = redirect.TargetCTZone, uint16(savedNumber(opt("--zone")))
+	default:
+		t.Kind, t.Chain = redirect.TargetJump, w[0]
+	}
+	return fam
+}
+
+// savedMatches reads the matches w into r. It reports false for an option RuleSpec does not write.
+func savedMatches(r *redirect.Rule, w []string) bool {
+	module := ""
+	for i := 0; i < len(w); i += 2 {
+		not := w[i] == "!"
+		if not {
+			i++
+		}
+		if i+1 >= len(w) {
+			return false
+		}
+		flag, val := w[i], w[i+1]
+		switch flag {
+		case "-s", "-d":
+			p, err := netip.ParsePrefix(val)
+			if err != nil {
+				return false
+			}
+			if flag == "-s" {
+				r.Src = redirect.AddrMatch{Prefix: p, Not: not}
+			} else {
+				r.Dst = redirect.AddrMatch{Prefix: p, Not: not}
+			}
+		case "-i":
+			r.In = redirect.IfaceMatch{Name: val, Not: not}
+		case "-o":
+			r.Out = redirect.IfaceMatch{Name: val, Not: not}
+		case "-p":
+			r.Proto = val
+		case "-m":
+			module = val
+		case "--dport", "--dports", "--sport", "--sports":
+			m := redirect.PortMatch{Not: not}
+			for _, p := range strings.Split(val, ",") {
+				m.Ports = append(m.Ports, uint16(savedNumber(p)))
+			}
+			if strings.HasPrefix(flag, "--d") {
+				r.DPort = m
+			} else {
+				r.SPort = m
+			}
+		case "--ctstate":
+			r.CTState = strings.Split(val, ",")
+		case "--mark":
+			m := redirect.MarkMatch{Set: true, Value: savedNumber(val), Not: not}
+			if module == "connmark" {
+				r.ConnMark = m
+			} else {
+				r.Mark = m
+			}
+		case "--uid-owner", "--gid-owner":
+			r.Owners = append(r.Owners, redirect.OwnerMatch{GID: flag == "--gid-owner", ID: savedNumber(val), Not: not})
+		default:
+			return false
 		}
 	}
-	return false
+	return true
+}
+
+// savedNumber reads a decimal or 0x-prefixed number, without its /mask; 0 when there is none.
+func savedNumber(s string) uint32 {
+	s, _, _ = strings.Cut(s, "/")
+	v, err := strconv.ParseUint(s, 0, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(v)
 }
 
 // OwnedState extracts our part of parsed iptables-save output.
