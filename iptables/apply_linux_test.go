@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/redirect"
@@ -293,29 +292,6 @@ func TestCleanupLeavesForeignRules(t *testing.T) {
 			// A second cleanup finds nothing to do and succeeds.
 			if err := Cleanup(context.Background(), Options{NetNS: ns.Path()}); err != nil {
 				t.Errorf("second cleanup: %v", err)
-			}
-		})
-	}
-}
-
-func TestValidation(t *testing.T) {
-	testutil.RequireRoot(t)
-	for _, mode := range []redirect.Mode{redirect.ModeRedirect, redirect.ModeTProxy} {
-		t.Run(string(mode), func(t *testing.T) {
-			ns := testutil.NewNetNS(t)
-			cfg := redirect.DefaultConfig()
-			// The test runs as root: make root the "proxy", so the probe runs in this process.
-			cfg.ProxyUIDs, cfg.ProxyGIDs, cfg.Mode, cfg.IPv6 = []uint32{0}, []uint32{0}, mode, true
-			v := Validation{Config: cfg, ProbePort: 15002, Timeout: 5 * time.Second, NetNS: ns.Path()}
-			err := v.Run(context.Background())
-			if err == nil || !strings.Contains(err.Error(), "127.0.0.6:15002") {
-				t.Fatalf("validation without rules = %v, want a failure naming the probe", err)
-			}
-			if err := Apply(context.Background(), mustBuild(t, cfg), Options{NetNS: ns.Path()}); err != nil {
-				t.Fatal(err)
-			}
-			if err := v.Run(context.Background()); err != nil {
-				t.Fatalf("validation with rules: %v", err)
 			}
 		})
 	}

@@ -21,9 +21,6 @@ func Check(context.Context, *redirect.Plan, Options) error { return ErrNotSuppor
 // Cleanup is not supported off Linux.
 func Cleanup(context.Context, Options) error { return ErrNotSupported }
 
-// DetectIPv6 reports IPv4 off Linux, so that dry runs default to it.
-func DetectIPv6(string, bool) (bool, error) { return false, nil }
-
 // Find is not supported off Linux.
 func Find(context.Context, Options) ([]Installed, error) { return nil, ErrNotSupported }
 

@@ -14,8 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/redirect"
+	"github.com/shuntmesh/shunt/validation"
 )
 
 // ExitError carries a process exit code: the mains exit with Code.
@@ -102,7 +102,7 @@ func newProbeClientCmd(env Env) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			answer, err := iptables.ProbeClient(ctx, args[0])
+			answer, err := validation.Client(ctx, args[0])
 			if err != nil {
 				return err
 			}

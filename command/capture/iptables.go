@@ -10,9 +10,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shuntmesh/shunt/backend"
+	"github.com/shuntmesh/shunt/internal/podroute"
 	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/nftables"
 	"github.com/shuntmesh/shunt/redirect"
+	"github.com/shuntmesh/shunt/validation"
 )
 
 // validationExitCode is istio-iptables' exit code for a failed validation; istio-cni's repair
@@ -96,7 +98,7 @@ func runIptables(cmd *cobra.Command, env Env, f *istioFlags) error {
 	if f.dryRun {
 		return printPlan(env.Stdout, &plan, f.explain)
 	}
-	var v *iptables.Validation
+	var v *validation.Probe
 	if f.runValidation {
 		if v, err = f.validation(cfg, log); err != nil {
 			return err
@@ -127,7 +129,7 @@ func runIptables(cmd *cobra.Command, env Env, f *istioFlags) error {
 }
 
 // validation returns the validation of cfg the flags ask for.
-func (f *istioFlags) validation(cfg redirect.Config, log *slog.Logger) (*iptables.Validation, error) {
+func (f *istioFlags) validation(cfg redirect.Config, log *slog.Logger) (*validation.Probe, error) {
 	var errs []error
 	port, err := redirect.ParsePort(f.probePort)
 	if err != nil {
@@ -143,7 +145,7 @@ func (f *istioFlags) validation(cfg redirect.Config, log *slog.Logger) (*iptable
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return &iptables.Validation{Config: cfg, ProbePort: port, Timeout: f.probeTimeout, NetNS: f.netns, Logger: log,
+	return &validation.Probe{Config: cfg, ProbePort: port, Timeout: f.probeTimeout, NetNS: f.netns, Logger: log,
 		ClientCommand: []string{exe, "__validate-client"}}, nil
 }
 
@@ -157,7 +159,7 @@ func (f *istioFlags) buildConfig(env Env) (redirect.Config, error) {
 func (f *istioFlags) ruleConfig(env Env) (redirect.Config, error) {
 	if f.pod == "" {
 		return f.config(env.Getenv, os.ReadFile, func(dualStack bool) (bool, error) {
-			return iptables.DetectIPv6(f.netns, dualStack)
+			return podroute.DetectIPv6(f.netns, dualStack)
 		})
 	}
 	if env.PodConfig == nil {

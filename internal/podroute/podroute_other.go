@@ -21,3 +21,6 @@ func Cleanup() ([]string, error) { return nil, errNotLinux }
 
 // CleanupAt is only implemented on Linux.
 func CleanupAt(string) ([]string, error) { return nil, errNotLinux }
+
+// DetectIPv6 is only implemented on Linux; elsewhere a namespace is IPv4.
+func DetectIPv6(string, bool) (bool, error) { return false, nil }

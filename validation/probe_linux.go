@@ -1,4 +1,4 @@
-package iptables
+package validation
 
 import (
 	"bufio"
@@ -22,13 +22,13 @@ import (
 )
 
 // Run performs the validation within v.Timeout.
-func (v *Validation) Run(ctx context.Context) error {
+func (v *Probe) Run(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, v.Timeout)
 	defer cancel()
 	return netns.Do(v.NetNS, func() error { return v.run(ctx) })
 }
 
-func (v *Validation) run(ctx context.Context) error {
+func (v *Probe) run(ctx context.Context) error {
 	cfg := &v.Config
 	var lns []net.Listener
 	defer func() {
@@ -49,7 +49,7 @@ func (v *Validation) run(ctx context.Context) error {
 		targets = append(targets, netip.AddrPortFrom(redirect.PassthroughV6, v.ProbePort))
 	}
 	for _, target := range targets {
-		got, err := v.probe(ctx, target)
+		got, err := v.connect(ctx, target)
 		if err != nil {
 			return fmt.Errorf("connection as uid %d to %s was not captured by the inbound listener :%d: %w",
 				cfg.ProxyUIDs[0], target, cfg.InboundCapturePort, err)
@@ -66,10 +66,10 @@ func (v *Validation) run(ctx context.Context) error {
 }
 
 // probe connects to target as the proxy's uid and returns what the capturing listener answered.
-func (v *Validation) probe(ctx context.Context, target netip.AddrPort) (string, error) {
+func (v *Probe) connect(ctx context.Context, target netip.AddrPort) (string, error) {
 	uid, gid := v.Config.ProxyUIDs[0], v.Config.ProxyGIDs[0]
 	if uint32(os.Geteuid()) == uid {
-		return ProbeClient(ctx, target.String())
+		return Client(ctx, target.String())
 	}
 	if len(v.ClientCommand) == 0 {
 		return "", errors.New("no probe client command to run as the proxy's uid")
@@ -89,10 +89,10 @@ func (v *Validation) probe(ctx context.Context, target netip.AddrPort) (string, 
 	return strings.TrimSpace(string(out)), nil
 }
 
-// ProbeClient connects to addr and returns the line the listener answers. It connects from the
+// Client connects to addr and returns the line the listener answers. It connects from the
 // family's localhost address: connecting to ::6 would otherwise pick ::6 as the source, which the rules
 // rightly treat as the proxy's passthrough and leave alone.
-func ProbeClient(ctx context.Context, addr string) (string, error) {
+func Client(ctx context.Context, addr string) (string, error) {
 	target, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return "", err
