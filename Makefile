@@ -52,6 +52,7 @@ compat: build
 	@if [ -x $(SHARED)/compat/check-istio-compat ]; then \
 		fail=0; \
 		for bin in $(BIN) bin/shunt-init; do for dir in istio istio-cni istio-nft; do for mode in "" --apply; do \
+			case $$bin:$$dir in *shunt-init:istio-cni) continue;; esac; \
 			out=$$($(SHARED)/compat/check-istio-compat $$mode $$bin $(SHARED)/compat/$$dir) || { echo "$$out" | grep -v '^PASS'; fail=1; }; \
 			echo "$$(basename $$bin) $$dir: $$(echo "$$out" | tail -n 1)"; \
 		done; done; done; exit $$fail; \

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/shuntmesh/shunt/internal/podroute"
 	"github.com/shuntmesh/shunt/internal/testutil/golden"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -99,7 +100,7 @@ func renderPlan(t *testing.T, cfg redirect.Config, explain bool) string {
 	for i := range plan.Families {
 		fp := &plan.Families[i]
 		b.WriteString("# " + fp.Family.String() + "\n")
-		for _, l := range ExplainSetup(fp) {
+		for _, l := range podroute.Explain(fp) {
 			b.WriteString("# " + l + "\n")
 		}
 		b.Write(Render(fp, RenderOptions{Explain: explain}))

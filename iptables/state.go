@@ -410,22 +410,6 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 	return b.Bytes()
 }
 
-// ExplainSetup describes, for --explain, what is programmed besides iptables rules.
-func ExplainSetup(fp *redirect.FamilyPlan) []string {
-	var out []string
-	for _, f := range fp.Covers {
-		if fp.TProxy == nil {
-			break
-		}
-		out = append(out, fmt.Sprintf("%s/%s: ip rule fwmark %d lookup %d; ip route add local default dev lo table %d (TPROXY delivery to the proxy)",
-			redirect.FlowInbound, f, fp.TProxy.Mark, fp.TProxy.Table, fp.TProxy.Table))
-	}
-	for _, a := range fp.LoopbackAddrs {
-		out = append(out, fmt.Sprintf("%s/%s: ip addr add %s dev lo (source of the proxy's inbound passthrough)", redirect.FlowInbound, redirect.FlowIPv6, a))
-	}
-	return out
-}
-
 // onlyOurs reports whether the tables named hold nothing but ours: every chain is either one of ours or a
 // built-in chain with policy ACCEPT whose rules are all ours. Such tables can be rebuilt whole, from the
 // plan alone, without losing anything.

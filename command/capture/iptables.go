@@ -191,7 +191,7 @@ func printPlan(w io.Writer, plan *redirect.Plan, explain bool) error {
 			return err
 		}
 		if explain {
-			for _, line := range iptables.ExplainSetup(fp) {
+			for _, line := range podroute.Explain(fp) {
 				fmt.Fprintf(w, "# %s\n", line)
 			}
 		}
@@ -208,7 +208,7 @@ func printPlan(w io.Writer, plan *redirect.Plan, explain bool) error {
 			return err
 		}
 		if explain {
-			for _, line := range iptables.ExplainSetup(fp) {
+			for _, line := range podroute.Explain(fp) {
 				fmt.Fprintf(w, "# %s\n", line)
 			}
 		}
