@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	goiptables "github.com/coreos/go-iptables/iptables"
 	"golang.org/x/sys/unix"
 
 	"github.com/shuntmesh/shunt/internal/netns"
@@ -123,13 +123,37 @@ func lockEnv(v Variant, netnsPath string) (env []string, done func()) {
 
 // lockFileSupported probes, once, whether the legacy tools are iptables >= 1.8.6.
 var lockFileSupported = sync.OnceValue(func() bool {
-	ipt, err := goiptables.New(goiptables.Path("iptables-legacy"))
+	out, err := exec.Command("iptables-legacy", "--version").Output()
 	if err != nil {
 		return false
 	}
-	v1, v2, v3 := ipt.GetIptablesVersion()
-	return v1 > 1 || v1 == 1 && (v2 > 8 || v2 == 8 && v3 >= 6)
+	v := parseVersion(string(out))
+	return v[0] > 1 || v[0] == 1 && (v[1] > 8 || v[1] == 8 && v[2] >= 6)
 })
+
+// parseVersion reads "iptables v1.8.9 (legacy)" as {1, 8, 9}; anything else is {0, 0, 0}. (Not
+// coreos/go-iptables' GetIptablesVersion: that package compiles a regexp at initialisation, which
+// every start of the init container would pay for.)
+func parseVersion(out string) [3]int {
+	var v [3]int
+	_, rest, ok := strings.Cut(out, " v")
+	if !ok {
+		return v
+	}
+	rest, _, _ = strings.Cut(rest, " ")
+	parts := strings.SplitN(strings.TrimSpace(rest), ".", 3)
+	if len(parts) != 3 {
+		return v
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || p[0] < '0' || p[0] > '9' {
+			return [3]int{}
+		}
+		v[i] = n
+	}
+	return v
+}
 
 // Apply programs plan: iptables rules per family with one iptables-restore each, then the TPROXY
 // routes and IPv6 loopback address. A second Apply of the same plan changes nothing. When rules of ours
