@@ -19,7 +19,6 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -152,7 +151,7 @@ func (p *cniPod) runtimeConf() *libcni.RuntimeConf {
 func (n *cniNode) inNode(t testing.TB, fn func() error) error {
 	t.Helper()
 	var err error
-	if nerr := ns.WithNetNSPath(n.ns.Path(), func(ns.NetNS) error { err = fn(); return nil }); nerr != nil {
+	if nerr := n.ns.Do(func() error { err = fn(); return nil }); nerr != nil {
 		t.Fatalf("enter node namespace: %v", nerr)
 	}
 	return err
@@ -316,7 +315,7 @@ func (n *cniNode) nodeHTTP() *http.Client {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		var err error
-		nerr := ns.WithNetNSPath(n.ns.Path(), func(ns.NetNS) error {
+		nerr := n.ns.Do(func() error {
 			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 			return nil
 		})

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,7 +74,7 @@ func TestInstallCNI(t *testing.T) {
 	cmd := n.ns.Command(nil, installCNIArgs(t, n, binDir, netDir, token, tokenFile, caFile, health)...)
 	// The chart's downward-API variables: the plugin learns the agent's own pods from them.
 	cmd.Env = append(cmd.Env, "POD_NAME=shunt-cni-x7k2p", "POD_NAMESPACE=kube-system")
-	var logs lockedLog
+	var logs testutil.LockedBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -331,7 +330,7 @@ func TestInstallCNIKilledAndRestarted(t *testing.T) {
 type installCNIProc struct {
 	cmd    *exec.Cmd
 	exited chan error
-	logs   *lockedLog
+	logs   *testutil.LockedBuffer
 	done   bool
 }
 
@@ -339,7 +338,7 @@ type installCNIProc struct {
 // running.
 func startInstallCNI(t *testing.T, n *cniNode, args []string) *installCNIProc {
 	t.Helper()
-	p := &installCNIProc{cmd: n.ns.Command(nil, args...), exited: make(chan error, 1), logs: &lockedLog{}}
+	p := &installCNIProc{cmd: n.ns.Command(nil, args...), exited: make(chan error, 1), logs: &testutil.LockedBuffer{}}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -501,22 +500,4 @@ func writeFile(t *testing.T, path string, data []byte, mode os.FileMode) {
 	if err := os.Chmod(path, mode); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// lockedLog collects a process's output.
-type lockedLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

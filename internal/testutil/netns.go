@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+
+	"github.com/shuntmesh/shunt/internal/netns"
 )
 
 var netnsSeq atomic.Int64
@@ -50,6 +52,10 @@ func NewNetNS(t testing.TB) *NetNS {
 
 // Path returns the namespace's bind mount, for nsenter and setns(2).
 func (n *NetNS) Path() string { return filepath.Join("/run/netns", n.Name) }
+
+// Do runs fn on a locked OS thread inside n (netns.Do): sockets fn opens and
+// processes it starts belong to n. The calling thread stays where it is.
+func (n *NetNS) Do(fn func() error) error { return netns.Do(n.Path(), fn) }
 
 // Cred is the identity a process runs as: real and effective uid and gid,
 // and no supplementary groups.
