@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/shuntmesh/shunt/cni"
+	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
 // fakePluginScript answers VERSION as a CNI plugin does.
@@ -33,28 +34,10 @@ cat >/dev/null
 echo '{"cniVersion":"1.1.0","supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]}'
 `
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testNode is an installer's world: the host's directories, the service account, the socket.
 type testNode struct {
 	binDir, netDir, saDir, socket string
-	log                           *syncBuffer
+	log                           *testutil.LockedBuffer
 }
 
 func (n *testNode) path(name string) string { return filepath.Join(n.netDir, name) }
@@ -69,7 +52,7 @@ func newTestNode(t *testing.T) (*testNode, Config) {
 		saDir:  filepath.Join(root, "sa"),
 		// Socket paths are short (108 bytes); the temporary directory may not be.
 		socket: filepath.Join(mustShortDir(t), "cni.sock"),
-		log:    &syncBuffer{},
+		log:    &testutil.LockedBuffer{},
 	}
 	for _, d := range []string{n.binDir, n.netDir, n.saDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

@@ -37,3 +37,27 @@ func kubeconfigFor(server, tokenFile, caFile string) ([]byte, error) {
 	cfg.CurrentContext = name
 	return clientcmd.Write(*cfg)
 }
+
+// ensureKubeconfig writes the plugin's kubeconfig unless it is in place: after a token rotation, it
+// is rewritten.
+func (in *Installer) ensureKubeconfig() error {
+	want, err := kubeconfigFor(in.cfg.APIServer, in.cfg.TokenFile, in.cfg.CAFile)
+	if err != nil {
+		return err
+	}
+	have, err := os.ReadFile(in.cfg.KubeconfigFile)
+	if err == nil && bytes.Equal(have, want) {
+		if fi, err := os.Stat(in.cfg.KubeconfigFile); err == nil && fi.Mode().Perm() == kubeconfigMode {
+			return nil
+		}
+	}
+	if err := writeFileAtomic(in.cfg.KubeconfigFile, want, kubeconfigMode); err != nil {
+		return err
+	}
+	if have == nil {
+		in.log.Info("wrote plugin kubeconfig", "file", in.cfg.KubeconfigFile, "server", in.cfg.APIServer)
+	} else {
+		in.log.Info("rewrote plugin kubeconfig: token rotated or file changed", "file", in.cfg.KubeconfigFile)
+	}
+	return nil
+}

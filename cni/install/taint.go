@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,4 +74,25 @@ func removeTaint(ctx context.Context, client dynamic.Interface, node, key string
 		}
 	}
 	return false, fmt.Errorf("patch node %s: taints changed concurrently %d times", node, taintAttempts)
+}
+
+// untaint removes the node's startup taint, retrying until it succeeds or ctx is done.
+func (in *Installer) untaint(ctx context.Context) {
+	wait := backoff{min: time.Second, max: 30 * time.Second}
+	for ctx.Err() == nil {
+		removed, err := removeTaint(ctx, in.cfg.Client, in.cfg.NodeName, in.cfg.TaintKey)
+		if err == nil {
+			if removed {
+				in.log.Info("removed the node's startup taint", "node", in.cfg.NodeName, "taint", in.cfg.TaintKey+":NoSchedule")
+			} else {
+				in.log.Info("node has no startup taint", "node", in.cfg.NodeName, "taint", in.cfg.TaintKey+":NoSchedule")
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		in.log.Warn("remove the node's startup taint", "node", in.cfg.NodeName, "error", err)
+		sleep(ctx, wait.next())
+	}
 }
