@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shuntmesh/shunt/internal/netns"
 )
 
 // The pod's side and the node's side of the pod's veth pair.
@@ -217,7 +219,7 @@ func (b *bench) timed(p *pod, cmd *exec.Cmd, stdin string) (time.Duration, error
 	defer out.Close()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = in, out, out
 	var d time.Duration
-	err = inNetNS(p.ns, func() error {
+	err = netns.Do(nsPath(p.ns), func() error {
 		start := time.Now()
 		if err := cmd.Start(); err != nil {
 			return err
@@ -287,7 +289,7 @@ func newPod() (_ *pod, err error) {
 
 // withHandle calls fn with a netlink handle of the namespace ns.
 func withHandle(ns *os.File, fn func(*netlink.Handle) error) error {
-	return inNetNS(ns, func() error {
+	return netns.Do(nsPath(ns), func() error {
 		h, err := netlink.NewHandle() // its socket belongs to the thread's namespace: ns
 		if err != nil {
 			return fmt.Errorf("netlink: %w", err)
@@ -322,7 +324,7 @@ func linkUp(h *netlink.Handle, name, addr string) error {
 func (p *pod) output(cmd *exec.Cmd) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := inNetNS(p.ns, cmd.Run); err != nil {
+	if err := netns.Do(nsPath(p.ns), cmd.Run); err != nil {
 		return nil, fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	return stdout.Bytes(), nil
@@ -359,38 +361,23 @@ func (p *pod) Close() error {
 	return errors.Join(errs...)
 }
 
-// newNetNS returns a new network namespace. The calling thread's namespace does not change.
+// newNetNS returns a new network namespace. The calling thread's namespace does not change: the
+// namespace is made on an OS thread of its own, which ends with it.
 func newNetNS() (*os.File, error) {
 	var ns *os.File
-	err := onThread(func() error {
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("new network namespace: %w", err)
-		}
-		var err error
-		ns, err = os.Open("/proc/thread-self/ns/net")
-		return err
-	})
-	return ns, err
-}
-
-// inNetNS calls fn on an OS thread in the network namespace ns: processes fn starts are born there, and
-// netlink sockets it opens belong there.
-func inNetNS(ns *os.File, fn func() error) error {
-	return onThread(func() error {
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("enter network namespace: %w", err)
-		}
-		return fn()
-	})
-}
-
-// onThread calls fn on an OS thread of its own, which ends with fn: the namespaces fn moves it to never
-// leak to other goroutines.
-func onThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // no unlock: the runtime ends the thread with this goroutine
-		errc <- fn()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("new network namespace: %w", err)
+			return
+		}
+		var err error
+		ns, err = os.Open("/proc/thread-self/ns/net")
+		errc <- err
 	}()
-	return <-errc
+	return ns, <-errc
 }
+
+// nsPath names the network namespace open as f, for netns.Do.
+func nsPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
