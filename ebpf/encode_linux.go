@@ -33,7 +33,7 @@ func (p *Pod) kernel(gen uint16) redirectPod {
 		redirectPodFlagPOD_NO_SOCKMSG:     p.NoSockMsg,
 		redirectPodFlagPOD_IPV6:           p.IPv6,
 		redirectPodFlagPOD_INCLUDE_ALL:    p.IncludeAll,
-		redirectPodFlagPOD_CAPTURE_LOCAL:  p.captureLocal(),
+		redirectPodFlagPOD_CAPTURE_LOCAL:  p.CaptureLocal,
 		redirectPodFlagPOD_DNS:            p.DNSPort != 0,
 		redirectPodFlagPOD_DNS_ALL:        p.DNSPort != 0 && p.DNSAll,
 		redirectPodFlagPOD_GROUPS_INCLUDE: !p.OwnerGroups.All,

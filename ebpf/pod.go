@@ -38,6 +38,10 @@ type Pod struct {
 	Ports, PortsExclude []uint16
 	// HostLoopback is the IPv4 localhost range, never captured.
 	HostLoopback netip.Prefix
+	// CaptureLocal captures the app's connections over lo too: an included range, as configured, is
+	// a loopback range, and the engine then leaves out the rule that returns them
+	// (redirect.Outbound.IncludesLoopback).
+	CaptureLocal bool
 	// OwnerGroups selects the processes captured by gid.
 	OwnerGroups redirect.GroupFilter
 	// DNSPort, when not 0, is where TCP DNS (port 53) to DNSServers, or to anywhere with
@@ -103,16 +107,13 @@ func PodFromConfig(cookie uint64, cfg *redirect.Config, podIPs []netip.Addr) (Po
 		Ports:        o.Ports,
 		PortsExclude: o.PortsExclude,
 		HostLoopback: o.HostLoopback,
+		CaptureLocal: o.IncludesLoopback,
 		OwnerGroups:  o.OwnerGroups,
 		DNSPort:      o.DNSPort,
 		DNSAll:       o.DNSAll,
 		DNSServers:   o.DNSServers,
 	}, nil
 }
-
-// captureLocal reports whether an included range is a loopback range: istio-iptables then leaves
-// out the rule that returns the app's traffic over lo, and so does the fast path.
-func (p *Pod) captureLocal() bool { return redirect.IncludesLoopback(p.Include) }
 
 // Validate reports every setting of p that the kernel programs cannot hold.
 func (p *Pod) Validate() error {

@@ -17,7 +17,7 @@ func be(a string) uint32 { return nativeBE(netip.MustParseAddr(a).As4()) }
 func TestPodKernel(t *testing.T) {
 	p := Pod{
 		Cookie: 9, ProxyPort: 15001, InboundPort: 15006, ProxyUIDs: []uint32{1337}, ProxyGIDs: []uint32{1337, 7},
-		IPv6: true, Include: []netip.Prefix{mustPrefix(t, "127.0.0.0/8")}, HostLoopback: mustPrefix(t, "127.0.0.1/8"),
+		IPv6: true, Include: []netip.Prefix{mustPrefix(t, "127.0.0.0/8")}, HostLoopback: mustPrefix(t, "127.0.0.1/8"), CaptureLocal: true,
 		OwnerGroups: redirect.GroupFilter{Include: []uint32{5}}, DNSPort: 15053, DNSAll: true, NoSockMsg: true,
 	}
 	got := p.kernel(3)

@@ -3,6 +3,7 @@ package ebpf
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -97,12 +98,16 @@ func TestPodFromConfigLists(t *testing.T) {
 	if diff := cmp.Diff(want, got, cmpPod); diff != "" {
 		t.Errorf("(-want +got)\n%s", diff)
 	}
-	if got.captureLocal() {
-		t.Error("captureLocal without a loopback include range")
+	if got.CaptureLocal {
+		t.Error("CaptureLocal without a loopback include range")
 	}
-	cfg.OutboundIPRanges.Prefixes = append(cfg.OutboundIPRanges.Prefixes, mustPrefix(t, "127.0.0.0/8"))
-	if got, _ := PodFromConfig(7, &cfg, nil); !got.captureLocal() {
-		t.Error("no captureLocal with a loopback include range")
+	// As configured: 127.0.0.1/4 masks to 112.0.0.0/4, but the engine leaves out the lo RETURN for it.
+	for _, p := range []string{"127.0.0.0/8", "127.0.0.1/4", "::1/127"} {
+		c := cfg
+		c.OutboundIPRanges.Prefixes = append(slices.Clone(cfg.OutboundIPRanges.Prefixes), mustPrefix(t, p))
+		if got, _ := PodFromConfig(7, &c, nil); !got.CaptureLocal {
+			t.Errorf("no CaptureLocal with the include range %s", p)
+		}
 	}
 }
 
@@ -121,7 +126,7 @@ func TestPodFromConfigIsOutbound(t *testing.T) {
 	got := redirect.Outbound{
 		ProxyPort: p.ProxyPort, InboundPort: p.InboundPort, TunnelPort: o.TunnelPort, ProxyUIDs: p.ProxyUIDs, ProxyGIDs: p.ProxyGIDs,
 		IncludeAll: p.IncludeAll, Include: p.Include, Exclude: p.Exclude, Ports: p.Ports, PortsExclude: p.PortsExclude,
-		HostLoopback: p.HostLoopback, IncludesLoopback: p.captureLocal(), OwnerGroups: p.OwnerGroups,
+		HostLoopback: p.HostLoopback, IncludesLoopback: p.CaptureLocal, OwnerGroups: p.OwnerGroups,
 		DNSPort: p.DNSPort, DNSAll: p.DNSAll, DNSServers: p.DNSServers,
 	}
 	if diff := cmp.Diff(o, got, cmpPod); diff != "" {
