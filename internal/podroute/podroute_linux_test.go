@@ -172,3 +172,24 @@ func TestSyncRemovesWhatIsNoLongerNeeded(t *testing.T) {
 		t.Errorf("REDIRECT with IPv6: addresses of ours %q, want ::6/128", got)
 	}
 }
+
+// TestDetectIPv6: a namespace is IPv6 by its first address that is not loopback or link-local, or,
+// with dualStack, by any IPv6 one; the kernel lists an interface's IPv4 addresses first.
+func TestDetectIPv6(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	check := func(dualStack, want bool) {
+		t.Helper()
+		if got, err := DetectIPv6(ns.Path(), dualStack); err != nil || got != want {
+			t.Errorf("DetectIPv6(dualStack=%v) = %v, %v; want %v", dualStack, got, err, want)
+		}
+	}
+	check(false, false) // lo only
+	ns.Run(t, "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	ns.Run(t, "ip", "link", "set", "d0", "up")
+	ns.Run(t, "ip", "addr", "add", "fd00::5/64", "dev", "d0", "nodad")
+	check(false, true)
+	ns.Run(t, "ip", "addr", "add", "10.0.0.5/24", "dev", "d0")
+	check(false, false)
+	check(true, true)
+}
