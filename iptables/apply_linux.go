@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/internal/nfnl"
 	"github.com/shuntmesh/shunt/internal/podroute"
+	"github.com/shuntmesh/shunt/internal/sorted"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -294,7 +294,7 @@ func involvedTables(have State, fp *redirect.FamilyPlan) []string {
 	for _, t := range fp.Tables {
 		names = append(names, t.Name)
 	}
-	for _, name := range slices.Sorted(maps.Keys(have)) {
+	for _, name := range sorted.Keys(have) {
 		if !slices.Contains(names, name) {
 			names = append(names, name)
 		}

@@ -4,11 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/shuntmesh/shunt/internal/sorted"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -46,7 +45,7 @@ func parseCounters(data []byte, fam redirect.Family) ([]Counter, error) {
 	}
 	state := OwnedState(tables)
 	var out []Counter
-	for _, name := range slices.Sorted(maps.Keys(state)) {
+	for _, name := range sorted.Keys(state) {
 		t, ts := tables[name], state[name]
 		for _, chain := range t.Chains {
 			rules, n := t.Rules[chain], counts[name][chain]

@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/shuntmesh/shunt/internal/sorted"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -294,7 +294,7 @@ func PlanState(fp *redirect.FamilyPlan) State {
 // Diff lists how have differs from want, one line per difference; none when they are equal.
 func Diff(have, want State) []string {
 	var out []string
-	for _, table := range unionKeys(have, want) {
+	for _, table := range sorted.Keys(have, want) {
 		h, w := have[table], want[table]
 		if h == nil {
 			h = &TableState{}
@@ -302,7 +302,7 @@ func Diff(have, want State) []string {
 		if w == nil {
 			w = &TableState{}
 		}
-		for _, chain := range unionKeys(h.Owned, w.Owned) {
+		for _, chain := range sorted.Keys(h.Owned, w.Owned) {
 			hr, hok := h.Owned[chain]
 			wr, wok := w.Owned[chain]
 			switch {
@@ -314,7 +314,7 @@ func Diff(have, want State) []string {
 				out = append(out, diffRules(table+"/"+chain, hr, wr)...)
 			}
 		}
-		for _, chain := range unionKeys(h.Builtin, w.Builtin) {
+		for _, chain := range sorted.Keys(h.Builtin, w.Builtin) {
 			out = append(out, diffRules(table+"/"+chain, h.Builtin[chain], w.Builtin[chain])...)
 		}
 	}
@@ -334,13 +334,6 @@ func diffRules(where string, have, want []string) []string {
 		}
 	}
 	return out
-}
-
-// unionKeys returns the keys of a and b, sorted, each once.
-func unionKeys[V any](a, b map[string]V) []string {
-	keys := slices.AppendSeq(slices.Collect(maps.Keys(a)), maps.Keys(b))
-	slices.Sort(keys)
-	return slices.Compact(keys)
 }
 
 // RenderReplace returns restore input that, in one transaction per table, removes everything of ours in
@@ -373,7 +366,7 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 		}
 		fmt.Fprintf(&b, "*%s\n", table)
 		declared := map[string]bool{}
-		for _, chain := range slices.Sorted(maps.Keys(h.Owned)) {
+		for _, chain := range sorted.Keys(h.Owned) {
 			fmt.Fprintf(&b, ":%s - [0:0]\n", chain)
 			declared[chain] = true
 		}
@@ -384,7 +377,7 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 				}
 			}
 		}
-		for _, chain := range slices.Sorted(maps.Keys(h.Builtin)) {
+		for _, chain := range sorted.Keys(h.Builtin) {
 			specs, pos := h.Builtin[chain], h.Positions[chain]
 			if len(pos) != len(specs) {
 				for _, spec := range specs {
@@ -397,7 +390,7 @@ func RenderReplace(have State, fp *redirect.FamilyPlan, opts RenderOptions) []by
 				fmt.Fprintf(&b, "-D %s %d\n", chain, pos[i])
 			}
 		}
-		for _, chain := range slices.Sorted(maps.Keys(h.Owned)) {
+		for _, chain := range sorted.Keys(h.Owned) {
 			if p == nil || p.Chain(chain) == nil {
 				fmt.Fprintf(&b, "-X %s\n", chain)
 			}

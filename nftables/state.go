@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
+
+	"github.com/shuntmesh/shunt/internal/sorted"
 )
 
 // Options control Apply, Check and Cleanup.
@@ -67,7 +68,7 @@ func (s State) Empty() bool { return len(s) == 0 }
 // missing or extra, and the rules of every chain that differ.
 func Diff(have, want State) []string {
 	var out []string
-	for _, tn := range unionKeys(have, want) {
+	for _, tn := range sorted.Keys(have, want) {
 		h, w := have[tn], want[tn]
 		switch {
 		case h == nil:
@@ -77,7 +78,7 @@ func Diff(have, want State) []string {
 			out = append(out, "table inet "+tn+" is not in this configuration")
 			continue
 		}
-		for _, cn := range unionKeys(h.Chains, w.Chains) {
+		for _, cn := range sorted.Keys(h.Chains, w.Chains) {
 			hc, wc := h.Chains[cn], w.Chains[cn]
 			where := tn + " " + cn
 			switch {
@@ -117,13 +118,6 @@ func diffRules(where string, have, want []RuleState) []string {
 		out = append(out, fmt.Sprintf("%s: rules in another order or repeated (%d installed, %d wanted)", where, len(have), len(want)))
 	}
 	return out
-}
-
-// unionKeys returns the keys of a and b, sorted, each once.
-func unionKeys[V any](a, b map[string]V) []string {
-	keys := slices.AppendSeq(slices.Collect(maps.Keys(a)), maps.Keys(b))
-	slices.Sort(keys)
-	return slices.Compact(keys)
 }
 
 // hookString is the canonical form of a base chain's hook.
