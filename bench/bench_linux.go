@@ -130,6 +130,7 @@ func (b *bench) round(ctx context.Context, variant string, i int) (map[string]ti
 	if b.opts.istio != "" {
 		steps = append(steps, step{kindIstio, binary(b.opts.istio), os.DevNull})
 	}
+	steps = append(steps, step{kindGo, func() *exec.Cmd { return exec.CommandContext(ctx, b.opts.goEmpty) }, os.DevNull})
 	pods := map[string]*pod{}
 	defer func() {
 		for _, p := range pods {

@@ -21,6 +21,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -63,6 +64,7 @@ type options struct {
 	shunt     string   // the shunt binary
 	shuntInit string   // the shunt-init binary
 	istio     string   // Istio's istio-iptables or pilot-agent; empty: not measured
+	goEmpty   string   // an empty Go program, built like shunt-init: the least any Go binary costs
 	initImage string   // the init image's OCI layout tarball; missing: size not measured
 	n         int      // measured runs per variant and kind
 	warmup    int      // discarded runs per variant and kind
@@ -77,6 +79,7 @@ const (
 	kindIstio = "istio"
 	kindFloor = "floor"
 	kindLeg   = "legacy"
+	kindGo    = "go-empty"
 )
 
 // result holds the wall times of one variant, per kind.
@@ -149,6 +152,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		*b.path = abs
 	}
+	dir, err := os.MkdirTemp("", "shunt-bench-go-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if opts.goEmpty, err = buildEmptyGo(ctx, dir); err != nil {
+		return err
+	}
 	fmt.Fprintf(stderr, "bench: %d warm-up + %d measured rounds per variant...\n", opts.warmup, opts.n)
 	results, err := measure(ctx, &opts)
 	if err != nil {
@@ -163,6 +174,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout)
 	return printImage(stdout, &opts)
+}
+
+// buildEmptyGo builds, in dir, a Go program that does nothing, with the toolchain and flags of
+// `make build` for shunt-init: its time is the floor of any Go binary's process, which no work in main
+// can go below.
+func buildEmptyGo(ctx context.Context, dir string) (string, error) {
+	src := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(src, []byte("package main\n\nfunc main() {}\n"), 0o600); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "go-empty")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, src)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the empty Go program: %w: %s", err, out)
+	}
+	return bin, nil
 }
 
 // binaryArgs returns the command line of a binary under test (shunt, shunt-init, Istio's) for
@@ -186,7 +214,7 @@ func printTimes(w io.Writer, opts *options, results []result) error {
 	if opts.istio != "" {
 		kinds = append(kinds, kindIstio)
 	}
-	kinds = append(kinds, kindFloor, kindLeg)
+	kinds = append(kinds, kindFloor, kindLeg, kindGo)
 	fmt.Fprintf(w, "Programming the injector's default rules into a fresh pod-like netns: wall time of the whole process\n")
 	fmt.Fprintf(w, "shunt      = %s %s\n", opts.shunt, strings.Join(quoted(binaryArgs(opts.shunt, "VARIANT")), " "))
 	fmt.Fprintf(w, "shunt-init = %s istio-iptables ... (the same)\n", opts.shuntInit)
@@ -196,6 +224,7 @@ func printTimes(w io.Writer, opts *options, results []result) error {
 	fmt.Fprintf(w, "             VARIANT: --force-iptables-binary nft|legacy, or --native-nftables\n")
 	fmt.Fprintf(w, "floor      = iptables-VARIANT-restore --noflush of the same rules (native: iptables-nft-restore)\n")
 	fmt.Fprintf(w, "legacy     = iptables-legacy-restore --noflush of the same rules (legacy: the floor)\n")
+	fmt.Fprintf(w, "go-empty   = an empty Go program (func main() {}), built as shunt-init is: what any Go binary costs\n")
 	fmt.Fprintf(w, "runs       = %d each (after %d warm-up), interleaved, in rotating order\n\n", opts.n, opts.warmup)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -217,7 +246,7 @@ func printTimes(w io.Writer, opts *options, results []result) error {
 	fmt.Fprintln(w)
 
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	header := "ratio of medians\tinit/legacy\tinit/floor\tshunt/legacy\tshunt/floor\t"
+	header := "ratio of medians\tinit/legacy\tinit/floor\tshunt/legacy\tshunt/floor\tgo-empty/legacy\t"
 	if opts.istio != "" {
 		header += "istio/init\t"
 	}
@@ -225,7 +254,8 @@ func printTimes(w io.Writer, opts *options, results []result) error {
 	for _, r := range results {
 		in, sh := median(r.times[kindInit]), median(r.times[kindShunt])
 		fl, lg := median(r.times[kindFloor]), median(r.legacyTimes())
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t", r.variant, ratio(in, lg), ratio(in, fl), ratio(sh, lg), ratio(sh, fl))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t", r.variant, ratio(in, lg), ratio(in, fl), ratio(sh, lg), ratio(sh, fl),
+			ratio(median(r.times[kindGo]), lg))
 		if opts.istio != "" {
 			fmt.Fprintf(tw, "%s\t", ratio(median(r.times[kindIstio]), in))
 		}
