@@ -30,7 +30,7 @@ func newIptablesCmd(env Env) (*cobra.Command, *istioFlags) {
 		Long: "Program the ISTIO_* chains that send a meshed pod's TCP to its sidecar proxy. Flags and\n" +
 			"environment variables are istio-iptables'; defaults are the sidecar injector's. A flag the\n" +
 			"combination given would ignore is an error: --explain only with --dry-run, the probe flags\n" +
-			"only with --run-validation, no rule flags with --cleanup-only or --pod.",
+			"only with --run-validation, no rule flags with --cleanup-only" + podOr(env) + ".",
 		Args: cobra.NoArgs,
 	}
 	f := newIstioFlags(cmd.Flags(), ruleFlags, backendFlags, probeFlags, logFlags, env.podFlag(), []string{
@@ -217,4 +217,12 @@ func printPlan(w io.Writer, plan *redirect.Plan, explain bool) error {
 		}
 	}
 	return nil
+}
+
+// podOr names --pod after another flag, when the binary has it.
+func podOr(env Env) string {
+	if env.PodConfig == nil {
+		return ""
+	}
+	return " or --pod"
 }
