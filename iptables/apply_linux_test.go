@@ -45,7 +45,7 @@ func fullConfig() redirect.Config {
 	return c
 }
 
-func mustBuild(t *testing.T, c redirect.Config) *redirect.Plan {
+func mustBuild(t testing.TB, c redirect.Config) *redirect.Plan {
 	t.Helper()
 	p, err := redirect.Build(c)
 	if err != nil {

@@ -1,0 +1,329 @@
+package iptables
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shuntmesh/shunt/redirect"
+)
+
+const soGetEntries = 65 // IPT_SO_GET_ENTRIES, IP6T_SO_GET_ENTRIES
+
+// readLegacy reads the legacy tables of family fam that /proc lists (opening a table that does not
+// exist would create it) with IPT_SO_GET_INFO and IPT_SO_GET_ENTRIES.
+func readLegacy(fam redirect.Family) (*kernelTables, error) {
+	lay, list := legacyV4, "ip_tables_names"
+	if fam == redirect.IPv6 {
+		lay, list = legacyV6, "ip6_tables_names"
+	}
+	k := newKernelTables()
+	data, err := os.ReadFile("/proc/thread-self/net/" + list)
+	if errors.Is(err, os.ErrNotExist) {
+		return k, nil // the module is not loaded: no tables
+	}
+	if err != nil {
+		return nil, err
+	}
+	names := strings.Fields(string(data))
+	if len(names) == 0 {
+		return k, nil
+	}
+	fd, err := unix.Socket(lay.domain, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		return nil, fmt.Errorf("raw socket: %w", err)
+	}
+	defer unix.Close(fd)
+	for _, name := range names {
+		if len(name) >= 32 {
+			continue
+		}
+		blob, info, err := getEntries(fd, &lay, name)
+		if err != nil {
+			return nil, fmt.Errorf("read %s %s table: %w", fam, name, err)
+		}
+		if err := decodeLegacyTable(k, &lay, fam, name, blob, info); err != nil {
+			return nil, fmt.Errorf("decode %s %s table: %w", fam, name, err)
+		}
+	}
+	return k, nil
+}
+
+// legacyInfo is what IPT_SO_GET_INFO tells of a table.
+type legacyInfo struct {
+	validHooks           uint32
+	hookEntry, underflow [5]uint32
+}
+
+// getEntries returns the entries of table name and its hooks.
+func getEntries(fd int, lay *legacyLayout, name string) ([]byte, legacyInfo, error) {
+	var li legacyInfo
+	ne := binary.NativeEndian
+	for range 5 { // the table may change between the two calls
+		info := make([]byte, 84)
+		copy(info, name)
+		size := uint32(len(info))
+		if err := sockopt(unix.SYS_GETSOCKOPT, fd, lay.level, soGetInfo, info, &size); err != nil {
+			return nil, li, fmt.Errorf("get table info: %w", err)
+		}
+		li.validHooks = ne.Uint32(info[32:])
+		for h := range 5 {
+			li.hookEntry[h] = ne.Uint32(info[36+4*h:])
+			li.underflow[h] = ne.Uint32(info[56+4*h:])
+		}
+		n := ne.Uint32(info[80:])
+		// struct ipt_get_entries: name[32], size, then the entries, aligned to 8.
+		buf := make([]byte, 40+n)
+		copy(buf, name)
+		ne.PutUint32(buf[32:], n)
+		size = uint32(len(buf))
+		err := sockopt(unix.SYS_GETSOCKOPT, fd, lay.level, soGetEntries, buf, &size)
+		if errors.Is(err, unix.EAGAIN) {
+			continue
+		}
+		if err != nil {
+			return nil, li, fmt.Errorf("get entries: %w", err)
+		}
+		return buf[40:], li, nil
+	}
+	return nil, li, errors.New("get entries: the table keeps changing")
+}
+
+// legacyRaw is one entry of a table blob.
+type legacyRaw struct {
+	off  int
+	data []byte
+}
+
+// decodeLegacyTable adds the chains and rules of a table blob to k: built-in chains from the hook
+// entries to their underflow (the policy), user chains from the ERROR entry naming them to their
+// closing RETURN.
+func decodeLegacyTable(k *kernelTables, lay *legacyLayout, fam redirect.Family, table string, blob []byte, li legacyInfo) error {
+	ne := binary.NativeEndian
+	var entries []legacyRaw
+	for off := 0; off < len(blob); {
+		if off+lay.entrySize > len(blob) {
+			return fmt.Errorf("entry at %d: truncated", off)
+		}
+		next := int(ne.Uint16(blob[off+lay.nextOffset:]))
+		tgt := int(ne.Uint16(blob[off+lay.targetOffset:]))
+		if next < lay.entrySize+32 || off+next > len(blob) || tgt < lay.entrySize || tgt+32 > next {
+			return fmt.Errorf("entry at %d: bad offsets %d/%d", off, tgt, next)
+		}
+		entries = append(entries, legacyRaw{off: off, data: blob[off : off+next]})
+		off += next
+	}
+	// User chains: an ERROR entry naming them, then their rules from the next entry.
+	chainAt := map[int]string{}
+	errorName := func(e []byte) (string, bool) {
+		tgt := int(ne.Uint16(e[lay.targetOffset:]))
+		if cString(e[tgt+2:tgt+31]) != "ERROR" {
+			return "", false
+		}
+		return cString(e[tgt+32:]), true
+	}
+	for i, e := range entries {
+		if name, ok := errorName(e.data); ok && name != "ERROR" && i+1 < len(entries) {
+			chainAt[entries[i+1].off] = name
+		}
+	}
+	chainStart := map[string]int{}
+	for off, name := range chainAt {
+		chainStart[name] = off
+	}
+	hookAt, underAt := map[int][]string{}, map[int]string{}
+	for _, name := range xtBuiltinChains[table] {
+		h, ok := hookOf[name]
+		if !ok || li.validHooks&(1<<h) == 0 {
+			continue
+		}
+		hookAt[int(li.hookEntry[h])] = append(hookAt[int(li.hookEntry[h])], name)
+		underAt[int(li.underflow[h])] = name
+	}
+	for h := range 5 {
+		if li.validHooks&(1<<h) != 0 && !slices.ContainsFunc(xtBuiltinChains[table], func(n string) bool { return hookOf[n] == h }) {
+			return fmt.Errorf("hook %d of an unknown table", h)
+		}
+	}
+	var builtins, users []string
+	rules := map[string][]legacyRaw{}
+	policies := map[string]string{}
+	cur, user := "", false
+	for i, e := range entries {
+		if names := hookAt[e.off]; len(names) > 0 {
+			cur, user = names[0], false
+			builtins = append(builtins, names[0])
+		}
+		if name, ok := underAt[e.off]; ok && name == cur {
+			policies[cur] = "-"
+			if v, ok := standardVerdict(lay, e.data); ok && v < 0 {
+				policies[cur] = verdictName(-v - 1)
+			}
+			cur = ""
+			continue
+		}
+		if _, ok := errorName(e.data); ok {
+			cur, user = "", false
+			if i+1 < len(entries) {
+				if name, ok := chainAt[entries[i+1].off]; ok {
+					cur, user = name, true
+					users = append(users, name)
+				}
+			}
+			continue
+		}
+		if cur == "" {
+			continue
+		}
+		if _, last := errorName(entries[min(i+1, len(entries)-1)].data); user && (i+1 == len(entries) || last) {
+			continue // the chain's closing RETURN
+		}
+		rules[cur] = append(rules[cur], e)
+	}
+	slices.Sort(users)
+	k.table(table)
+	for _, c := range builtins {
+		k.chain(table, c, policies[c])
+	}
+	for _, c := range users {
+		k.chain(table, c, "-")
+	}
+	for _, c := range slices.Concat(builtins, users) {
+		for _, e := range rules[c] {
+			spec, n := legacyRuleSpec(lay, fam, e.data, chainAt, chainStart)
+			k.rule(table, c, spec, n)
+		}
+	}
+	return nil
+}
+
+// standardVerdict returns the verdict of an entry with the standard target.
+func standardVerdict(lay *legacyLayout, e []byte) (int32, bool) {
+	tgt := int(binary.NativeEndian.Uint16(e[lay.targetOffset:]))
+	if cString(e[tgt+2:tgt+31]) != "" || tgt+36 > len(e) {
+		return 0, false
+	}
+	return int32(binary.NativeEndian.Uint32(e[tgt+32:])), true
+}
+
+// legacyRuleSpec returns the spec of entry e as iptables-save prints it (or unknownSpec's
+// placeholder) and its counters. starts names the user chain starting at each offset; chainStart is
+// its inverse.
+func legacyRuleSpec(lay *legacyLayout, fam redirect.Family, e []byte, starts map[int]string, chainStart map[string]int) (string, count) {
+	ne := binary.NativeEndian
+	cnt := lay.entrySize - 16
+	c := count{packets: ne.Uint64(e[cnt:]), bytes: ne.Uint64(e[cnt+8:])}
+	r, names, ok := decodeLegacyEntry(lay, fam, e, starts)
+	if !ok || !sameLegacyEntry(lay, fam, &r, e, chainStart) {
+		return unknownSpec(names), c
+	}
+	return RuleSpec(&r, fam), c
+}
+
+// sameLegacyEntry reports whether r, encoded as shunt encodes it, is e (counters and the kernel's
+// bookkeeping aside).
+func sameLegacyEntry(lay *legacyLayout, fam redirect.Family, r *redirect.Rule, e []byte, chainStart map[string]int) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	want, err := legacyEntry(lay, fam, r, chainStart)
+	if err != nil || len(want) != len(e) {
+		return false
+	}
+	got := slices.Clone(e)
+	// nfcache, comefrom and counters: between the ip part and the offsets, after the offsets.
+	for _, b := range [][]byte{got, want} {
+		clear(b[lay.targetOffset-4 : lay.targetOffset])
+		clear(b[lay.nextOffset+2 : lay.entrySize])
+	}
+	_ = RuleSpec(r, fam) // panics for targets it cannot print
+	return string(got) == string(want)
+}
+
+// decodeLegacyEntry reads an entry into a Rule; names lists its matches and target for a placeholder.
+func decodeLegacyEntry(lay *legacyLayout, fam redirect.Family, e []byte, starts map[int]string) (r redirect.Rule, names []string, ok bool) {
+	ne := binary.NativeEndian
+	alen, ifOff, protoOff, invOff := 4, 16, 80, 83
+	if fam == redirect.IPv6 {
+		alen, ifOff, protoOff, invOff = 16, 64, 128, 132
+	}
+	inv := e[invOff]
+	addr := func(slot int, flag byte) redirect.AddrMatch {
+		mask := e[(slot+2)*alen : (slot+3)*alen]
+		bits := maskBits(mask)
+		if bits == 0 && inv&flag == 0 {
+			return redirect.AddrMatch{}
+		}
+		return redirect.AddrMatch{Prefix: addrPrefix(e[slot*alen:(slot+1)*alen], bits), Not: inv&flag != 0}
+	}
+	r.Src, r.Dst = addr(0, 0x08), addr(1, 0x10)
+	iface := func(slot int, flag byte) redirect.IfaceMatch {
+		name := cString(e[ifOff+16*slot : ifOff+16*slot+16])
+		if name == "" {
+			return redirect.IfaceMatch{}
+		}
+		return redirect.IfaceMatch{Name: name, Not: inv&flag != 0}
+	}
+	r.In, r.Out = iface(0, 0x01), iface(1, 0x02)
+	ok = true
+	switch ne.Uint16(e[protoOff:]) {
+	case 0:
+	case unix.IPPROTO_TCP:
+		r.Proto = "tcp"
+	case unix.IPPROTO_UDP:
+		r.Proto = "udp"
+	default:
+		ok = false
+		names = append(names, "proto")
+	}
+	tgt := int(ne.Uint16(e[lay.targetOffset:]))
+	for off := lay.entrySize; off < tgt; {
+		if off+32 > tgt {
+			return r, append(names, "truncated"), false
+		}
+		size := int(ne.Uint16(e[off:]))
+		if size < 32 || off+size > tgt {
+			return r, append(names, "truncated"), false
+		}
+		name := cString(e[off+2 : off+31])
+		names = append(names, name)
+		if !decodeXtMatch(&r, name, uint32(e[off+31]), e[off+32:off+size]) {
+			ok = false
+		}
+		off += size
+	}
+	size := int(ne.Uint16(e[tgt:]))
+	if size < 32 || tgt+size > len(e) {
+		return r, append(names, "truncated"), false
+	}
+	name := cString(e[tgt+2 : tgt+31])
+	info := e[tgt+32 : tgt+size]
+	if name != "" {
+		names = append(names, name)
+		return r, names, ok && decodeXtTarget(&r.Target, fam, name, uint32(e[tgt+31]), info)
+	}
+	if len(info) < 4 {
+		return r, append(names, "truncated"), false
+	}
+	switch v := int32(ne.Uint32(info)); {
+	case v == verdictAccept:
+		r.Target.Kind = redirect.TargetAccept
+	case v == verdictDrop:
+		r.Target.Kind = redirect.TargetDrop
+	case v == verdictReturn:
+		r.Target.Kind = redirect.TargetReturn
+	case v >= 0 && starts[int(v)] != "":
+		r.Target = redirect.Target{Kind: redirect.TargetJump, Chain: starts[int(v)]}
+	default:
+		names = append(names, fmt.Sprintf("verdict%d", v))
+		ok = false
+	}
+	return r, names, ok
+}
