@@ -99,20 +99,26 @@ func familyTool(v Variant, fam redirect.Family, tool string) string {
 
 // readState returns our part of the rules of family fam in variant v; hasTables false skips the read
 // (the namespace holds no tables of that variant and family at all).
-func readState(ctx context.Context, r runner, v Variant, fam redirect.Family, hasTables bool) (State, error) {
-	tables, err := readTables(ctx, r, v, fam, hasTables)
+func readState(ctx context.Context, o *Options, v Variant, fam redirect.Family, hasTables bool) (State, error) {
+	tables, err := readTables(ctx, o, v, fam, hasTables)
 	if err != nil {
 		return nil, err
 	}
 	return OwnedState(tables), nil
 }
 
-// readTables returns the rules of family fam in variant v, as the save tool prints them.
-func readTables(ctx context.Context, r runner, v Variant, fam redirect.Family, hasTables bool) (map[string]*SavedTable, error) {
+// readTables returns the rules of family fam in variant v, as the save tool prints them: read from
+// the kernel in-process, or, should that fail, with the save tool.
+func readTables(ctx context.Context, o *Options, v Variant, fam redirect.Family, hasTables bool) (map[string]*SavedTable, error) {
 	if !hasTables {
 		return map[string]*SavedTable{}, nil
 	}
-	out, err := r.Run(ctx, familyTool(v, fam, "save"), nil, nil, nil)
+	k, err := readKernel(v, fam)
+	if err == nil {
+		return k.tables, nil
+	}
+	o.logger().Warn("reading the rules in-process failed, using the save tool", "variant", string(v), "family", fam.String(), "error", err.Error())
+	out, err := o.runner().Run(ctx, familyTool(v, fam, "save"), nil, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read %s rules: %w", fam, err)
 	}

@@ -186,7 +186,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	rollback := func(cause error) error {
 		for _, fam := range fresh {
 			// Read back rather than render from the plan: rules are then deleted by number.
-			have, err := readState(ctx, r, v, fam, true)
+			have, err := readState(ctx, opts, v, fam, true)
 			if err == nil {
 				err = restore(ctx, r, v, fam, RenderReplace(have, nil, RenderOptions{}), env)
 			}
@@ -207,7 +207,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		if plan.Family(f) != nil || !present {
 			continue
 		}
-		have, err := readState(ctx, r, v, f, true)
+		have, err := readState(ctx, opts, v, f, true)
 		if err != nil {
 			return err
 		}
@@ -226,7 +226,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		if fp.Family == redirect.IPv6 {
 			present = p6
 		}
-		tables, err := readTables(ctx, r, v, fp.Family, present)
+		tables, err := readTables(ctx, opts, v, fp.Family, present)
 		if err != nil {
 			return rollback(err)
 		}
@@ -257,7 +257,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 			}
 			log.Warn("programming through the kernel API failed, using the restore tool", "family", fp.Family.String(), "error", err.Error())
 			// Legacy replaces table by table: a failure may leave earlier tables programmed.
-			if tables, err = readTables(ctx, r, v, fp.Family, true); err != nil {
+			if tables, err = readTables(ctx, opts, v, fp.Family, true); err != nil {
 				return rollback(err)
 			}
 			have = OwnedState(tables)
@@ -330,7 +330,7 @@ func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 			if fp == nil && !present {
 				continue
 			}
-			have, err := readState(ctx, opts.runner(), v, f, present)
+			have, err := readState(ctx, &opts, v, f, present)
 			if err != nil {
 				return err
 			}
@@ -390,14 +390,7 @@ func find(ctx context.Context, opts *Options) ([]Installed, error) {
 			if !fam.present {
 				continue
 			}
-			if _, err := exec.LookPath(familyTool(v, fam.f, "save")); err != nil {
-				// Tables exist that may hold our rules, and nothing here can read them.
-				if opts.Variant != "" || v == VariantNFT {
-					errs = append(errs, fmt.Errorf("read iptables-%s %s rules: %w (its tables exist and may hold shunt's rules)", v, fam.f, err))
-				}
-				continue
-			}
-			have, err := readState(ctx, opts.runner(), v, fam.f, true)
+			have, err := readState(ctx, opts, v, fam.f, true)
 			if err != nil {
 				errs = append(errs, err)
 				continue

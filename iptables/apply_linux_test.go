@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -170,7 +171,7 @@ func TestApplyDriftAndReconcile(t *testing.T) {
 				t.Fatalf("reconcile: %v", err)
 			}
 			for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
-				have, err := readState(context.Background(), execRunnerIn(ns), v, fam, true)
+				have, err := stateIn(t, ns, v, fam)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -185,13 +186,28 @@ func TestApplyDriftAndReconcile(t *testing.T) {
 	}
 }
 
+// stateIn reads our part of the rules of variant v and family fam in ns with the save tool.
+func stateIn(t *testing.T, ns *testutil.NetNS, v Variant, fam redirect.Family) (State, error) {
+	t.Helper()
+	out, err := ns.Exec(nil, nil, familyTool(v, fam, "save"))
+	if err != nil {
+		return nil, err
+	}
+	tables, err := ParseSave(out)
+	return OwnedState(tables), err
+}
+
 // execRunnerIn runs commands inside ns.
 type nsRunner struct{ ns *testutil.NetNS }
 
 func execRunnerIn(ns *testutil.NetNS) runner { return nsRunner{ns} }
 
 func (r nsRunner) Run(ctx context.Context, name string, args []string, stdin []byte, env []string) ([]byte, error) {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", r.ns.Name, name}, args...)...).Output()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", r.ns.Name, name}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	return cmd.Output()
 }
 
 func TestApplyRollsBackOnFailure(t *testing.T) {
@@ -315,7 +331,7 @@ func TestApplyFallsBackAfterPartialProgram(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
-		have, err := readState(context.Background(), execRunnerIn(ns), VariantLegacy, fam, true)
+		have, err := stateIn(t, ns, VariantLegacy, fam)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -401,7 +417,7 @@ func TestNoNameLookups(t *testing.T) {
 						t.Fatalf("%s: %v", s.name, err)
 					}
 					for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
-						have, err := readState(context.Background(), execRunnerIn(ns), v, fam, true)
+						have, err := stateIn(t, ns, v, fam)
 						if err != nil {
 							t.Fatal(err)
 						}

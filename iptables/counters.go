@@ -43,6 +43,12 @@ func parseCounters(data []byte, fam redirect.Family) ([]Counter, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ownCounters(tables, counts, fam)
+}
+
+// ownCounters returns the counters of our rules in tables, given the counters of every rule, by table
+// and chain, in order.
+func ownCounters(tables map[string]*SavedTable, counts map[string]map[string][]count, fam redirect.Family) ([]Counter, error) {
 	state := OwnedState(tables)
 	var out []Counter
 	for _, name := range sorted.Keys(state) {
