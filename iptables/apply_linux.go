@@ -173,22 +173,14 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	env, unlock := lockEnv(v, opts.NetNS)
 	defer unlock()
 	p4, p6 := tablesPresent(v)
-	program := opts.program
-	if program == nil {
-		program = programNFT
-		if v == VariantLegacy {
-			program = func(fp *redirect.FamilyPlan, drop []string) error {
-				return withXtablesLock(env, func() error { return programLegacy(fp, drop) })
-			}
-		}
-	}
+	program := opts.programmer(v, env)
 	var fresh []redirect.Family
 	rollback := func(cause error) error {
 		for _, fam := range fresh {
 			// Read back rather than render from the plan: rules are then deleted by number.
 			have, err := readState(ctx, opts, v, fam, true)
 			if err == nil {
-				err = restore(ctx, r, v, fam, RenderReplace(have, nil, RenderOptions{}), env)
+				err = removeOurs(ctx, opts, v, fam, have, env)
 			}
 			if err != nil {
 				return errors.Join(cause, fmt.Errorf("roll back %s rules: %w", fam, err))
@@ -277,7 +269,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		log.Info("rules programmed", "family", fp.Family.String())
 	}
 	for _, in := range extra {
-		if err := restore(ctx, r, v, in.Family, RenderReplace(in.State, nil, RenderOptions{}), env); err != nil {
+		if err := removeOurs(ctx, opts, v, in.Family, in.State, env); err != nil {
 			return rollback(fmt.Errorf("remove %s rules this configuration leaves out: %w", in.Family, err))
 		}
 		log.Info("rules removed", "family", in.Family.String(), "reason", "not part of this configuration")
@@ -286,6 +278,52 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		return rollback(err)
 	}
 	return nil
+}
+
+// programmer returns how o programs a family plan from this process in variant v: programNFT, or
+// programLegacy holding the xtables lock of env.
+func (o *Options) programmer(v Variant, env []string) func(fp *redirect.FamilyPlan, drop []string) error {
+	if o.program != nil {
+		return o.program
+	}
+	if v == VariantLegacy {
+		return func(fp *redirect.FamilyPlan, drop []string) error {
+			return withXtablesLock(env, func() error { return programLegacy(fp, drop) })
+		}
+	}
+	return programNFT
+}
+
+// removeOurs removes have, our part of family fam's rules in variant v. When the tables holding it
+// hold nothing but ours, it rebuilds them from this process with their built-in chains left empty, as
+// the restore tool would leave them; otherwise (another program's rules share a table) it deletes ours
+// with the restore tool.
+func removeOurs(ctx context.Context, o *Options, v Variant, fam redirect.Family, have State, env []string) error {
+	tables, err := readTables(ctx, o, v, fam, true)
+	if err != nil {
+		return err
+	}
+	if names := existing(tables, sorted.Keys(have)); onlyOurs(tables, names) {
+		fp := &redirect.FamilyPlan{Family: fam}
+		for _, name := range names {
+			t := redirect.Table{Name: name}
+			for _, c := range tables[name].Chains {
+				if redirect.IsBuiltin(c) && len(tables[name].Rules[c]) > 0 {
+					t.Chains = append(t.Chains, redirect.Chain{Name: c, Builtin: true})
+				}
+			}
+			fp.Tables = append(fp.Tables, t)
+		}
+		err := o.programmer(v, env)(fp, names)
+		if err == nil {
+			return nil
+		}
+		o.logger().Warn("removing through the kernel API failed, using the restore tool", "family", fam.String(), "error", err.Error())
+		if have, err = readState(ctx, o, v, fam, true); err != nil {
+			return err
+		}
+	}
+	return restore(ctx, o.runner(), v, fam, RenderReplace(have, nil, RenderOptions{}), env)
 }
 
 // involvedTables names the tables a replacement of have by fp changes.
@@ -414,7 +452,7 @@ func Remove(ctx context.Context, opts Options) ([]Installed, error) {
 		errs := []error{err}
 		for _, in := range found {
 			env, unlock := lockEnv(in.Variant, opts.NetNS)
-			err := restore(ctx, opts.runner(), in.Variant, in.Family, RenderReplace(in.State, nil, RenderOptions{}), env)
+			err := removeOurs(ctx, &opts, in.Variant, in.Family, in.State, env)
 			unlock()
 			if err != nil {
 				errs = append(errs, fmt.Errorf("clean up %s %s: %w", in.Variant, in.Family, err))

@@ -429,7 +429,8 @@ func (n *noExec) Run(_ context.Context, name string, _ []string, _ []byte, _ []s
 
 // TestRerunWithoutBinaries is the init container's second run: with the rules in place (and another
 // program's rules beside them) and no binary on PATH, Apply of the same plan finds them in place, Check
-// passes, Find and Counters see them — all without starting a command.
+// passes, Find and Counters see them, and, when no other program's rules share the tables, Cleanup
+// removes them — all without starting a command.
 func TestRerunWithoutBinaries(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, v := range variants {
@@ -483,9 +484,19 @@ func TestRerunWithoutBinaries(t *testing.T) {
 				if len(run.calls) > 0 || strings.Contains(logs.String(), "level=WARN") {
 					t.Errorf("commands started: %v\n%s", run.calls, logs.String())
 				}
+				if !foreign {
+					// Tables holding only ours are emptied from this process too.
+					if err := Cleanup(t.Context(), opts); err != nil || len(run.calls) > 0 {
+						t.Errorf("cleanup: %v, commands %v", err, run.calls)
+					}
+				}
 				t.Setenv("PATH", path)
-				if after := save(t, ns, v); after != before {
+				after := save(t, ns, v)
+				switch {
+				case foreign && after != before:
 					t.Errorf("the re-run changed the rules:\n%s", cmp.Diff(before, after))
+				case !foreign && strings.Contains(after, "ISTIO"):
+					t.Errorf("cleanup left rules of ours:\n%s", after)
 				}
 			})
 		}
