@@ -218,11 +218,51 @@ func legacyRuleSpec(lay *legacyLayout, fam redirect.Family, e []byte, starts map
 	ne := binary.NativeEndian
 	cnt := lay.entrySize - 16
 	c := count{packets: ne.Uint64(e[cnt:]), bytes: ne.Uint64(e[cnt+8:])}
+	e, comment, hasComment := cutComment(lay, e)
 	r, names, ok := decodeLegacyEntry(lay, fam, e, starts)
 	if !ok || !sameLegacyEntry(lay, fam, &r, e, chainStart) {
+		if hasComment {
+			names = append(names, "comment")
+		}
 		return unknownSpec(names), c
 	}
+	if hasComment {
+		return withComment(RuleSpec(&r, fam), comment), c
+	}
 	return RuleSpec(&r, fam), c
+}
+
+// cutComment returns e without its last match when that is a comment, which iptables-save prints
+// after the other matches, and the comment.
+func cutComment(lay *legacyLayout, e []byte) ([]byte, string, bool) {
+	ne := binary.NativeEndian
+	tgt := int(ne.Uint16(e[lay.targetOffset:]))
+	var matches [][]byte
+	for off := lay.entrySize; off+32 <= tgt; {
+		size := int(ne.Uint16(e[off:]))
+		if size < 32 || off+size > tgt {
+			return e, "", false
+		}
+		matches = append(matches, e[off:off+size])
+		off += size
+	}
+	if len(matches) == 0 {
+		return e, "", false
+	}
+	last := matches[len(matches)-1]
+	text, ok := commentMatch(cString(last[2:31]), uint32(last[31]), last[32:])
+	if !ok || tgt != lay.entrySize+totalLen(matches) {
+		return e, "", false
+	}
+	return entry(lay, e[:lay.entrySize], matches[:len(matches)-1], e[tgt:]), text, true
+}
+
+func totalLen(bs [][]byte) int {
+	n := 0
+	for _, b := range bs {
+		n += len(b)
+	}
+	return n
 }
 
 // sameLegacyEntry reports whether r, encoded as shunt encodes it, is e (counters and the kernel's

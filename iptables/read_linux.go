@@ -86,3 +86,35 @@ func addrPrefix(addr []byte, bits int) netip.Prefix {
 	}
 	return netip.PrefixFrom(a, bits)
 }
+
+// withComment returns spec, a rendering of RuleSpec, with the comment match "-m comment --comment c"
+// after its other matches, quoted as iptables-save quotes it (xtables_save_string).
+func withComment(spec, c string) string {
+	i := strings.Index(" "+spec, " -j ")
+	if i < 0 {
+		return spec
+	}
+	text := c
+	if strings.Trim(c, "_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") != "" || c == "" {
+		var b strings.Builder
+		b.WriteByte('"')
+		for _, r := range []byte(c) {
+			if r == '"' || r == '\\' || r == '\'' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(r)
+		}
+		b.WriteByte('"')
+		text = b.String()
+	}
+	return spec[:i] + "-m comment --comment " + text + " " + spec[i:]
+}
+
+// commentMatch reports whether name/rev is the comment match (struct xt_comment_info: comment[256])
+// and returns its text.
+func commentMatch(name string, rev uint32, info []byte) (string, bool) {
+	if name != "comment" || rev != 0 || len(info) < 256 {
+		return "", false
+	}
+	return cString(info[:256]), true
+}

@@ -381,6 +381,7 @@ func FuzzDecodeNFTRule(f *testing.F) {
 			fam = redirect.IPv6
 		}
 		var ex []nftExpr
+		ud := udataComment(data)
 		for len(data) >= 2 {
 			n := min(int(data[0])|int(data[1])<<8, len(data)-2)
 			e, err := decodeNFTExpr(data[2 : 2+n])
@@ -389,7 +390,7 @@ func FuzzDecodeNFTRule(f *testing.F) {
 				ex = append(ex, e)
 			}
 		}
-		nftRuleSpec(ex, fam)
+		nftRuleSpec(ex, fam, ud)
 	})
 }
 

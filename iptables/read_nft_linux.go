@@ -148,14 +148,14 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 		return nil, err
 	}
 	for _, m := range rules {
-		table, chain, exprs, err := nftRule(m)
+		table, chain, exprs, udComment, err := nftRule(m)
 		if err != nil {
 			return nil, err
 		}
 		if t := k.tables[table]; t == nil || !slices.Contains(t.Chains, chain) {
 			continue
 		}
-		spec, c := nftRuleSpec(exprs, fam)
+		spec, c := nftRuleSpec(exprs, fam, udComment)
 		k.rule(table, chain, spec, c)
 	}
 	return k, nil
@@ -175,13 +175,15 @@ func nftAttrs(m syscall.NetlinkMessage) (*netlink.AttributeDecoder, error) {
 }
 
 // nftRule decodes a NEWRULE message: table, chain and expressions.
-func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, err error) {
+func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, comment string, err error) {
 	ad, err := nftAttrs(m)
 	if err != nil {
-		return "", "", nil, err
+		return "", "", nil, "", err
 	}
 	for ad.Next() {
 		switch ad.Type() {
+		case unix.NFTA_RULE_USERDATA:
+			comment = udataComment(ad.Bytes())
 		case unix.NFTA_RULE_TABLE:
 			table = ad.String()
 		case unix.NFTA_RULE_CHAIN:
@@ -200,9 +202,25 @@ func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, er
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return "", "", nil, fmt.Errorf("decode nftables rule: %w", err)
+		return "", "", nil, "", fmt.Errorf("decode nftables rule: %w", err)
 	}
-	return table, chain, exprs, nil
+	return table, chain, exprs, comment, nil
+}
+
+// udataComment returns the comment of a rule's user data (type-length-value items, the comment of
+// type NFTNL_UDATA_RULE_COMMENT, 0, NUL-terminated), or "".
+func udataComment(b []byte) string {
+	for len(b) >= 2 {
+		typ, n := b[0], int(b[1])
+		if 2+n > len(b) {
+			return ""
+		}
+		if typ == 0 {
+			return cString(b[2 : 2+n])
+		}
+		b = b[2+n:]
+	}
+	return ""
 }
 
 // decodeNFTExpr decodes one expression: the attributes of an NFTA_LIST_ELEM, its name and data.
@@ -317,7 +335,7 @@ func decodeNFTExpr(b []byte) (nftExpr, error) {
 
 // nftRuleSpec returns the spec of a rule with expressions ex, as iptables-save prints it (or the
 // placeholder of unknownSpec), and its counters.
-func nftRuleSpec(ex []nftExpr, fam redirect.Family) (string, count) {
+func nftRuleSpec(ex []nftExpr, fam redirect.Family, udComment string) (string, count) {
 	var c count
 	names := make([]string, 0, len(ex))
 	for _, e := range ex {
@@ -329,9 +347,26 @@ func nftRuleSpec(ex []nftExpr, fam redirect.Family) (string, count) {
 		}
 		names = append(names, name)
 	}
+	// A comment after every other match is printed after them: leave it out of the Rule. A comment
+	// in the rule's user data (newer iptables-nft) is printed there too.
+	comment, hasComment := udComment, udComment != ""
+	for i, e := range ex {
+		text, ok := commentMatch(e.xtName, e.xtRev, e.info)
+		if e.name != "match" || !ok {
+			continue
+		}
+		if !slices.ContainsFunc(ex[i+1:], func(e nftExpr) bool { return e.name != "counter" && e.name != "immediate" && e.name != "target" }) {
+			comment, hasComment = text, true
+			ex = slices.Delete(slices.Clone(ex), i, i+1)
+		}
+		break
+	}
 	r, ok := decodeNFTRule(ex, fam)
 	if !ok || !sameNFTExprs(&r, fam, ex) {
 		return unknownSpec(names), c
+	}
+	if hasComment {
+		return withComment(RuleSpec(&r, fam), comment), c
 	}
 	return RuleSpec(&r, fam), c
 }
