@@ -10,9 +10,10 @@ import (
 )
 
 // Counters returns the packet and byte counters of our rules in variant opts.Variant (required: nft or
-// legacy), IPv4 then IPv6, read from the kernel inside opts.NetNS (with iptables-save -c should that fail): every rule of our chains and
-// our rules of built-in chains, foreign rules left out, each with its index in the plan's chain. A
-// family without tables of the variant is not read, so that reading creates none. It changes nothing.
+// legacy), IPv4 then IPv6, read from the kernel inside opts.NetNS (with iptables-save -c should that
+// fail): every rule of our chains and our rules of built-in chains, foreign rules left out, each with
+// its index in the plan's chain. A family without tables of the variant is not read, so that reading
+// creates none. It changes nothing.
 func Counters(ctx context.Context, opts Options) ([]Counter, error) {
 	v := opts.Variant
 	if v != VariantNFT && v != VariantLegacy {

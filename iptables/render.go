@@ -1,5 +1,7 @@
-// Package iptables programs a redirect.Plan with iptables-restore, reads the rules back with
-// iptables-save, reconciles drift and cleans up what the engine installed.
+// Package iptables programs a redirect.Plan — from this process into tables that hold only ours, with
+// iptables-restore into tables shared with other programs —, reads the rules back from the kernel in
+// the text iptables-save prints (with iptables-save only when that fails), reconciles drift and cleans
+// up what the engine installed.
 package iptables
 
 import (
