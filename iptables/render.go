@@ -7,11 +7,24 @@ package iptables
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/shuntmesh/shunt/redirect"
 )
+
+// savedPrefix prints p as iptables-save does: an IPv6 address whose first 96 bits are zero and whose
+// last 32 are an IPv4 address (an IPv4-compatible address, ::127.0.0.53) in inet_ntop's dotted form,
+// where Go would print ::7f00:35.
+func savedPrefix(p netip.Prefix) string {
+	a := p.Addr()
+	b := a.As16()
+	if !a.Is6() || a.Is4In6() || [12]byte(b[:12]) != [12]byte{} || b[12] == 0 && b[13] == 0 {
+		return p.String()
+	}
+	return "::" + netip.AddrFrom4([4]byte(b[12:])).String() + "/" + strconv.Itoa(p.Bits())
+}
 
 // RuleSpec renders r in the canonical form iptables-save prints (without the leading "-A CHAIN"), so
 // that the rules read back from the kernel compare equal, as text, to the plan. Both the nft and the
@@ -24,7 +37,7 @@ func RuleSpec(r *redirect.Rule, fam redirect.Family) string {
 			if m.Not {
 				w = append(w, "!")
 			}
-			w = append(w, flag, m.Prefix.Masked().String())
+			w = append(w, flag, savedPrefix(m.Prefix.Masked()))
 		}
 	}
 	iface := func(flag string, m redirect.IfaceMatch) {

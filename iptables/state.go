@@ -100,16 +100,16 @@ func (s State) Empty() bool {
 	return true
 }
 
-// isOurs reports whether spec, a rule of a built-in chain, is one the engine installs there (see
+// isOurs reports whether spec, a rule of the built-in chain chain of table, is one the engine installs there (see
 // redirect.OwnsBuiltinRule); tableHasOurChains tells whether its table holds chains of ours. Nothing is
 // compiled: the init container's start-up stays lean.
-func isOurs(spec string, tableHasOurChains bool) bool {
+func isOurs(table, chain, spec string, tableHasOurChains bool) bool {
 	r, exact := savedRule(spec)
 	if !exact {
 		// It matches what no Rule holds: only its target can make it ours.
 		r = redirect.Rule{Target: r.Target}
 	}
-	return redirect.OwnsBuiltinRule(&r, tableHasOurChains)
+	return redirect.OwnsBuiltinRule(table, chain, &r, tableHasOurChains)
 }
 
 // savedRule reads spec, a rule as iptables-save prints it, back into the Rule that RuleSpec renders as
@@ -254,7 +254,7 @@ func OwnedState(tables map[string]*SavedTable) State {
 				continue
 			}
 			for i, spec := range t.Rules[c] {
-				if isOurs(spec, has) {
+				if isOurs(name, c, spec, has) {
 					ts.Builtin[c] = append(ts.Builtin[c], spec)
 					if ts.Positions == nil {
 						ts.Positions = map[string][]int{}
@@ -418,7 +418,7 @@ func onlyOurs(tables map[string]*SavedTable, names []string) bool {
 			case redirect.IsOwned(c):
 			case redirect.IsBuiltin(c) && t.Policies[c] == "ACCEPT":
 				for _, spec := range t.Rules[c] {
-					if !isOurs(spec, has) {
+					if !isOurs(name, c, spec, has) {
 						return false
 					}
 				}

@@ -168,8 +168,28 @@ func TestIsOurs(t *testing.T) {
 		{"-o eth0 -p tcp -m mark --mark 0x539 -j RETURN", true, false},
 		{"-p tcp -m mark --mark 0x539 -j ACCEPT", true, false},
 	} {
-		if got := isOurs(c.spec, c.withChains); got != c.want {
-			t.Errorf("isOurs(%q, %v) = %v, want %v", c.spec, c.withChains, got, c.want)
+		// Where the engine would put a rule of that shape.
+		table, chain := "mangle", "OUTPUT"
+		switch {
+		case strings.Contains(c.spec, "--save-mark"):
+			chain = "PREROUTING"
+		case strings.HasPrefix(c.spec, "-i ") || strings.HasPrefix(c.spec, "! -i "):
+			table, chain = "nat", "PREROUTING"
+		}
+		if got := isOurs(table, chain, c.spec, c.withChains); got != c.want {
+			t.Errorf("isOurs(%s, %s, %q, %v) = %v, want %v", table, chain, c.spec, c.withChains, got, c.want)
+		}
+	}
+	// The same shapes in chains where the engine puts no such rule are foreign.
+	for _, c := range []struct{ table, chain, spec string }{
+		{"mangle", "INPUT", "-i eth0 -j RETURN"},
+		{"nat", "POSTROUTING", "-o eth0 -j RETURN"},
+		{"mangle", "OUTPUT", saveMark},
+		{"nat", "OUTPUT", hairpin},
+		{"raw", "PREROUTING", restoreMark},
+	} {
+		if isOurs(c.table, c.chain, c.spec, true) {
+			t.Errorf("isOurs(%s, %s, %q) = true, want false", c.table, c.chain, c.spec)
 		}
 	}
 }
@@ -196,7 +216,7 @@ func TestSavedRule(t *testing.T) {
 							if !exact || RuleSpec(&r, fam) != spec {
 								t.Errorf("%s %s %s/%s: %q reads back as %q (exact %v)", name, fp.Family, tb.Name, c.Name, spec, RuleSpec(&r, fam), exact)
 							}
-							if c.Builtin && !isOurs(spec, true) {
+							if c.Builtin && !isOurs(tb.Name, c.Name, spec, true) {
 								t.Errorf("%s %s %s/%s: %q is not recognised as ours", name, fp.Family, tb.Name, c.Name, spec)
 							}
 						}

@@ -46,27 +46,35 @@ func restoreMark(mark uint32) Rule {
 		Why: "replies of TPROXYed connections take the mark's route via lo"})
 }
 
-// OwnsBuiltinRule reports whether r, a rule read back from a built-in chain, is one that Build puts
-// there for some Config: a jump into one of the engine's chains, whatever it matches, or a rule of the
-// engine's shapes with any TPROXY mark, proxy uid or gid, localhost range and interface name, those
-// being what varies by Config. Flow, Why and Head are not compared. The interface RETURNs of excluded
-// and virtual interfaces are too common a shape to claim alone: they are ours only when withChains,
-// the rule's table holding chains of the engine's too.
-func OwnsBuiltinRule(r *Rule, withChains bool) bool {
+// OwnsBuiltinRule reports whether r, a rule read back from the built-in chain chain of table, is one
+// that Build puts there for some Config: a jump into one of the engine's chains, whatever it matches,
+// or a rule of the engine's shapes for that table and chain with any TPROXY mark, proxy uid or gid,
+// localhost range and interface name, those being what varies by Config. Flow, Why and Head are not
+// compared. The interface RETURNs of excluded and virtual interfaces are too common a shape to claim
+// alone: they are ours only when withChains, the rule's table holding chains of the engine's too.
+func OwnsBuiltinRule(table, chain string, r *Rule, withChains bool) bool {
 	if r.Target.Kind == TargetJump {
 		return IsOwned(r.Target.Chain)
 	}
-	shapes := []Rule{saveMark(r.Mark.Value), markedToApp(r.Mark.Value), restoreMark(r.ConnMark.Value)}
+	type shape struct {
+		table, chain string
+		rule         Rule
+	}
+	shapes := []shape{
+		{TableMangle, "PREROUTING", saveMark(r.Mark.Value)},
+		{TableMangle, "OUTPUT", markedToApp(r.Mark.Value)},
+		{TableMangle, "OUTPUT", restoreMark(r.ConnMark.Value)},
+	}
 	if len(r.Owners) == 1 {
-		shapes = append(shapes, hairpinMark(OwnerMatch{GID: r.Owners[0].GID, ID: r.Owners[0].ID}, r.Dst.Prefix))
+		shapes = append(shapes, shape{TableMangle, "OUTPUT", hairpinMark(OwnerMatch{GID: r.Owners[0].GID, ID: r.Owners[0].ID}, r.Dst.Prefix)})
 	}
 	if withChains && ValidateInterfaceName(r.In.Name) == nil {
-		shapes = append(shapes, returnIn(r.In.Name, ""))
+		shapes = append(shapes, shape{TableNAT, "PREROUTING", returnIn(r.In.Name, "")}, shape{TableMangle, "PREROUTING", returnIn(r.In.Name, "")})
 	}
 	if withChains && ValidateInterfaceName(r.Out.Name) == nil {
-		shapes = append(shapes, returnOut(r.Out.Name, ""))
+		shapes = append(shapes, shape{TableNAT, "OUTPUT", returnOut(r.Out.Name, "")}, shape{TableMangle, "OUTPUT", returnOut(r.Out.Name, "")})
 	}
-	return slices.ContainsFunc(shapes, func(s Rule) bool { return sameMatch(&s, r) })
+	return slices.ContainsFunc(shapes, func(s shape) bool { return s.table == table && s.chain == chain && sameMatch(&s.rule, r) })
 }
 
 // sameMatch reports whether a and b match the same packets and do the same with them.

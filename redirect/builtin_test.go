@@ -36,11 +36,13 @@ func TestOwnsBuiltinRule(t *testing.T) {
 						jump := r.Target.Kind == TargetJump
 						iface := r.In.Name != "" && r.In.Name != "lo" || r.Out.Name != "" && r.Out.Name != "lo"
 						switch {
-						case c.Builtin && !OwnsBuiltinRule(r, true):
+						case c.Builtin && !OwnsBuiltinRule(tb.Name, c.Name, r, true):
 							t.Errorf("%s %s %s/%s: %+v is not recognised", name, fp.Family, tb.Name, c.Name, r)
-						case c.Builtin && !jump && iface && OwnsBuiltinRule(r, false):
+						case c.Builtin && !jump && iface && OwnsBuiltinRule(tb.Name, c.Name, r, false):
 							t.Errorf("%s %s %s/%s: interface rule %+v recognised without chains of ours", name, fp.Family, tb.Name, c.Name, r)
-						case !c.Builtin && !jump && OwnsBuiltinRule(r, true):
+						case c.Builtin && !jump && OwnsBuiltinRule(tb.Name, "INPUT", r, true):
+							t.Errorf("%s %s %s/%s: %+v recognised in INPUT, where the engine puts no rule", name, fp.Family, tb.Name, c.Name, r)
+						case !c.Builtin && !jump && (OwnsBuiltinRule(tb.Name, "PREROUTING", r, true) || OwnsBuiltinRule(tb.Name, "OUTPUT", r, true)):
 							t.Errorf("%s %s %s/%s: %+v of our own chain has the shape of a built-in chain's", name, fp.Family, tb.Name, c.Name, r)
 						}
 					}
@@ -80,8 +82,25 @@ func TestOwnsBuiltinRuleForeign(t *testing.T) {
 		}(),
 		"restore-mark of the packet mark": {Proto: "tcp", Mark: MarkMatch{Set: true, Value: 1337}, Target: Target{Kind: TargetRestoreMark}},
 	} {
-		if OwnsBuiltinRule(&r, true) {
-			t.Errorf("%s: %+v recognised as the engine's", name, r)
+		for _, tc := range [][2]string{{TableNAT, "PREROUTING"}, {TableNAT, "OUTPUT"}, {TableMangle, "PREROUTING"}, {TableMangle, "OUTPUT"}} {
+			if OwnsBuiltinRule(tc[0], tc[1], &r, true) {
+				t.Errorf("%s: %+v recognised as the engine's in %s/%s", name, r, tc[0], tc[1])
+			}
+		}
+	}
+	// The engine's shapes in chains where it never puts them are foreign.
+	for _, tc := range []struct {
+		table, chain string
+		r            Rule
+	}{
+		{TableMangle, "INPUT", returnIn("eth0", "")},
+		{TableNAT, "POSTROUTING", returnOut("eth0", "")},
+		{TableMangle, "OUTPUT", saveMark(1337)},
+		{TableNAT, "OUTPUT", hairpin},
+		{TableRaw, "OUTPUT", restoreMark(1337)},
+	} {
+		if OwnsBuiltinRule(tc.table, tc.chain, &tc.r, true) {
+			t.Errorf("%+v recognised as the engine's in %s/%s", tc.r, tc.table, tc.chain)
 		}
 	}
 }
