@@ -172,11 +172,60 @@ func testInitImage(t *testing.T, initImg *testImage) {
 			}
 		}
 	})
+	// The init container's lifecycle in both iptables variants with nothing but the binary: kubelet
+	// runs an init container again when the pod's sandbox survives (the second run must find its rules
+	// in place, not fail for want of iptables-save), a changed configuration is reconciled, and cleanup
+	// leaves nothing.
+	for _, variant := range []string{"nft", "legacy"} {
+		t.Run("Iptables/"+variant, func(t *testing.T) {
+			testutil.RequireRoot(t)
+			ns := testutil.NewNetNS(t)
+			mountProc(t, initImg.root) // as a container runtime does
+			injector := []string{"istio-iptables", "--force-iptables-binary", variant, "-p", "15001", "-z", "15006", "-u", "1337",
+				"-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020", "--ipv6=true"}
+			for i, args := range [][]string{
+				injector,
+				injector,
+				append(slices.Clone(injector), "-m", "TPROXY", "--reconcile"),
+			} {
+				if out, err := runInImage(t, initImg, ns, args...); err != nil {
+					t.Fatalf("run %d %v: %v\n%s", i+1, args, err, out)
+				}
+			}
+			rules := ns.Run(t, "iptables-"+variant+"-save", "-t", "mangle")
+			if !strings.Contains(rules, "-j TPROXY --on-port 15006") {
+				t.Errorf("after the reconcile to TPROXY in the init image, no TPROXY rule in\n%s", rules)
+			}
+			if out, err := runInImage(t, initImg, ns, "cleanup", "--force-iptables-binary", variant); err != nil {
+				t.Fatalf("cleanup: %v\n%s", err, out)
+			}
+			for _, tool := range []string{"iptables-" + variant + "-save", "ip6tables-" + variant + "-save"} {
+				if rules := ns.Run(t, tool); strings.Contains(rules, "ISTIO_") {
+					t.Errorf("after cleanup in the init image, %s:\n%s", tool, rules)
+				}
+			}
+		})
+	}
+	// Without /proc the legacy tables cannot be listed, and opening one to see would create it: the
+	// init container fails, naming the cause, rather than take the tables for absent.
+	t.Run("Iptables/legacy/NoProc", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		ns := testutil.NewNetNS(t)
+		ns.Run(t, "iptables-legacy", "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1", "-j", "ACCEPT") // another program's rule
+		out, err := runInImage(t, initImg, ns, "istio-iptables", "--force-iptables-binary", "legacy")
+		if err == nil || !strings.Contains(err.Error(), "/proc is not mounted") {
+			t.Fatalf("without /proc: %v\n%s\nwant a failure naming /proc", err, out)
+		}
+		if rules := ns.Run(t, "iptables-legacy-save", "-t", "nat"); !strings.Contains(rules, "-d 192.0.2.1/32 -j ACCEPT") || strings.Contains(rules, "ISTIO_") {
+			t.Errorf("the failed run changed the tables:\n%s", rules)
+		}
+	})
 	// The whole lifecycle of the native nftables backend works with nothing but the binary, as
 	// Istio's injector runs it (args: istio-iptables ...): apply, re-run, reconcile, clean up.
 	t.Run("NativeNFTables", func(t *testing.T) {
 		testutil.RequireRoot(t)
 		ns := testutil.NewNetNS(t)
+		mountProc(t, initImg.root) // as a container runtime does; cleanup reads /proc for legacy tables
 		for _, args := range [][]string{
 			{"istio-iptables", "--native-nftables", "--ipv6=true"},
 			{"istio-iptables", "--native-nftables", "--ipv6=true"},
@@ -522,4 +571,26 @@ func extractTar(r io.Reader, dir string) ([]string, error) {
 			return names, fmt.Errorf("entry %q: unexpected type %q", h.Name, h.Typeflag)
 		}
 	}
+}
+
+// mountProc mounts a proc file system at root/proc until t ends, as a container runtime gives every
+// container one.
+func mountProc(t *testing.T, root string) {
+	t.Helper()
+	dir := filepath.Join(root, "proc")
+	if err := os.Mkdir(dir, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("proc", dir, "proc", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, ""); err != nil {
+		os.Remove(dir)
+		t.Fatalf("mount proc at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
 }

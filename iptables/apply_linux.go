@@ -56,12 +56,29 @@ func nftTablesPresent() (v4, v6 bool) {
 	return v4, v6
 }
 
+// procListNonEmpty reports whether /proc's list of legacy tables name holds any. Without /proc (a
+// chroot, a container whose runtime mounted none) it cannot tell, and says yes: the read that follows
+// then fails (readLegacyNames) rather than take tables it cannot see for absent.
 func procListNonEmpty(name string) bool {
+	data, err := readLegacyNames(name)
+	return err != nil || strings.TrimSpace(string(data)) != ""
+}
+
+// errNoProc is returned when the legacy tables cannot be listed because /proc is not mounted: opening
+// a table to find out would create it.
+var errNoProc = errors.New("/proc is not mounted: the legacy iptables tables of this namespace cannot be listed")
+
+// readLegacyNames reads /proc's list of legacy tables name (ip_tables_names, ip6_tables_names); a
+// list that does not exist, the module not being loaded, is empty.
+func readLegacyNames(name string) ([]byte, error) {
 	data, err := os.ReadFile(filepath.Join("/proc/thread-self/net", name))
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist) // module not loaded: no legacy tables
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat("/proc/thread-self/net"); serr != nil {
+			return nil, errNoProc
+		}
+		return nil, nil
 	}
-	return strings.TrimSpace(string(data)) != ""
+	return data, err
 }
 
 // ChooseVariant picks the iptables variant for the namespace at netnsPath (the current one when
@@ -76,7 +93,12 @@ func ChooseVariant(netnsPath string) (v Variant, why string, err error) {
 }
 
 func chooseVariant() (Variant, string) {
-	l4, l6 := tablesPresent(VariantLegacy)
+	// Legacy tables that cannot be listed (no /proc) do not decide the variant: nft is the default.
+	known := func(name string) bool {
+		data, err := readLegacyNames(name)
+		return err == nil && strings.TrimSpace(string(data)) != ""
+	}
+	l4, l6 := known("ip_tables_names"), known("ip6_tables_names")
 	n4, n6 := tablesPresent(VariantNFT)
 	legacy, nft := l4 || l6, n4 || n6
 	switch {
@@ -479,6 +501,13 @@ func withXtablesLock(env []string, fn func() error) error {
 		}
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY|unix.O_CLOEXEC, 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		// The init image holds one file and no /run: nothing else in this file system can hold the
+		// lock either. Make its directory, as the legacy tools would need it.
+		if err = os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
+			f, err = os.OpenFile(path, os.O_CREATE|os.O_RDONLY|unix.O_CLOEXEC, 0o600)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("open xtables lock %s: %w", path, err)
 	}

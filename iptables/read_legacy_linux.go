@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
@@ -23,10 +22,7 @@ func readLegacy(fam redirect.Family) (*kernelTables, error) {
 		lay, list = legacyV6, "ip6_tables_names"
 	}
 	k := newKernelTables()
-	data, err := os.ReadFile("/proc/thread-self/net/" + list)
-	if errors.Is(err, os.ErrNotExist) {
-		return k, nil // the module is not loaded: no tables
-	}
+	data, err := readLegacyNames(list)
 	if err != nil {
 		return nil, err
 	}
