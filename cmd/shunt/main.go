@@ -36,6 +36,7 @@ func newRootCmd(env capture.Env) *cobra.Command {
 	env.PodConfig = meshpod.ManifestConfig
 	root := capture.NewRoot("shunt", "Transparent traffic interception for service-mesh sidecars")
 	root.AddCommand(capture.Commands(env)...)
+	root.AddCommand(capture.NewMigrateCmd(env))
 	root.AddCommand(node.Commands(env)...)
 	return root
 }
