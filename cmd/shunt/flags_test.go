@@ -67,6 +67,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"istio-exclude-interfaces", "redirect-dns", "capture-all-dns", "dns-servers", "ipv6",
 		"dual-stack", "log_output_level", "log_as_json"}, required: []string{"network-namespace"}},
 	"shunt ebpf leave": {flags: []string{"pin-dir", "netns"}, required: []string{"netns"}},
+	"shunt doctor":     {flags: []string{"network-namespace", "json"}},
 }
 
 // TestCommandFlags: every command registers exactly the flags it honours, and marks the required ones.
