@@ -34,6 +34,10 @@ type Options struct {
 	Force bool
 	// Logger receives progress; nil discards.
 	Logger *slog.Logger
+	// UseTools hands tables that other programs' rules share to iptables-restore --noflush (and reads
+	// with iptables-save when reading from the kernel fails), as before the kernel API could splice
+	// them. Off (the default), no command is ever run.
+	UseTools bool
 
 	run     runner                                             // nil: exec
 	program func(fp *redirect.FamilyPlan, drop []string) error // nil: programNFT or programLegacy
@@ -116,6 +120,9 @@ func readTables(ctx context.Context, o *Options, v Variant, fam redirect.Family,
 	k, err := readKernel(v, fam)
 	if err == nil {
 		return k.tables, nil
+	}
+	if !o.UseTools {
+		return nil, fmt.Errorf("read %s rules: %w", fam, err)
 	}
 	o.logger().Warn("reading the rules in-process failed, using the save tool", "variant", string(v), "family", fam.String(), "error", err.Error())
 	out, err := o.runner().Run(ctx, familyTool(v, fam, "save"), nil, nil, nil)

@@ -128,11 +128,14 @@ func (o *Options) variant() Variant {
 	return v
 }
 
-// lockEnv returns the environment of legacy iptables commands: a lock file of this namespace's own when
-// programming another namespace from the host's filesystem, so that pods do not queue on the host lock.
-// Only iptables >= 1.8.6 honours XTABLES_LOCKFILE; older ones keep the host lock. done removes the file.
-func lockEnv(v Variant, netnsPath string) (env []string, done func()) {
-	if v != VariantLegacy || netnsPath == "" || !lockFileSupported() {
+// lockEnv returns the environment of legacy iptables commands (Options.UseTools): a lock file of this
+// namespace's own when programming another namespace from the host's filesystem, so that pods do not
+// queue on the host lock behind tools. Only iptables >= 1.8.6 honours XTABLES_LOCKFILE; older ones keep
+// the host lock. done removes the file. Without tools it is empty: this process then takes the lock every
+// legacy tool of the file system takes (/run/xtables.lock), and holds it for a few system calls.
+func (o *Options) lockEnv(v Variant) (env []string, done func()) {
+	netnsPath := o.NetNS
+	if !o.UseTools || v != VariantLegacy || netnsPath == "" || !lockFileSupported() {
 		return nil, func() {}
 	}
 	var st unix.Stat_t
@@ -192,7 +195,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	log := opts.logger()
 	r := opts.runner()
 	v := opts.variant()
-	env, unlock := lockEnv(v, opts.NetNS)
+	env, unlock := opts.lockEnv(v)
 	defer unlock()
 	p4, p6 := tablesPresent(v)
 	program := opts.programmer(v, env)
@@ -259,8 +262,10 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		}
 		// When the tables involved hold nothing but ours (always so in a fresh pod namespace), build them
 		// from this process: no tool to start, and libxtables' owner parser, which looks up a user or
-		// group name for every --uid-owner/--gid-owner even when given a number, never runs.
-		if involved := involvedTables(have, fp); onlyOurs(tables, involved) {
+		// group name for every --uid-owner/--gid-owner even when given a number, never runs. Tables
+		// shared with other programs' rules are spliced, from this process too unless opts.UseTools.
+		involved := involvedTables(have, fp)
+		if onlyOurs(tables, involved) {
 			err := program(fp, existing(tables, involved))
 			if err == nil {
 				if have.Empty() {
@@ -269,12 +274,23 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 				log.Info("rules programmed", "family", fp.Family.String(), "variant", string(v), "via", "kernel API", "replaced", len(diff))
 				continue
 			}
-			log.Warn("programming through the kernel API failed, using the restore tool", "family", fp.Family.String(), "error", err.Error())
+			log.Warn("programming the tables whole failed, splicing", "family", fp.Family.String(), "error", err.Error())
 			// Legacy replaces table by table: a failure may leave earlier tables programmed.
 			if tables, err = readTables(ctx, opts, v, fp.Family, true); err != nil {
 				return rollback(err)
 			}
 			have = OwnedState(tables)
+			involved = involvedTables(have, fp)
+		}
+		if !opts.UseTools {
+			if err := splice(v, fp.Family, fp, involved, env); err != nil {
+				return rollback(fmt.Errorf("program %s rules: %w", fp.Family, err))
+			}
+			if have.Empty() {
+				fresh = append(fresh, fp.Family)
+			}
+			log.Info("rules programmed", "family", fp.Family.String(), "variant", string(v), "via", "kernel API splice", "replaced", len(diff))
+			continue
 		}
 		input := Render(fp, RenderOptions{})
 		if !have.Empty() {
@@ -318,8 +334,8 @@ func (o *Options) programmer(v Variant, env []string) func(fp *redirect.FamilyPl
 
 // removeOurs removes have, our part of family fam's rules in variant v. When the tables holding it
 // hold nothing but ours, it rebuilds them from this process with their built-in chains left empty, as
-// the restore tool would leave them; otherwise (another program's rules share a table) it deletes ours
-// with the restore tool.
+// the restore tool would leave them; otherwise (another program's rules share a table) it splices ours
+// out, from this process too unless o.UseTools (then with the restore tool).
 func removeOurs(ctx context.Context, o *Options, v Variant, fam redirect.Family, have State, env []string) error {
 	tables, err := readTables(ctx, o, v, fam, true)
 	if err != nil {
@@ -340,10 +356,16 @@ func removeOurs(ctx context.Context, o *Options, v Variant, fam redirect.Family,
 		if err == nil {
 			return nil
 		}
-		o.logger().Warn("removing through the kernel API failed, using the restore tool", "family", fam.String(), "error", err.Error())
+		o.logger().Warn("emptying the tables whole failed, splicing", "family", fam.String(), "error", err.Error())
 		if have, err = readState(ctx, o, v, fam, true); err != nil {
 			return err
 		}
+	}
+	if !o.UseTools {
+		if err := splice(v, fam, nil, sorted.Keys(have), env); err != nil {
+			return fmt.Errorf("remove %s rules: %w", fam, err)
+		}
+		return nil
 	}
 	return restore(ctx, o.runner(), v, fam, RenderReplace(have, nil, RenderOptions{}), env)
 }
@@ -473,7 +495,7 @@ func Remove(ctx context.Context, opts Options) ([]Installed, error) {
 		found, err := find(ctx, &opts)
 		errs := []error{err}
 		for _, in := range found {
-			env, unlock := lockEnv(in.Variant, opts.NetNS)
+			env, unlock := opts.lockEnv(in.Variant)
 			err := removeOurs(ctx, &opts, in.Variant, in.Family, in.State, env)
 			unlock()
 			if err != nil {

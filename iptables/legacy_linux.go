@@ -89,11 +89,18 @@ func replaceTable(fd int, lay *legacyLayout, fam redirect.Family, t *redirect.Ta
 	if err != nil {
 		return err
 	}
+	_, err = setReplace(fd, lay, t.Name, validHooks, blob, hookEntry, underflow, n, oldEntries)
+	return err
+}
+
+// setReplace replaces table name with the n entries of blob, and returns the counters of the entries
+// it replaced (struct xt_counters: packets, bytes; oldEntries of them, in entry order).
+func setReplace(fd int, lay *legacyLayout, name string, validHooks uint32, blob []byte, hookEntry, underflow [5]uint32, n, oldEntries uint32) ([]byte, error) {
 	// struct ipt_replace: name[32], valid_hooks, num_entries, size, hook_entry[5], underflow[5],
 	// num_counters, counters (a pointer the kernel writes the old counters to), entries.
 	counters := make([]byte, 16*max(oldEntries, 1))
 	repl := make([]byte, 96, 96+len(blob))
-	copy(repl, t.Name)
+	copy(repl, name)
 	ne := binary.NativeEndian
 	ne.PutUint32(repl[32:], validHooks)
 	ne.PutUint32(repl[36:], n)
@@ -105,12 +112,12 @@ func replaceTable(fd int, lay *legacyLayout, fam redirect.Family, t *redirect.Ta
 	ne.PutUint32(repl[84:], oldEntries)
 	ne.PutUint64(repl[88:], uint64(uintptr(unsafe.Pointer(&counters[0]))))
 	repl = append(repl, blob...)
-	err = sockopt(unix.SYS_SETSOCKOPT, fd, lay.level, soSetReplace, repl, nil)
+	err := sockopt(unix.SYS_SETSOCKOPT, fd, lay.level, soSetReplace, repl, nil)
 	runtime.KeepAlive(counters)
 	if err != nil {
-		return fmt.Errorf("replace table: %w", err)
+		return nil, fmt.Errorf("replace table: %w", err)
 	}
-	return nil
+	return counters[:16*oldEntries], nil
 }
 
 func sockopt(call uintptr, fd, level, name int, buf []byte, size *uint32) error {

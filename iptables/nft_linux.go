@@ -82,43 +82,16 @@ func programNFT(fp *redirect.FamilyPlan, drop []string) error {
 // nftBatch returns the netlink messages of one nftables transaction deleting the tables in drop and
 // creating fp's tables, chains and rules.
 func nftBatch(fp *redirect.FamilyPlan, fam byte, drop []string) ([]netlink.Message, error) {
-	msg := func(typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) (netlink.Message, error) {
-		data, err := netlink.MarshalAttributes(attrs)
-		if err != nil {
-			return netlink.Message{}, err
-		}
-		return netlink.Message{
-			Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: netlink.Request | flags},
-			Data:   append([]byte{fam, unix.NFNETLINK_V0, 0, 0}, data...),
-		}, nil
-	}
-	marker := func(typ uint16) netlink.Message {
-		return netlink.Message{
-			Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: netlink.Request},
-			Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
-		}
-	}
-	str := func(s string) []byte { return append([]byte(s), 0) }
-	u32 := binaryutil.BigEndian.PutUint32
-
-	msgs := []netlink.Message{marker(unix.NFNL_MSG_BATCH_BEGIN)}
-	add := func(typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) error {
-		m, err := msg(typ, flags, attrs)
-		msgs = append(msgs, m)
-		return err
-	}
+	b := newNFTMsgs(fam)
 	for _, name := range drop {
-		if err := add(unix.NFT_MSG_DELTABLE, 0, []netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: str(name)}}); err != nil {
-			return nil, err
+		b.add(unix.NFT_MSG_DELTABLE, 0, []netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: cstr(name)}})
+		if planned(fp, name) == nil {
+			// Emptied, not gone: the restore tool leaves the table.
+			b.newTable(name)
 		}
 	}
 	for _, t := range fp.Tables {
-		if err := add(unix.NFT_MSG_NEWTABLE, netlink.Create, []netlink.Attribute{
-			{Type: unix.NFTA_TABLE_NAME, Data: str(t.Name)},
-			{Type: unix.NFTA_TABLE_FLAGS, Data: u32(0)},
-		}); err != nil {
-			return nil, err
-		}
+		b.newTable(t.Name)
 		// Chains before rules, which jump to them; user chains before built-in ones, as a restore
 		// declares the former up front and creates the latter on first use.
 		chains := slices.Clone(t.Chains)
@@ -126,71 +99,168 @@ func nftBatch(fp *redirect.FamilyPlan, fam byte, drop []string) ([]netlink.Messa
 			return cmp.Compare(boolInt(a.Builtin), boolInt(b.Builtin))
 		})
 		for _, c := range chains {
-			attrs := []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: str(t.Name)}, {Type: unix.NFTA_CHAIN_NAME, Data: str(c.Name)}}
-			if c.Builtin {
-				bc, ok := nftBaseChains[t.Name][c.Name]
-				if !ok {
-					return nil, fmt.Errorf("no built-in chain %s in table %s", c.Name, t.Name)
-				}
-				hook, err := netlink.MarshalAttributes([]netlink.Attribute{
-					{Type: unix.NFTA_HOOK_HOOKNUM, Data: u32(bc.hook)},
-					{Type: unix.NFTA_HOOK_PRIORITY, Data: u32(uint32(bc.prio))},
-				})
-				if err != nil {
-					return nil, err
-				}
-				attrs = append(attrs,
-					netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_CHAIN_HOOK, Data: hook},
-					netlink.Attribute{Type: unix.NFTA_CHAIN_POLICY, Data: u32(nfAccept)},
-					netlink.Attribute{Type: unix.NFTA_CHAIN_TYPE, Data: str(bc.typ)})
-			}
-			if err := add(unix.NFT_MSG_NEWCHAIN, netlink.Create, attrs); err != nil {
-				return nil, err
-			}
+			b.newChain(t.Name, c)
 		}
 		for _, c := range t.Chains {
 			for i := range c.Rules {
-				r := &c.Rules[i]
-				exprs, err := nftExprs(r, fp.Family)
-				if err != nil {
-					return nil, fmt.Errorf("%s/%s: %w", t.Name, c.Name, err)
-				}
-				list := make([]netlink.Attribute, len(exprs))
-				for j, e := range exprs {
-					data, err := expr.Marshal(fam, e)
-					if err != nil {
-						return nil, err
-					}
-					list[j] = netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: data}
-				}
-				elems, err := netlink.MarshalAttributes(list)
-				if err != nil {
-					return nil, err
-				}
-				attrs := []netlink.Attribute{
-					{Type: unix.NFTA_RULE_TABLE, Data: str(t.Name)},
-					{Type: unix.NFTA_RULE_CHAIN, Data: str(c.Name)},
-					{Type: unix.NLA_F_NESTED | unix.NFTA_RULE_EXPRESSIONS, Data: elems},
-				}
-				if r.Proto != "" {
-					// Extensions check the protocol of the rule (TPROXY and multiport need TCP or UDP);
-					// iptables-nft passes it as the rule's compat information.
-					compat, err := netlink.MarshalAttributes([]netlink.Attribute{
-						{Type: unix.NFTA_RULE_COMPAT_PROTO, Data: u32(uint32(protoNum(r.Proto)))},
-						{Type: unix.NFTA_RULE_COMPAT_FLAGS, Data: u32(0)},
-					})
-					if err != nil {
-						return nil, err
-					}
-					attrs = append(attrs, netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_RULE_COMPAT, Data: compat})
-				}
-				if err := add(unix.NFT_MSG_NEWRULE, netlink.Create|unix.NLM_F_APPEND, attrs); err != nil {
-					return nil, err
-				}
+				b.newRule(t.Name, c.Name, &c.Rules[i], fp.Family, true)
 			}
 		}
 	}
-	return append(msgs, marker(unix.NFNL_MSG_BATCH_END)), nil
+	return b.done()
+}
+
+// nftMsgs builds the messages of one nftables transaction (batch) of family fam; the first error
+// sticks and done returns it.
+type nftMsgs struct {
+	fam  byte
+	msgs []netlink.Message
+	err  error
+}
+
+func newNFTMsgs(fam byte) *nftMsgs {
+	return &nftMsgs{fam: fam, msgs: []netlink.Message{nftMarker(unix.NFNL_MSG_BATCH_BEGIN)}}
+}
+
+func nftMarker(typ uint16) netlink.Message {
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
+	}
+}
+
+func cstr(s string) []byte { return append([]byte(s), 0) }
+
+func (b *nftMsgs) add(typ uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) {
+	if b.err != nil {
+		return
+	}
+	data, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		b.err = err
+		return
+	}
+	b.msgs = append(b.msgs, netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: netlink.Request | flags},
+		Data:   append([]byte{b.fam, unix.NFNETLINK_V0, 0, 0}, data...),
+	})
+}
+
+// done returns the batch, closed, or the first error.
+func (b *nftMsgs) done() ([]netlink.Message, error) {
+	if b.err != nil {
+		return nil, b.err
+	}
+	return append(b.msgs, nftMarker(unix.NFNL_MSG_BATCH_END)), nil
+}
+
+// newTable creates table name, if it does not exist.
+func (b *nftMsgs) newTable(name string) {
+	b.add(unix.NFT_MSG_NEWTABLE, netlink.Create, []netlink.Attribute{
+		{Type: unix.NFTA_TABLE_NAME, Data: cstr(name)},
+		{Type: unix.NFTA_TABLE_FLAGS, Data: binaryutil.BigEndian.PutUint32(0)},
+	})
+}
+
+// newChain creates chain c of table: a built-in one as the base chain iptables-nft defines.
+func (b *nftMsgs) newChain(table string, c redirect.Chain) {
+	u32 := binaryutil.BigEndian.PutUint32
+	attrs := []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: cstr(table)}, {Type: unix.NFTA_CHAIN_NAME, Data: cstr(c.Name)}}
+	if c.Builtin {
+		bc, ok := nftBaseChains[table][c.Name]
+		if !ok {
+			if b.err == nil {
+				b.err = fmt.Errorf("no built-in chain %s in table %s", c.Name, table)
+			}
+			return
+		}
+		hook, err := netlink.MarshalAttributes([]netlink.Attribute{
+			{Type: unix.NFTA_HOOK_HOOKNUM, Data: u32(bc.hook)},
+			{Type: unix.NFTA_HOOK_PRIORITY, Data: u32(uint32(bc.prio))},
+		})
+		if err != nil && b.err == nil {
+			b.err = err
+		}
+		attrs = append(attrs,
+			netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_CHAIN_HOOK, Data: hook},
+			netlink.Attribute{Type: unix.NFTA_CHAIN_POLICY, Data: u32(nfAccept)},
+			netlink.Attribute{Type: unix.NFTA_CHAIN_TYPE, Data: cstr(bc.typ)})
+	}
+	b.add(unix.NFT_MSG_NEWCHAIN, netlink.Create, attrs)
+}
+
+// newRule adds r to chain of table: appended, or (appendIt false) inserted at the chain's head.
+func (b *nftMsgs) newRule(table, chain string, r *redirect.Rule, fam redirect.Family, appendIt bool) {
+	if b.err != nil {
+		return
+	}
+	exprs, err := nftExprs(r, fam)
+	if err != nil {
+		b.err = fmt.Errorf("%s/%s: %w", table, chain, err)
+		return
+	}
+	list := make([]netlink.Attribute, len(exprs))
+	for j, e := range exprs {
+		data, err := expr.Marshal(b.fam, e)
+		if err != nil {
+			b.err = err
+			return
+		}
+		list[j] = netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: data}
+	}
+	elems, err := netlink.MarshalAttributes(list)
+	if err != nil {
+		b.err = err
+		return
+	}
+	attrs := []netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
+		{Type: unix.NLA_F_NESTED | unix.NFTA_RULE_EXPRESSIONS, Data: elems},
+	}
+	if r.Proto != "" {
+		// Extensions check the protocol of the rule (TPROXY and multiport need TCP or UDP);
+		// iptables-nft passes it as the rule's compat information.
+		compat, err := netlink.MarshalAttributes([]netlink.Attribute{
+			{Type: unix.NFTA_RULE_COMPAT_PROTO, Data: binaryutil.BigEndian.PutUint32(uint32(protoNum(r.Proto)))},
+			{Type: unix.NFTA_RULE_COMPAT_FLAGS, Data: binaryutil.BigEndian.PutUint32(0)},
+		})
+		if err != nil {
+			b.err = err
+			return
+		}
+		attrs = append(attrs, netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_RULE_COMPAT, Data: compat})
+	}
+	flags := netlink.Create
+	if appendIt {
+		flags |= unix.NLM_F_APPEND
+	}
+	b.add(unix.NFT_MSG_NEWRULE, flags, attrs)
+}
+
+// delRule deletes the rule with handle from chain of table.
+func (b *nftMsgs) delRule(table, chain string, handle uint64) {
+	b.add(unix.NFT_MSG_DELRULE, 0, []netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
+		{Type: unix.NFTA_RULE_HANDLE, Data: binaryutil.BigEndian.PutUint64(handle)},
+	})
+}
+
+// flushChain deletes every rule of chain of table.
+func (b *nftMsgs) flushChain(table, chain string) {
+	b.add(unix.NFT_MSG_DELRULE, 0, []netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
+	})
+}
+
+// delChain deletes chain of table, which holds no rules.
+func (b *nftMsgs) delChain(table, chain string) {
+	b.add(unix.NFT_MSG_DELCHAIN, 0, []netlink.Attribute{
+		{Type: unix.NFTA_CHAIN_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_CHAIN_NAME, Data: cstr(chain)},
+	})
 }
 
 func protoNum(p string) byte {

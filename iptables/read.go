@@ -8,6 +8,10 @@ package iptables
 type kernelTables struct {
 	tables map[string]*SavedTable
 	counts map[string]map[string][]count
+	// handles (nft only) holds the kernel's handle of every rule, by table and chain, in order, and
+	// bases the built-in chains that exist as base chains: what a splice deletes and creates.
+	handles map[string]map[string][]uint64
+	bases   map[string]map[string]bool
 }
 
 func newKernelTables() *kernelTables {

@@ -43,7 +43,7 @@ func readLegacy(fam redirect.Family) (*kernelTables, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read %s %s table: %w", fam, name, err)
 		}
-		if err := decodeLegacyTable(k, &lay, fam, name, blob, info); err != nil {
+		if _, err := decodeLegacyTable(k, &lay, fam, name, blob, info); err != nil {
 			return nil, fmt.Errorf("decode %s %s table: %w", fam, name, err)
 		}
 	}
@@ -90,28 +90,45 @@ func getEntries(fd int, lay *legacyLayout, name string) ([]byte, legacyInfo, err
 	return nil, li, errors.New("get entries: the table keeps changing")
 }
 
-// legacyRaw is one entry of a table blob.
+// legacyRaw is one entry of a table blob: its offset, index and bytes.
 type legacyRaw struct {
-	off  int
-	data []byte
+	off, idx int
+	data     []byte
+}
+
+// legacyChain is one chain of a table blob, in blob order: a built-in chain's rules and policy
+// (tail), or a user chain's ERROR entry naming it (head), rules and closing RETURN (tail).
+type legacyChain struct {
+	name       string
+	builtin    bool
+	head, tail legacyRaw
+	rules      []legacyRaw
+}
+
+// legacyTable is a table blob as chains: what a splice keeps, drops and adds to.
+type legacyTable struct {
+	chains []legacyChain
+	end    legacyRaw      // the final ERROR entry
+	starts map[int]string // offset of each user chain's first entry → its name
+	count  int            // entries in all
 }
 
 // decodeLegacyTable adds the chains and rules of a table blob to k: built-in chains from the hook
 // entries to their underflow (the policy), user chains from the ERROR entry naming them to their
-// closing RETURN.
-func decodeLegacyTable(k *kernelTables, lay *legacyLayout, fam redirect.Family, table string, blob []byte, li legacyInfo) error {
+// closing RETURN. It returns the blob as chains.
+func decodeLegacyTable(k *kernelTables, lay *legacyLayout, fam redirect.Family, table string, blob []byte, li legacyInfo) (*legacyTable, error) {
 	ne := binary.NativeEndian
 	var entries []legacyRaw
 	for off := 0; off < len(blob); {
 		if off+lay.entrySize > len(blob) {
-			return fmt.Errorf("entry at %d: truncated", off)
+			return nil, fmt.Errorf("entry at %d: truncated", off)
 		}
 		next := int(ne.Uint16(blob[off+lay.nextOffset:]))
 		tgt := int(ne.Uint16(blob[off+lay.targetOffset:]))
 		if next < lay.entrySize+32 || off+next > len(blob) || tgt < lay.entrySize || tgt+32 > next {
-			return fmt.Errorf("entry at %d: bad offsets %d/%d", off, tgt, next)
+			return nil, fmt.Errorf("entry at %d: bad offsets %d/%d", off, tgt, next)
 		}
-		entries = append(entries, legacyRaw{off: off, data: blob[off : off+next]})
+		entries = append(entries, legacyRaw{off: off, idx: len(entries), data: blob[off : off+next]})
 		off += next
 	}
 	// User chains: an ERROR entry naming them, then their rules from the next entry.
@@ -143,23 +160,29 @@ func decodeLegacyTable(k *kernelTables, lay *legacyLayout, fam redirect.Family, 
 	}
 	for h := range 5 {
 		if li.validHooks&(1<<h) != 0 && !slices.ContainsFunc(xtBuiltinChains[table], func(n string) bool { return hookOf[n] == h }) {
-			return fmt.Errorf("hook %d of an unknown table", h)
+			return nil, fmt.Errorf("hook %d of an unknown table", h)
 		}
 	}
 	var builtins, users []string
 	rules := map[string][]legacyRaw{}
 	policies := map[string]string{}
+	lt := &legacyTable{starts: chainAt, count: len(entries)}
+	placed := 0 // entries lt holds
+	last := func() *legacyChain { return &lt.chains[len(lt.chains)-1] }
 	cur, user := "", false
 	for i, e := range entries {
 		if names := hookAt[e.off]; len(names) > 0 {
 			cur, user = names[0], false
 			builtins = append(builtins, names[0])
+			lt.chains = append(lt.chains, legacyChain{name: names[0], builtin: true})
 		}
 		if name, ok := underAt[e.off]; ok && name == cur {
 			policies[cur] = "-"
 			if v, ok := standardVerdict(lay, e.data); ok && v < 0 {
 				policies[cur] = verdictName(-v - 1)
 			}
+			last().tail = e
+			placed++
 			cur = ""
 			continue
 		}
@@ -169,17 +192,29 @@ func decodeLegacyTable(k *kernelTables, lay *legacyLayout, fam redirect.Family, 
 				if name, ok := chainAt[entries[i+1].off]; ok {
 					cur, user = name, true
 					users = append(users, name)
+					lt.chains = append(lt.chains, legacyChain{name: name, head: e})
+					placed++
 				}
+			} else {
+				lt.end = e
+				placed++
 			}
 			continue
 		}
 		if cur == "" {
 			continue
 		}
-		if _, last := errorName(entries[min(i+1, len(entries)-1)].data); user && (i+1 == len(entries) || last) {
-			continue // the chain's closing RETURN
+		if _, last2 := errorName(entries[min(i+1, len(entries)-1)].data); user && (i+1 == len(entries) || last2) {
+			last().tail = e // the chain's closing RETURN
+			placed++
+			continue
 		}
 		rules[cur] = append(rules[cur], e)
+		last().rules = append(last().rules, e)
+		placed++
+	}
+	if placed != len(entries) || lt.end.data == nil {
+		lt = nil // entries outside any chain: not a table libiptc lays out, not to be spliced
 	}
 	slices.Sort(users)
 	k.table(table)
@@ -195,7 +230,7 @@ func decodeLegacyTable(k *kernelTables, lay *legacyLayout, fam redirect.Family, 
 			k.rule(table, c, spec, n)
 		}
 	}
-	return nil
+	return lt, nil
 }
 
 // standardVerdict returns the verdict of an entry with the standard target.

@@ -392,7 +392,7 @@ func FuzzDecodeLegacyTable(f *testing.F) {
 		}
 		li := legacyInfo{validHooks: 1<<0 | 1<<3}
 		li.hookEntry[3], li.underflow[3] = hook, under
-		_ = decodeLegacyTable(newKernelTables(), &lay, fam, "nat", blob, li)
+		_, _ = decodeLegacyTable(newKernelTables(), &lay, fam, "nat", blob, li)
 	})
 }
 

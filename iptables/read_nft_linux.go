@@ -95,6 +95,7 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 		base         bool
 	}
 	byTable := map[string][]chain{}
+	k.handles, k.bases = map[string]map[string][]uint64{}, map[string]map[string]bool{}
 	for _, m := range chains {
 		ad, err := nftAttrs(m)
 		if err != nil {
@@ -129,6 +130,10 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 			policy := "ACCEPT"
 			if i := slices.IndexFunc(cs, func(c chain) bool { return c.base && c.name == b }); i >= 0 {
 				policy = cs[i].policy
+				if k.bases[name] == nil {
+					k.bases[name] = map[string]bool{}
+				}
+				k.bases[name][b] = true
 			}
 			k.chain(name, b, policy)
 		}
@@ -148,7 +153,7 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 		return nil, err
 	}
 	for _, m := range rules {
-		table, chain, exprs, udComment, err := nftRule(m)
+		table, chain, exprs, udComment, handle, err := nftRule(m)
 		if err != nil {
 			return nil, err
 		}
@@ -157,6 +162,10 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 		}
 		spec, c := nftRuleSpec(exprs, fam, udComment)
 		k.rule(table, chain, spec, c)
+		if k.handles[table] == nil {
+			k.handles[table] = map[string][]uint64{}
+		}
+		k.handles[table][chain] = append(k.handles[table][chain], handle)
 	}
 	return k, nil
 }
@@ -174,14 +183,16 @@ func nftAttrs(m syscall.NetlinkMessage) (*netlink.AttributeDecoder, error) {
 	return ad, nil
 }
 
-// nftRule decodes a NEWRULE message: table, chain and expressions.
-func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, comment string, err error) {
+// nftRule decodes a NEWRULE message: table, chain, expressions, comment and handle.
+func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, comment string, handle uint64, err error) {
 	ad, err := nftAttrs(m)
 	if err != nil {
-		return "", "", nil, "", err
+		return "", "", nil, "", 0, err
 	}
 	for ad.Next() {
 		switch ad.Type() {
+		case unix.NFTA_RULE_HANDLE:
+			handle = ad.Uint64()
 		case unix.NFTA_RULE_USERDATA:
 			comment = udataComment(ad.Bytes())
 		case unix.NFTA_RULE_TABLE:
@@ -202,9 +213,9 @@ func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, co
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return "", "", nil, "", fmt.Errorf("decode nftables rule: %w", err)
+		return "", "", nil, "", 0, fmt.Errorf("decode nftables rule: %w", err)
 	}
-	return table, chain, exprs, comment, nil
+	return table, chain, exprs, comment, handle, nil
 }
 
 // udataComment returns the comment of a rule's user data (type-length-value items, the comment of
