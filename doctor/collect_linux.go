@@ -5,11 +5,14 @@ import (
 	"cmp"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"slices"
 	"syscall"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	vnetlink "github.com/vishvananda/netlink"
@@ -51,8 +54,89 @@ func readNamespace(f *facts) error {
 			}
 		}
 	}
+	var errs []error
+	for i, lay := range []struct {
+		legacyLayout
+		domain, level int
+	}{{legacyV4, unix.AF_INET, unix.SOL_IP}, {legacyV6, unix.AF_INET6, unix.SOL_IPV6}} {
+		if len(f.legacy[i]) == 0 {
+			continue
+		}
+		var err error
+		f.legacyRead[i], err = readLegacy(lay.legacyLayout, lay.domain, lay.level, f.legacy[i])
+		errs = append(errs, err)
+	}
+	f.legacyErr = errors.Join(errs...)
 	f.nft, f.nftErr = dumpNFT()
 	f.routing, f.routingErr = tproxyRouting()
+	return nil
+}
+
+// IPT_SO_GET_INFO and IPT_SO_GET_ENTRIES, and their IPv6 twins.
+const (
+	soGetInfo    = 64
+	soGetEntries = 65
+)
+
+// readLegacy reads the legacy tables names, which /proc listed: opening a table it does not list
+// would create it.
+func readLegacy(lay legacyLayout, domain, level int, names []string) (map[string]legacyTable, error) {
+	fd, err := unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		return nil, fmt.Errorf("raw socket: %w", err)
+	}
+	defer unix.Close(fd)
+	out := map[string]legacyTable{}
+	var errs []error
+	for _, name := range names {
+		t, err := readLegacyTable(fd, lay, level, name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("table %s: %w", name, err))
+			continue
+		}
+		out[name] = t
+	}
+	return out, errors.Join(errs...)
+}
+
+func readLegacyTable(fd int, lay legacyLayout, level int, name string) (legacyTable, error) {
+	if len(name) >= 32 {
+		return legacyTable{}, errors.New("name too long")
+	}
+	ne := binary.NativeEndian
+	for range 5 { // the table may change between the two calls
+		// struct ipt_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size.
+		info := make([]byte, 84)
+		copy(info, name)
+		if err := getsockopt(fd, level, soGetInfo, info); err != nil {
+			return legacyTable{}, fmt.Errorf("get info: %w", err)
+		}
+		size := ne.Uint32(info[80:])
+		// struct ipt_get_entries: name[32], size, then the entries, aligned to 8.
+		buf := make([]byte, 40+size)
+		copy(buf, name)
+		ne.PutUint32(buf[32:], size)
+		err := getsockopt(fd, level, soGetEntries, buf)
+		if errors.Is(err, unix.EAGAIN) {
+			continue
+		}
+		if err != nil {
+			return legacyTable{}, fmt.Errorf("get entries: %w", err)
+		}
+		chains, rules, err := countLegacy(lay, buf[40:], ne.Uint32(info[32:]))
+		return legacyTable{chains: chains, rules: rules}, err
+	}
+	return legacyTable{}, errors.New("the table keeps changing")
+}
+
+// getsockopt is getsockopt(2) with buf as both the request and the answer.
+func getsockopt(fd, level, name int, buf []byte) error {
+	size := uint32(len(buf))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name),
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+	if errno != 0 {
+		return errno
+	}
 	return nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/shuntmesh/shunt/backend"
 	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/redirect"
@@ -130,8 +132,9 @@ func TestCollectLegacyByAnotherProgram(t *testing.T) {
 	if r.Decision.Backend != "iptables-legacy" || !strings.Contains(r.Decision.Reason, "legacy tables") {
 		t.Errorf("decision %+v, want iptables-legacy for the legacy tables", r.Decision)
 	}
-	if !slices.Equal(r.Families[0].LegacyTables, []string{"nat"}) || len(r.Families[1].LegacyTables) > 0 {
-		t.Errorf("legacy tables %q, %q; want IPv4 nat only", r.Families[0].LegacyTables, r.Families[1].LegacyTables)
+	want := []Table{{Family: "ip", Name: "nat", Chains: 4, Rules: 1, OtherRules: 1}}
+	if diff := cmp.Diff(want, r.Families[0].LegacyTables); diff != "" || len(r.Families[1].LegacyTables) > 0 {
+		t.Errorf("legacy tables (-want +got):\n%s\nIPv6: %+v", diff, r.Families[1].LegacyTables)
 	}
 	if !hasWarning(r, "legacy iptables tables exist (IPv4 nat)") || len(r.Installed) > 0 {
 		t.Errorf("warnings %q, installed %+v; want the legacy tables named, nothing of shunt's", r.Warnings, r.Installed)
@@ -155,6 +158,9 @@ func TestCollectMixedBackends(t *testing.T) {
 	}
 	if !hasWarning(r, "more than one backend (nftables, iptables-legacy)") {
 		t.Errorf("warnings %q, want mixed backends", r.Warnings)
+	}
+	if lt := r.Families[0].LegacyTables; len(lt) != 1 || !lt[0].Shunt || lt[0].OtherRules != 0 || lt[0].ShuntRules != lt[0].Rules || lt[0].Chains != 8 {
+		t.Errorf("legacy tables %+v, want nat with shunt's rules only, in 4 built-in and 4 ISTIO_* chains", lt)
 	}
 	i := slices.IndexFunc(r.OtherNFTTables, func(tb Table) bool { return tb.Name == "istio-proxy-nat" })
 	if i < 0 || !r.OtherNFTTables[i].Shunt || r.OtherNFTTables[i].OtherRules != 0 || r.OtherNFTTables[i].ShuntRules == 0 {

@@ -70,15 +70,17 @@ type Family struct {
 	// ProcListed says whether /proc lists this family's legacy tables at all (its ip_tables or
 	// ip6_tables is in the kernel and /proc is mounted).
 	ProcListed bool `json:"proc_listed"`
-	// LegacyTables are the legacy tables /proc/net/ip_tables_names (ip6_tables_names) lists.
-	LegacyTables []string `json:"legacy_tables"`
+	// LegacyTables are the legacy tables /proc/net/ip_tables_names (ip6_tables_names) lists, with
+	// what they hold (read with IPT_SO_GET_ENTRIES; chains and rules are -1 when that failed). Their
+	// Family is "ip" or "ip6", as for nft tables.
+	LegacyTables []Table `json:"legacy_tables"`
 	// NFTTables are the nft tables of the family (ip, ip6): iptables-nft's and any other program's.
 	NFTTables []Table `json:"nft_tables"`
 }
 
-// Table is one nft table and what it holds.
+// Table is one table, nft or legacy, and what it holds.
 type Table struct {
-	Family string `json:"family"` // the nft family: ip, ip6, inet, arp, bridge, netdev
+	Family string `json:"family"` // ip, ip6 (legacy tables too), inet, arp, bridge, netdev
 	Name   string `json:"name"`
 	Chains int    `json:"chains"`
 	Rules  int    `json:"rules"`
@@ -168,14 +170,15 @@ func (r *Report) WriteText(w io.Writer) error {
 		line("  IPv4, IPv6: %s (%s)", r.Decision.Backend, r.Decision.Reason)
 	}
 	for _, f := range r.Families {
-		legacy := "none"
 		switch {
 		case !f.ProcListed:
-			legacy = "not listed by /proc"
-		case len(f.LegacyTables) > 0:
-			legacy = strings.Join(f.LegacyTables, ", ")
+			line("  %s legacy tables: not listed by /proc", f.Family)
+		case len(f.LegacyTables) == 0:
+			line("  %s legacy tables: none", f.Family)
 		}
-		line("  %s legacy tables: %s", f.Family, legacy)
+		for _, t := range f.LegacyTables {
+			line("  %s legacy table %s", f.Family, t.text())
+		}
 		if len(f.NFTTables) == 0 {
 			line("  %s nft tables: none", f.Family)
 		}
@@ -224,6 +227,9 @@ func (r *Report) WriteText(w io.Writer) error {
 
 func (t Table) text() string {
 	s := fmt.Sprintf("%s %s: %d chains, %d rules", t.Family, t.Name, t.Chains, t.Rules)
+	if t.Rules < 0 {
+		s = fmt.Sprintf("%s %s: unread", t.Family, t.Name)
+	}
 	if t.Shunt {
 		s += fmt.Sprintf(" (shunt's: %d rules; other programs': %d)", t.ShuntRules, t.OtherRules)
 	}
@@ -239,9 +245,13 @@ type facts struct {
 	// (IPv4, IPv6), nil when the list does not exist.
 	procNet bool
 	legacy  [2][]string
-	nft     []nftTable
-	nftErr  error
-	found   []backend.Found
+	// legacyRead[i] holds the tables of legacy[i] read with IPT_SO_GET_ENTRIES; legacyErr why some
+	// could not be.
+	legacyRead [2]map[string]legacyTable
+	legacyErr  error
+	nft        []nftTable
+	nftErr     error
+	found      []backend.Found
 	// foundErr is the error of reading what shunt installed.
 	foundErr   error
 	routing    []string
@@ -294,7 +304,14 @@ func build(f *facts) *Report {
 	}
 	ours := ourRules(f.found)
 	for i, fam := range []struct{ name, nft string }{{"IPv4", "ip"}, {"IPv6", "ip6"}} {
-		rf := Family{Family: fam.name, ProcListed: f.legacy[i] != nil, LegacyTables: append([]string{}, f.legacy[i]...), NFTTables: []Table{}}
+		rf := Family{Family: fam.name, ProcListed: f.legacy[i] != nil, LegacyTables: []Table{}, NFTTables: []Table{}}
+		for _, name := range f.legacy[i] {
+			lt, ok := f.legacyRead[i][name]
+			if !ok {
+				lt = legacyTable{rules: -1}
+			}
+			rf.LegacyTables = append(rf.LegacyTables, judgeTable("iptables-legacy", fam.nft, name, lt.chains, lt.rules, ours))
+		}
 		for _, t := range f.nft {
 			if t.family == fam.nft {
 				rf.NFTTables = append(rf.NFTTables, t.judge(ours))
@@ -306,6 +323,9 @@ func build(f *facts) *Report {
 		if t.family != "ip" && t.family != "ip6" {
 			r.OtherNFTTables = append(r.OtherNFTTables, t.judge(ours))
 		}
+	}
+	if f.legacyErr != nil {
+		r.warn("the legacy tables could not all be read: %v", f.legacyErr)
 	}
 	if f.nftErr != nil {
 		r.warn("the nft tables could not be dumped: %v", f.nftErr)
@@ -326,40 +346,55 @@ func (r *Report) warn(format string, args ...any) {
 	r.Warnings = append(r.Warnings, fmt.Sprintf(format, args...))
 }
 
-// ourRules counts shunt's rules per nft family and table name, as the kernel names them: iptables-nft's
-// ("ip", "nat"), native nftables' ("inet", "istio-proxy-nat").
-func ourRules(found []backend.Found) map[[2]string]int {
-	n := map[[2]string]int{}
+// ourRules counts shunt's rules per backend, table family and table name, as the kernel names them:
+// iptables-nft's and iptables-legacy's ("ip", "nat"), native nftables' ("inet", "istio-proxy-nat").
+func ourRules(found []backend.Found) map[[3]string]int {
+	n := map[[3]string]int{}
 	for _, fd := range found {
 		for _, c := range fd.Chains {
-			switch fd.Backend {
-			case "iptables-nft":
-				fam := "ip"
-				if c.Family == redirect.IPv6 {
-					fam = "ip6"
-				}
-				n[[2]string{fam, c.Table}] += len(c.Rules)
-			case "nftables":
-				n[[2]string{"inet", nftables.TableName(c.Table)}] += len(c.Rules)
+			fam, table := "ip", c.Table
+			switch {
+			case fd.Backend == "nftables":
+				fam, table = "inet", nftables.TableName(c.Table)
+			case c.Family == redirect.IPv6:
+				fam = "ip6"
 			}
+			n[[3]string{fd.Backend, fam, table}] += len(c.Rules)
 		}
 	}
 	return n
 }
 
-func (t nftTable) judge(ours map[[2]string]int) Table {
-	out := Table{Family: t.family, Name: t.name, Chains: len(t.chains), Rules: t.rules}
-	switch t.family {
+func (t nftTable) judge(ours map[[3]string]int) Table {
+	b := "iptables-nft"
+	if t.family == "inet" {
+		b = "nftables"
+	}
+	return judgeTable(b, t.family, t.name, t.chains, t.rules, ours)
+}
+
+// judgeTable returns a table of backend b holding chains and rules (-1: unread), and which are shunt's:
+// ISTIO_* chains in an ip or ip6 table, an inet istio-proxy-* table whole, and every rule shunt's
+// backends read back.
+func judgeTable(b, family, name string, chains []string, rules int, ours map[[3]string]int) Table {
+	out := Table{Family: family, Name: name, Chains: len(chains), Rules: rules}
+	if rules < 0 {
+		out.Chains, out.OtherRules = -1, -1
+	}
+	switch family {
 	case "inet":
-		out.Shunt = strings.HasPrefix(t.name, nftables.TableName(""))
+		out.Shunt = strings.HasPrefix(name, nftables.TableName(""))
 	case "ip", "ip6":
-		out.Shunt = slices.ContainsFunc(t.chains, redirect.IsOwned)
+		out.Shunt = slices.ContainsFunc(chains, redirect.IsOwned)
 	}
-	if out.Shunt || ours[[2]string{t.family, t.name}] > 0 {
-		out.Shunt = true
-		out.ShuntRules = min(ours[[2]string{t.family, t.name}], t.rules)
+	n := ours[[3]string{b, family, name}]
+	out.Shunt = out.Shunt || n > 0
+	if rules >= 0 {
+		out.ShuntRules = min(n, rules)
+		out.OtherRules = rules - out.ShuntRules
+	} else {
+		out.ShuntRules = n
 	}
-	out.OtherRules = t.rules - out.ShuntRules
 	return out
 }
 

@@ -2,6 +2,7 @@ package doctor
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -231,7 +232,8 @@ func TestJSONShape(t *testing.T) {
 func TestWriteText(t *testing.T) {
 	f := baseFacts()
 	f.netns = "/run/netns/pod"
-	f.legacy[0] = []string{"nat"}
+	f.legacy = [2][]string{{"filter", "nat"}, {"raw"}}
+	f.legacyRead[0] = map[string]legacyTable{"filter": {chains: []string{"INPUT", "FORWARD", "OUTPUT"}, rules: 1}}
 	f.found = []backend.Found{ours("iptables-nft", redirect.IPv4)}
 	f.nft = []nftTable{{family: "ip", name: "nat", chains: []string{"ISTIO_OUTPUT", "OUTPUT"}, rules: 2}}
 	var b bytes.Buffer
@@ -241,12 +243,14 @@ func TestWriteText(t *testing.T) {
 	for _, want := range []string{
 		"network namespace: /run/netns/pod\n",
 		"  IPv4, IPv6: iptables-nft (no tables yet; nft is the default)\n",
-		"  IPv4 legacy tables: nat\n",
+		"  IPv4 legacy table ip filter: 3 chains, 1 rules\n",
+		"  IPv4 legacy table ip nat: unread\n",
+		"  IPv6 legacy table ip6 raw: unread\n",
 		"  IPv4 nft table ip nat: 2 chains, 2 rules (shunt's: 2 rules; other programs': 0)\n",
 		"  IPv6 nft tables: none\n",
 		"  iptables-nft IPv4 nat: 2 rules in OUTPUT, ISTIO_OUTPUT\n",
 		"  iptables_tproxy: available (TPROXY in /proc/net/ip_tables_targets)\n",
-		"\nwarning: legacy iptables tables exist (IPv4 nat) while iptables-nft is chosen",
+		"\nwarning: legacy iptables tables exist (IPv4 filter, nat; IPv6 raw) while iptables-nft is chosen",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, b.String())
@@ -292,6 +296,54 @@ func FuzzParseConfig(f *testing.F) {
 			if strings.HasPrefix(name, "CONFIG_") && !strings.Contains(string(data), "CONFIG_CONFIG_") || v == "n" {
 				t.Errorf("option %q = %q", name, v)
 			}
+		}
+	})
+}
+
+// blob lays out legacy entries of layout lay, each a target name and, for ERROR, the chain it names.
+func blob(lay legacyLayout, targets ...string) []byte {
+	var b []byte
+	for _, tg := range targets {
+		name, data, _ := strings.Cut(tg, ":")
+		e := make([]byte, lay.entrySize+64)
+		binary.NativeEndian.PutUint16(e[lay.targetOffset:], uint16(lay.entrySize))
+		binary.NativeEndian.PutUint16(e[lay.nextOffset:], uint16(len(e)))
+		copy(e[lay.entrySize+2:], name)
+		copy(e[lay.entrySize+32:], data)
+		b = append(b, e...)
+	}
+	return b
+}
+
+// TestCountLegacy: rules are the entries that are no policy, no user chain's head or tail and not the
+// final ERROR.
+func TestCountLegacy(t *testing.T) {
+	for _, lay := range []legacyLayout{legacyV4, legacyV6} {
+		// nat (PREROUTING, INPUT, OUTPUT, POSTROUTING): 1 rule in OUTPUT, ISTIO_OUTPUT with 2 rules.
+		b := blob(lay, "", "", "", "", "", "ERROR:ISTIO_OUTPUT", "REDIRECT", "REDIRECT", "", "ERROR:ERROR")
+		chains, rules, err := countLegacy(lay, b, 0b11011)
+		if err != nil || rules != 3 || !slices.Equal(chains, []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "ISTIO_OUTPUT"}) {
+			t.Errorf("countLegacy = %q, %d, %v; want 5 chains, 3 rules", chains, rules, err)
+		}
+		for _, bad := range [][]byte{b[:len(b)-1], blob(lay, "ERROR:ERROR")[:lay.entrySize-1], blob(lay, "", "")} {
+			if _, _, err := countLegacy(lay, bad, 0b11011); err == nil {
+				t.Errorf("countLegacy of %d bytes: no error", len(bad))
+			}
+		}
+	}
+}
+
+func FuzzCountLegacy(f *testing.F) {
+	f.Add(blob(legacyV4, "", "ERROR:X", "", "ERROR:ERROR"), uint32(1), false)
+	f.Add(blob(legacyV6, "", "", "ERROR:ERROR"), uint32(3), true)
+	f.Fuzz(func(t *testing.T, data []byte, hooks uint32, v6 bool) {
+		lay := legacyV4
+		if v6 {
+			lay = legacyV6
+		}
+		chains, rules, err := countLegacy(lay, data, hooks)
+		if err == nil && (rules < 0 || rules*lay.entrySize > len(data) || len(chains) > 5+len(data)/lay.entrySize) {
+			t.Errorf("%d rules, %d chains from %d bytes", rules, len(chains), len(data))
 		}
 	})
 }
