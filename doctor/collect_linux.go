@@ -43,11 +43,17 @@ func Collect(ctx context.Context, opts Options) (*Report, error) {
 func readNamespace(f *facts) error {
 	if _, err := os.Stat("/proc/thread-self/net"); err == nil {
 		f.procNet = true
+		var errs []error
 		for i, name := range []string{"ip_tables_names", "ip6_tables_names"} {
-			if data, err := os.ReadFile("/proc/thread-self/net/" + name); err == nil {
+			data, err := os.ReadFile("/proc/thread-self/net/" + name)
+			switch {
+			case err == nil:
 				f.legacy[i] = parseList(data)
+			case !errors.Is(err, os.ErrNotExist):
+				errs = append(errs, err)
 			}
 		}
+		f.legacyErr = errors.Join(errs...)
 		for i, name := range []string{"ip_tables_targets", "ip6_tables_targets"} {
 			if data, err := os.ReadFile("/proc/thread-self/net/" + name); err == nil {
 				f.targets[i] = parseList(data)
@@ -66,7 +72,7 @@ func readNamespace(f *facts) error {
 		f.legacyRead[i], err = readLegacy(lay.legacyLayout, lay.domain, lay.level, f.legacy[i])
 		errs = append(errs, err)
 	}
-	f.legacyErr = errors.Join(errs...)
+	f.legacyErr = errors.Join(append(errs, f.legacyErr)...)
 	f.nft, f.nftErr = dumpNFT()
 	f.routing, f.routingErr = tproxyRouting()
 	return nil

@@ -342,8 +342,9 @@ func build(f *facts) *Report {
 	return r
 }
 
+// warn adds a warning, on one line.
 func (r *Report) warn(format string, args ...any) {
-	r.Warnings = append(r.Warnings, fmt.Sprintf(format, args...))
+	r.Warnings = append(r.Warnings, strings.ReplaceAll(fmt.Sprintf(format, args...), "\n", "; "))
 }
 
 // ourRules counts shunt's rules per backend, table family and table name, as the kernel names them:

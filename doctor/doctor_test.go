@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -104,6 +106,10 @@ func TestBuildWarnings(t *testing.T) {
 			f.nftErr = errors.New("netlink socket: protocol not supported")
 		}, []string{"nft tables could not be dumped", "iptables-nft is chosen but the kernel has no nf_tables"}},
 		{"undecided", func(f *facts) { f.choiceErr = errors.New("enter namespace: gone") }, []string{"backend could not be decided"}},
+		{"unreadable", func(f *facts) {
+			f.legacyErr = errors.New("open ip_tables_names: permission denied")
+			f.foundErr = errors.New("read nftables: denied\nread iptables-nft: denied")
+		}, []string{"legacy tables could not all be read", "read nftables: denied; read iptables-nft: denied"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := baseFacts()
@@ -184,7 +190,8 @@ func TestFeatureStates(t *testing.T) {
 		{"mounts unread", func(f *facts) { f.mounts = false }, map[string]State{FeatureCgroup2: Unknown}},
 		{"bpf missing", func(f *facts) { f.bpfErr = &shuntebpf.MissingError{Missing: []string{"map type sockhash"}} },
 			map[string]State{FeatureBPF: Missing}},
-		{"bpf unprivileged", func(f *facts) { f.bpfErr = errors.New("operation not permitted") }, map[string]State{FeatureBPF: Unknown}},
+		{"bpf unprivileged", func(f *facts) { f.bpfErr = fmt.Errorf("probe sk_msg: %w", syscall.EPERM) }, map[string]State{FeatureBPF: Unknown}},
+		{"bpf probe failed", func(f *facts) { f.bpfErr = errors.New("probe a: bad\nprobe b: bad") }, map[string]State{FeatureBPF: Unknown}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := baseFacts()
@@ -194,7 +201,7 @@ func TestFeatureStates(t *testing.T) {
 				t.Fatalf("%d features, want 8: %+v", len(r.Features), r.Features)
 			}
 			for name, want := range tc.want {
-				if got, ok := r.Feature(name); !ok || got.State != want || got.Detail == "" {
+				if got, ok := r.Feature(name); !ok || got.State != want || got.Detail == "" || strings.Contains(got.Detail, "\n") {
 					t.Errorf("%s = %+v, want %s with a detail", name, got, want)
 				}
 			}

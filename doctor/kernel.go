@@ -4,7 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -129,8 +129,11 @@ func (r *Report) features(f *facts) {
 		bpf.State, bpf.Detail = Missing, strings.Join(me.Missing, ", ")
 	case errors.Is(f.bpfErr, shuntebpf.ErrNotSupported):
 		bpf.State, bpf.Detail = Missing, f.bpfErr.Error()
+	case errors.Is(f.bpfErr, os.ErrPermission):
+		bpf.State, bpf.Detail = Unknown, "probing loads programs, which needs root or CAP_BPF"
 	default:
-		bpf.State, bpf.Detail = Unknown, fmt.Sprintf("probe: %v", f.bpfErr)
+		first, _, _ := strings.Cut(f.bpfErr.Error(), "\n")
+		bpf.State, bpf.Detail = Unknown, "probe: "+first
 	}
 	r.Features = append(r.Features, bpf)
 }
