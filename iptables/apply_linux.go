@@ -180,10 +180,12 @@ func parseVersion(out string) [3]int {
 	return v
 }
 
-// Apply programs plan: iptables rules per family with one iptables-restore each, then the TPROXY
-// routes and IPv6 loopback address. A second Apply of the same plan changes nothing. When rules of ours
-// differ from the plan, Apply fails naming the differences, unless opts.Reconcile, which replaces them in
-// one transaction per table. When a step fails, families installed by this call are removed again.
+// Apply programs plan: iptables rules per family from this process (one nft transaction per family,
+// one legacy table replacement per table; with opts.UseTools, shared tables through iptables-restore),
+// then the TPROXY routes and IPv6 loopback address. A second Apply of the same plan changes nothing.
+// When rules of ours differ from the plan, Apply fails naming the differences, unless opts.Reconcile,
+// which replaces them in one transaction per table. When a step fails, families installed by this call
+// are removed again.
 func Apply(ctx context.Context, plan *redirect.Plan, opts Options) error {
 	return netns.Do(opts.NetNS, func() error { return apply(ctx, plan, &opts) })
 }
@@ -486,8 +488,8 @@ func find(ctx context.Context, opts *Options) ([]Installed, error) {
 }
 
 // Remove deletes every chain of ours and every rule of ours in built-in chains, in every variant and
-// family present (only opts.Variant when set), with one restore transaction per family, and returns
-// what it removed. Policy routing and addresses stay: see Cleanup.
+// family present (only opts.Variant when set), in one transaction per family (nft) or table (legacy),
+// and returns what it removed. Policy routing and addresses stay: see Cleanup.
 func Remove(ctx context.Context, opts Options) ([]Installed, error) {
 	var removed []Installed
 	err := netns.Do(opts.NetNS, func() error {

@@ -10,10 +10,10 @@ import (
 )
 
 // Counters returns the packet and byte counters of our rules in variant opts.Variant (required: nft or
-// legacy), IPv4 then IPv6, read from the kernel inside opts.NetNS (with iptables-save -c should that
-// fail): every rule of our chains and our rules of built-in chains, foreign rules left out, each with
-// its index in the plan's chain. A family without tables of the variant is not read, so that reading
-// creates none. It changes nothing.
+// legacy), IPv4 then IPv6, read from the kernel inside opts.NetNS (with iptables-save -c, when
+// opts.UseTools, should that fail): every rule of our chains and our rules of built-in chains, foreign
+// rules left out, each with its index in the plan's chain. A family without tables of the variant is
+// not read, so that reading creates none. It changes nothing.
 func Counters(ctx context.Context, opts Options) ([]Counter, error) {
 	v := opts.Variant
 	if v != VariantNFT && v != VariantLegacy {
@@ -35,7 +35,8 @@ func Counters(ctx context.Context, opts Options) ([]Counter, error) {
 	return out, err
 }
 
-// familyCounters reads the counters of family f in-process, or, should that fail, with the save tool's -c.
+// familyCounters reads the counters of family f in-process, or, should that fail and o.UseTools, with
+// the save tool's -c.
 func familyCounters(ctx context.Context, o *Options, v Variant, f redirect.Family) ([]Counter, error) {
 	k, err := readKernel(v, f)
 	if err == nil {
@@ -44,6 +45,9 @@ func familyCounters(ctx context.Context, o *Options, v Variant, f redirect.Famil
 			return nil, fmt.Errorf("%s counters: %w", f, err)
 		}
 		return cs, nil
+	}
+	if !o.UseTools {
+		return nil, fmt.Errorf("read %s counters: %w", f, err)
 	}
 	o.logger().Warn("reading the counters in-process failed, using the save tool", "variant", string(v), "family", f.String(), "error", err.Error())
 	data, err := o.runner().Run(ctx, familyTool(v, f, "save"), []string{"-c"}, nil, nil)

@@ -406,8 +406,8 @@ func (n *noExec) Run(_ context.Context, name string, _ []string, _ []byte, _ []s
 
 // TestRerunWithoutBinaries is the init container's second run: with the rules in place (and another
 // program's rules beside them) and no binary on PATH, Apply of the same plan finds them in place, Check
-// passes, Find and Counters see them, and, when no other program's rules share the tables, Cleanup
-// removes them — all without starting a command.
+// passes, Find and Counters see them, a reconcile replaces them and Cleanup removes them, foreign
+// rules or not — all without starting a command.
 func TestRerunWithoutBinaries(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, v := range variants {
@@ -461,19 +461,30 @@ func TestRerunWithoutBinaries(t *testing.T) {
 				if len(run.calls) > 0 || strings.Contains(logs.String(), "level=WARN") {
 					t.Errorf("commands started: %v\n%s", run.calls, logs.String())
 				}
-				if !foreign {
-					// Tables holding only ours are emptied from this process too.
-					if err := Cleanup(t.Context(), opts); err != nil || len(run.calls) > 0 {
-						t.Errorf("cleanup: %v, commands %v", err, run.calls)
-					}
+				t.Setenv("PATH", path)
+				if after := save(t, ns, v); after != before {
+					t.Errorf("the re-run changed the rules:\n%s", cmp.Diff(before, after))
+				}
+				// A reconcile to another configuration and the cleanup, shared tables spliced, run no
+				// command either.
+				t.Setenv("PATH", t.TempDir())
+				changed := redirect.DefaultConfig()
+				changed.ProxyPort, changed.IPv6 = 16001, true
+				reconcile := opts
+				reconcile.Reconcile = true
+				if err := Apply(t.Context(), mustBuild(t, changed), reconcile); err != nil {
+					t.Errorf("reconcile: %v", err)
+				}
+				if err := Cleanup(t.Context(), opts); err != nil {
+					t.Errorf("cleanup: %v", err)
+				}
+				if len(run.calls) > 0 || strings.Contains(logs.String(), "level=WARN") {
+					t.Errorf("commands started: %v\n%s", run.calls, logs.String())
 				}
 				t.Setenv("PATH", path)
 				after := save(t, ns, v)
-				switch {
-				case foreign && after != before:
-					t.Errorf("the re-run changed the rules:\n%s", cmp.Diff(before, after))
-				case !foreign && strings.Contains(after, "ISTIO"):
-					t.Errorf("cleanup left rules of ours:\n%s", after)
+				if strings.Contains(after, "ISTIO") || foreign && !strings.Contains(after, "FOREIGN") {
+					t.Errorf("cleanup left rules of ours or removed foreign ones:\n%s", after)
 				}
 			})
 		}

@@ -1,7 +1,8 @@
-// Package iptables programs a redirect.Plan — from this process into tables that hold only ours, with
-// iptables-restore into tables shared with other programs —, reads the rules back from the kernel in
-// the text iptables-save prints (with iptables-save only when that fails), reconciles drift and cleans
-// up what the engine installed.
+// Package iptables programs a redirect.Plan from this process — tables holding only ours rebuilt whole,
+// tables shared with other programs' rules spliced (our rules taken out and put in, the foreign ones
+// kept in place), atomically as iptables-restore --noflush would —, reads the rules back from the
+// kernel in the text iptables-save prints, reconciles drift and cleans up what the engine installed. It
+// runs no iptables binary unless Options.UseTools asks for the restore and save tools.
 package iptables
 
 import (

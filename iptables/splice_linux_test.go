@@ -121,3 +121,43 @@ func TestSpliceMatchesRestore(t *testing.T) {
 		})
 	}
 }
+
+// TestSpliceKeepsCounters: the counters of foreign rules survive a splice of ours in and out, in both
+// variants (legacy gives them back with IPT_SO_SET_ADD_COUNTERS).
+func TestSpliceKeepsCounters(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, v := range variants {
+		t.Run(string(v), func(t *testing.T) {
+			ns := testutil.NewNetNS(t)
+			cmd := ns.Command(nil, "iptables-"+string(v)+"-restore", "--noflush", "--counters")
+			cmd.Stdin = strings.NewReader("*nat\n:FOREIGN - [0:0]\n[7:700] -A OUTPUT -p tcp -m tcp --dport 9 -j FOREIGN\n[3:300] -A FOREIGN -j RETURN\n[5:500] -A POSTROUTING -o eth0 -j ACCEPT\nCOMMIT\n")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("foreign rules: %v: %s", err, out)
+			}
+			counts := func() map[string][]count {
+				var k *kernelTables
+				if err := ns.Do(func() (err error) { k, err = readKernel(v, redirect.IPv4); return err }); err != nil {
+					t.Fatal(err)
+				}
+				return map[string][]count{"OUTPUT": k.counts["nat"]["OUTPUT"][:1], "FOREIGN": k.counts["nat"]["FOREIGN"], "POSTROUTING": k.counts["nat"]["POSTROUTING"]}
+			}
+			before := counts()
+			if want := (count{packets: 3, bytes: 300}); len(before["FOREIGN"]) != 1 || before["FOREIGN"][0] != want {
+				t.Fatalf("foreign counters %v, want FOREIGN %v", before, want)
+			}
+			opts := Options{Variant: v, NetNS: ns.Path(), run: &noExec{}}
+			if err := Apply(t.Context(), mustBuild(t, fullConfig()), opts); err != nil {
+				t.Fatal(err)
+			}
+			if got := counts(); !cmp.Equal(before, got, cmp.AllowUnexported(count{})) {
+				t.Errorf("after the install: counters %v, want %v", got, before)
+			}
+			if err := Cleanup(t.Context(), opts); err != nil {
+				t.Fatal(err)
+			}
+			if got := counts(); !cmp.Equal(before, got, cmp.AllowUnexported(count{})) {
+				t.Errorf("after the cleanup: counters %v, want %v", got, before)
+			}
+		})
+	}
+}
