@@ -41,6 +41,8 @@ type Options struct {
 
 	run     runner                                             // nil: exec
 	program func(fp *redirect.FamilyPlan, drop []string) error // nil: programNFT or programLegacy
+	// splice (nil: splice) splices fp into the tables names of family fam shared with other programs.
+	splice func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string) error
 }
 
 // ErrDrift is returned (wrapped) when rules of ours differ from the plan and Reconcile is off.

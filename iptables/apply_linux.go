@@ -285,7 +285,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 			involved = involvedTables(have, fp)
 		}
 		if !opts.UseTools {
-			if err := splice(v, fp.Family, fp, involved, env); err != nil {
+			if err := opts.splicer()(v, fp.Family, fp, involved, env); err != nil {
 				return rollback(fmt.Errorf("program %s rules: %w", fp.Family, err))
 			}
 			if have.Empty() {
@@ -364,7 +364,7 @@ func removeOurs(ctx context.Context, o *Options, v Variant, fam redirect.Family,
 		}
 	}
 	if !o.UseTools {
-		if err := splice(v, fam, nil, sorted.Keys(have), env); err != nil {
+		if err := o.splicer()(v, fam, nil, sorted.Keys(have), env); err != nil {
 			return fmt.Errorf("remove %s rules: %w", fam, err)
 		}
 		return nil

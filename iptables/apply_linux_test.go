@@ -314,8 +314,8 @@ func TestCleanupLeavesForeignRules(t *testing.T) {
 	}
 }
 
-// TestApplyFallsBackAfterPartialProgram: when the kernel-API writer fails after programming part of a
-// family, the restore tool takes over from what is there, without duplicating rules.
+// TestApplyFallsBackAfterPartialProgram: when the whole-table writer fails after programming part of a
+// family, the splice takes over from what is there, without duplicating rules.
 func TestApplyFallsBackAfterPartialProgram(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)

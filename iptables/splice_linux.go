@@ -36,6 +36,14 @@ func splice(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names []str
 	return spliceNFT(fam, fp, names)
 }
 
+// splicer returns how o splices: o.splice, or splice.
+func (o *Options) splicer() func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string) error {
+	if o.splice != nil {
+		return o.splice
+	}
+	return splice
+}
+
 // planned returns fp's table name, or nil.
 func planned(fp *redirect.FamilyPlan, name string) *redirect.Table {
 	if fp == nil {
@@ -152,7 +160,12 @@ func spliceLegacy(fam redirect.Family, fp *redirect.FamilyPlan, names []string) 
 	}
 	defer unix.Close(fd)
 	for _, name := range names {
-		if err := spliceLegacyTable(fd, &lay, fam, name, planned(fp, name)); err != nil {
+		err := spliceLegacyTable(fd, &lay, fam, name, planned(fp, name))
+		for try := 0; errors.Is(err, unix.EAGAIN) && try < 3; try++ {
+			// The table changed between reading and replacing it (a writer that takes no lock).
+			err = spliceLegacyTable(fd, &lay, fam, name, planned(fp, name))
+		}
+		if err != nil {
 			return fmt.Errorf("splice %s %s table: %w", fam, name, err)
 		}
 	}

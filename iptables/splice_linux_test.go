@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -157,6 +158,37 @@ func TestSpliceKeepsCounters(t *testing.T) {
 			}
 			if got := counts(); !cmp.Equal(before, got, cmp.AllowUnexported(count{})) {
 				t.Errorf("after the cleanup: counters %v, want %v", got, before)
+			}
+		})
+	}
+}
+
+// TestSpliceRollsBack: when splicing IPv6 into tables shared with foreign rules fails, the IPv4 rules
+// this Apply spliced in are spliced out again, without a command.
+func TestSpliceRollsBack(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, v := range variants {
+		t.Run(string(v), func(t *testing.T) {
+			ns := testutil.NewNetNS(t)
+			restoreIn(t, ns, v, redirect.IPv4, foreignV4)
+			restoreIn(t, ns, v, redirect.IPv6, foreignV6)
+			before := save(t, ns, v)
+			run := &noExec{}
+			failV6 := func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string) error {
+				if fam == redirect.IPv6 && fp != nil {
+					return errors.New("injected failure")
+				}
+				return splice(v, fam, fp, names, env)
+			}
+			err := Apply(t.Context(), mustBuild(t, fullConfig()), Options{Variant: v, NetNS: ns.Path(), run: run, splice: failV6})
+			if err == nil || !strings.Contains(err.Error(), "injected failure") || strings.Contains(err.Error(), "roll back") {
+				t.Fatalf("Apply = %v, want the IPv6 failure and a clean roll-back", err)
+			}
+			if after := save(t, ns, v); after != before {
+				t.Errorf("rules left after the roll-back:\n%s", cmp.Diff(before, after))
+			}
+			if len(run.calls) > 0 {
+				t.Errorf("commands started: %v", run.calls)
 			}
 		})
 	}
