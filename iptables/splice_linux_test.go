@@ -56,7 +56,7 @@ func restoreTo(t *testing.T, ns *testutil.NetNS, v Variant, fam redirect.Family,
 // families.
 func TestSpliceMatchesRestore(t *testing.T) {
 	testutil.RequireRoot(t)
-	cases := 25
+	cases := 40
 	if testing.Short() {
 		cases = 5
 	}
@@ -191,5 +191,44 @@ func TestSpliceRollsBack(t *testing.T) {
 				t.Errorf("commands started: %v", run.calls)
 			}
 		})
+	}
+}
+
+// BenchmarkReconcileShared reconciles, back and forth between two configurations, a namespace whose
+// tables other programs' rules share: spliced from this process, or with the restore tool.
+func BenchmarkReconcileShared(b *testing.B) {
+	testutil.RequireRoot(b)
+	changed := redirect.DefaultConfig()
+	changed.ProxyPort, changed.IPv6 = 16001, true
+	plans := []*redirect.Plan{mustBuild(b, fullConfig()), mustBuild(b, changed)}
+	for _, v := range variants {
+		for _, tools := range []bool{false, true} {
+			name := string(v) + "/in-process"
+			if tools {
+				name = string(v) + "/restore-tool"
+			}
+			b.Run(name, func(b *testing.B) {
+				ns := testutil.NewNetNS(b)
+				for tool, rules := range map[string]string{"iptables": foreignV4, "ip6tables": foreignV6} {
+					cmd := ns.Command(nil, tool+"-"+string(v)+"-restore", "--noflush")
+					cmd.Stdin = strings.NewReader(rules)
+					if out, err := cmd.CombinedOutput(); err != nil {
+						b.Fatalf("foreign rules: %v: %s", err, out)
+					}
+				}
+				opts := Options{Variant: v, NetNS: ns.Path(), Reconcile: true, UseTools: tools}
+				if !tools {
+					opts.run = &noExec{}
+				}
+				if err := Apply(b.Context(), plans[0], opts); err != nil {
+					b.Fatal(err)
+				}
+				for i := 0; b.Loop(); i++ {
+					if err := Apply(b.Context(), plans[(i+1)%2], opts); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
