@@ -404,10 +404,10 @@ func (n *noExec) Run(_ context.Context, name string, _ []string, _ []byte, _ []s
 	return nil, fmt.Errorf("%s: %w", name, exec.ErrNotFound)
 }
 
-// TestRerunWithoutBinaries is the init container's second run: with the rules in place (and another
-// program's rules beside them) and no binary on PATH, Apply of the same plan finds them in place, Check
-// passes, Find and Counters see them, a reconcile replaces them and Cleanup removes them, foreign
-// rules or not — all without starting a command.
+// TestRerunWithoutBinaries is the init container's first and second run: with no binary on PATH, Apply
+// installs the rules (beside another program's rules or not); then Apply of the same plan finds them
+// in place, Check passes, Find and Counters see them, a reconcile replaces them and Cleanup removes
+// them, foreign rules or not — all without starting a command.
 func TestRerunWithoutBinaries(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, v := range variants {
@@ -424,9 +424,13 @@ func TestRerunWithoutBinaries(t *testing.T) {
 						}
 					}
 				}
-				if err := Apply(t.Context(), plan, Options{Variant: v, NetNS: ns.Path(), run: execRunnerIn(ns)}); err != nil {
-					t.Fatal(err)
+				path := os.Getenv("PATH")
+				t.Setenv("PATH", t.TempDir())
+				install := &noExec{}
+				if err := Apply(t.Context(), plan, Options{Variant: v, NetNS: ns.Path(), run: install}); err != nil || len(install.calls) > 0 {
+					t.Fatalf("install: %v, commands %v", err, install.calls)
 				}
+				t.Setenv("PATH", path)
 				before := save(t, ns, v)
 				for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
 					got, want, _ := readBoth(t, ns, v, fam)
@@ -434,7 +438,6 @@ func TestRerunWithoutBinaries(t *testing.T) {
 						t.Fatalf("%s: (-iptables-save +in-process):\n%s", fam, d)
 					}
 				}
-				path := os.Getenv("PATH")
 				t.Setenv("PATH", t.TempDir())
 				run := &noExec{}
 				var logs testutil.LockedBuffer
