@@ -128,14 +128,17 @@ func (o *Options) variant() Variant {
 	return v
 }
 
-// lockEnv returns the environment of legacy iptables commands (Options.UseTools): a lock file of this
-// namespace's own when programming another namespace from the host's filesystem, so that pods do not
-// queue on the host lock behind tools. Only iptables >= 1.8.6 honours XTABLES_LOCKFILE; older ones keep
-// the host lock. done removes the file. Without tools it is empty: this process then takes the lock every
-// legacy tool of the file system takes (/run/xtables.lock), and holds it for a few system calls.
+// lockEnv returns the xtables lock of legacy writes into o.NetNS, as the environment of legacy iptables
+// commands: a lock file of this namespace's own when programming another namespace from the host's
+// filesystem, so that pods do not queue on the host lock behind kube-proxy's restores of the host's
+// tables, which the pod's do not share. Without tools this process takes it itself; the tools
+// (Options.UseTools) honour XTABLES_LOCKFILE from iptables 1.8.6 on, and older ones keep the host lock.
+// done removes the file. (Writers that take another lock are caught by the kernel as far as it can:
+// IPT_SO_SET_REPLACE refuses a replacement whose table changed its number of entries, and the splice
+// starts again.)
 func (o *Options) lockEnv(v Variant) (env []string, done func()) {
 	netnsPath := o.NetNS
-	if !o.UseTools || v != VariantLegacy || netnsPath == "" || !lockFileSupported() {
+	if v != VariantLegacy || netnsPath == "" || o.UseTools && !lockFileSupported() {
 		return nil, func() {}
 	}
 	var st unix.Stat_t
