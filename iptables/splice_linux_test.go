@@ -49,6 +49,23 @@ func restoreTo(t *testing.T, ns *testutil.NetNS, v Variant, fam redirect.Family,
 	}
 }
 
+// zzForeign is another program's chains named to sort after ours (ISTIO_*), reached by a jump and a
+// goto from built-in chains and from each other.
+const zzForeign = `*nat
+:ZZ_FOREIGN - [0:0]
+:ZZ_LAST - [0:0]
+-A OUTPUT -p tcp -j ZZ_FOREIGN
+-A PREROUTING -p udp -g ZZ_LAST
+-A ZZ_FOREIGN -p tcp -m tcp --dport 7 -j ZZ_LAST
+-A ZZ_LAST -j RETURN
+COMMIT
+*mangle
+:ZZ_FOREIGN - [0:0]
+-A OUTPUT -j ZZ_FOREIGN
+-A ZZ_FOREIGN -p udp -j MARK --set-xmark 0x9/0xffffffff
+COMMIT
+`
+
 // TestSpliceMatchesRestore: for random configurations over random foreign rules, installing,
 // reconciling to another random configuration and cleaning up from this process (no command: the
 // runner fails every one) leaves exactly the rules — ours and the foreign ones, in order — that
@@ -70,6 +87,10 @@ func TestSpliceMatchesRestore(t *testing.T) {
 				plans := []*redirect.Plan{mustBuild(t, randomConfig(r)), mustBuild(t, randomConfig(r))}
 				for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
 					input := foreignRules(r, fam)
+					if i%2 == 1 {
+						// Chains sorting after ours, reached by jumps and gotos that must follow them.
+						input += zzForeign
+					}
 					restoreIn(t, ours, v, fam, input)
 					restoreIn(t, tools, v, fam, input)
 				}
