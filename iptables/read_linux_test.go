@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,80 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
+	"github.com/shuntmesh/shunt/internal/testutil/randconfig"
 	"github.com/shuntmesh/shunt/redirect"
 )
-
-// randomConfig returns a valid Config drawing the engine's settings at random (as nftables'
-// tests do), so that the equivalence test covers combinations no hand-written case names.
-func randomConfig(r *rand.Rand) redirect.Config {
-	c := redirect.DefaultConfig()
-	pick := func(n int) bool { return r.IntN(n) == 0 }
-	ports := func(max int) []uint16 {
-		var ps []uint16
-		for range r.IntN(max + 1) {
-			ps = append(ps, uint16(1+r.IntN(65000)))
-		}
-		return ps
-	}
-	prefixes := func() []netip.Prefix {
-		all := []string{"10.0.0.0/8", "10.16.0.0/12", "192.168.1.7/32", "0.0.0.0/0", "fd00::/33", "2001:db8::/32", "::1/128", "127.1.2.3/32"}
-		var ps []netip.Prefix
-		for _, s := range all {
-			if pick(3) {
-				ps = append(ps, netip.MustParsePrefix(s))
-			}
-		}
-		return ps
-	}
-	c.IPv6 = pick(2)
-	if pick(2) {
-		c.Mode = redirect.ModeTProxy
-	}
-	switch r.IntN(3) {
-	case 0:
-		c.InboundPorts = redirect.PortList{Ports: ports(3)}
-	case 1:
-		c.InboundPorts = redirect.PortList{All: true}
-		c.InboundPortsExclude = ports(3)
-	}
-	switch r.IntN(3) {
-	case 0:
-		c.OutboundIPRanges = redirect.PrefixList{Prefixes: prefixes()}
-	case 1:
-		c.OutboundIPRanges = redirect.PrefixList{}
-	}
-	c.OutboundIPRangesExclude = prefixes()
-	c.OutboundPorts = ports(2)
-	c.OutboundPortsExclude = ports(2)
-	if pick(3) {
-		c.ExcludeInterfaces = []string{"eth7", "veth+"}[:1+r.IntN(2)]
-	}
-	if pick(3) {
-		c.KubeVirtInterfaces = []string{"kv0", "kv1"}[:1+r.IntN(2)]
-	}
-	c.ProxyUIDs = []uint32{1337, 3, 4}[:1+r.IntN(3)]
-	c.ProxyGIDs = []uint32{1337, 1, 2}[:1+r.IntN(3)]
-	switch r.IntN(3) {
-	case 0:
-		c.OwnerGroups = redirect.GroupFilter{Include: []uint32{4242, 202}[:1+r.IntN(2)]}
-	case 1:
-		c.OwnerGroups = redirect.GroupFilter{All: true, Exclude: []uint32{888}}
-	}
-	if pick(2) {
-		c.RedirectDNS = true
-		c.CaptureAllDNS = pick(3)
-		for _, s := range []string{"127.0.0.53", "10.96.0.10", "::127.0.0.53"} {
-			if pick(2) {
-				c.DNSServers = append(c.DNSServers, netip.MustParseAddr(s))
-			}
-		}
-	}
-	if pick(3) {
-		c.HostIPv4LoopbackCIDR = netip.MustParsePrefix("127.0.0.1/8")
-	}
-	c.DropInvalid = pick(3)
-	return c
-}
 
 // foreignRules returns iptables-restore input (for --noflush) adding another program's chains and
 // rules to built-in chains, with the matches and targets shunt and Istio use and some shunt never
@@ -271,7 +199,7 @@ func TestReadKernelMatchesSave(t *testing.T) {
 			var took [2]time.Duration
 			for i := range cases {
 				ns := testutil.NewNetNS(t)
-				cfg := randomConfig(r)
+				cfg := randconfig.Config(r, redirect.DefaultConfig())
 				plan := mustBuild(t, cfg)
 				for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
 					tool := "iptables"

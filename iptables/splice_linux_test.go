@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
+	"github.com/shuntmesh/shunt/internal/testutil/randconfig"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -84,7 +85,7 @@ func TestSpliceMatchesRestore(t *testing.T) {
 			spliced, claimed := 0, 0
 			for i := range cases {
 				ours, tools := testutil.NewNetNS(t), testutil.NewNetNS(t)
-				plans := []*redirect.Plan{mustBuild(t, randomConfig(r)), mustBuild(t, randomConfig(r))}
+				plans := []*redirect.Plan{mustBuild(t, randconfig.Config(r, redirect.DefaultConfig())), mustBuild(t, randconfig.Config(r, redirect.DefaultConfig()))}
 				for _, fam := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
 					input := foreignRules(r, fam)
 					if i%2 == 1 {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
+	"github.com/shuntmesh/shunt/internal/testutil/randconfig"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -79,7 +80,7 @@ func TestApplyMatchesScript(t *testing.T) {
 	testutil.RequireRoot(t)
 	r := rand.New(rand.NewPCG(3, 4))
 	for i := range 40 {
-		cfg := randomConfig(r)
+		cfg := randconfig.Config(r, injector())
 		plan := build(t, cfg)
 		a, b := testutil.NewNetNS(t), testutil.NewNetNS(t)
 		gen := generation(t, a)
