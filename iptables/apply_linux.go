@@ -34,14 +34,29 @@ func tablesPresent(v Variant) (v4, v6 bool) {
 // nftTablesPresent asks, with one netlink dump, whether nft tables of the ip and ip6 families exist.
 // When it cannot tell, it says yes: the rules are then read rather than assumed absent.
 func nftTablesPresent() (v4, v6 bool) {
+	v4, v6, _ = nftTables()
+	return v4, v6
+}
+
+// nftTables asks, with one netlink dump, whether nft tables of the ip and ip6 families exist, and
+// whether the kernel has nf_tables at all. When it cannot tell, it says the tables exist: the rules are
+// then read rather than assumed absent. A kernel without nf_tables (no nfnetlink: EPROTONOSUPPORT; no
+// nf_tables subsystem: EINVAL) holds none.
+func nftTables() (v4, v6, kernel bool) {
 	sock, err := nfnl.Open()
+	if errors.Is(err, unix.EPROTONOSUPPORT) {
+		return false, false, false
+	}
 	if err != nil {
-		return true, true
+		return true, true, true
 	}
 	defer sock.Close()
 	msgs, err := sock.DumpTables(unix.AF_UNSPEC)
+	if errors.Is(err, unix.EINVAL) {
+		return false, false, false
+	}
 	if err != nil {
-		return true, true
+		return true, true, true
 	}
 	for _, m := range msgs {
 		if len(m.Data) > 0 {
@@ -53,7 +68,7 @@ func nftTablesPresent() (v4, v6 bool) {
 			}
 		}
 	}
-	return v4, v6
+	return v4, v6, true
 }
 
 // procListNonEmpty reports whether /proc's list of legacy tables name holds any. Without /proc (a
@@ -82,8 +97,8 @@ func readLegacyNames(name string) ([]byte, error) {
 }
 
 // ChooseVariant picks the iptables variant for the namespace at netnsPath (the current one when
-// empty), from what it holds, and says why: the variant already holding tables, else nft when its tools
-// are installed, else legacy. Reading creates no table.
+// empty), from what it holds, and says why: the variant already holding tables, else nft when the kernel
+// has nf_tables, else legacy: no tool is looked for. Reading creates no table.
 func ChooseVariant(netnsPath string) (v Variant, why string, err error) {
 	err = netns.Do(netnsPath, func() error {
 		v, why = chooseVariant()
@@ -99,7 +114,7 @@ func chooseVariant() (Variant, string) {
 		return err == nil && strings.TrimSpace(string(data)) != ""
 	}
 	l4, l6 := known("ip_tables_names"), known("ip6_tables_names")
-	n4, n6 := tablesPresent(VariantNFT)
+	n4, n6, kernelNFT := nftTables()
 	legacy, nft := l4 || l6, n4 || n6
 	switch {
 	case nft && !legacy:
@@ -109,13 +124,10 @@ func chooseVariant() (Variant, string) {
 	case legacy && nft:
 		return VariantNFT, "the namespace holds both nft and legacy tables; nft preferred"
 	}
-	if _, err := exec.LookPath("iptables-nft-restore"); err == nil {
-		return VariantNFT, "no tables yet; nft is the default"
+	if !kernelNFT {
+		return VariantLegacy, "no tables yet and this kernel has no nf_tables"
 	}
-	if _, err := exec.LookPath("iptables-legacy-restore"); err == nil {
-		return VariantLegacy, "no tables yet and iptables-nft is not installed"
-	}
-	return VariantNFT, "no tables yet; no variant-specific tools found, using iptables-restore"
+	return VariantNFT, "no tables yet; nft is the default"
 }
 
 // variant is opts' variant, or the one chooseVariant picks (logged) when opts leaves it open.
