@@ -169,6 +169,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout)
+	rerun, err := measureRerun(ctx, &opts)
+	if err != nil {
+		return err
+	}
+	if err := printRerun(stdout, &opts, rerun); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
 	if err := printInit(ctx, stdout, &opts); err != nil {
 		return err
 	}
