@@ -22,17 +22,48 @@ func TestMigrate(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, tc := range []struct {
 		from, to variant
+		mode     string
 		args     []string
 	}{
-		{"nft", native, []string{"--to", "nftables"}},
-		{native, "legacy", []string{"--to", "iptables", "--force-iptables-binary", "legacy"}},
-		{"legacy", "nft", []string{"--to", "iptables", "--force-iptables-binary", "nft"}},
+		{"nft", native, "REDIRECT", []string{"--to", "nftables"}},
+		{native, "legacy", "REDIRECT", []string{"--to", "iptables", "--force-iptables-binary", "legacy"}},
+		{"legacy", "nft", "REDIRECT", []string{"--to", "iptables", "--force-iptables-binary", "nft"}},
+		// TPROXY: the policy routing both backends' mangle rules use stays in place throughout.
+		{"nft", native, "TPROXY", []string{"--to", "nftables"}},
+		{native, "legacy", "TPROXY", []string{"--to", "iptables", "--force-iptables-binary", "legacy"}},
 	} {
-		t.Run(tc.from.title()+" to "+tc.to.title(), func(t *testing.T) {
+		t.Run(tc.from.title()+" to "+tc.to.title()+"/"+tc.mode, func(t *testing.T) {
 			t.Parallel()
 			p := newPod(t, tc.from)
-			p.capture(t, nil, injectorArgs("REDIRECT")...)
-			p.startProxy(t, "REDIRECT")
+			p.capture(t, nil, injectorArgs(tc.mode)...)
+			p.startProxy(t, tc.mode)
+			// Inbound, from the remote: TPROXY keeps the remote's address as the app's peer.
+			podApp := addr(ipv4.pod, appPort)
+			inboundPeer := ipv4.passthrough
+			if tc.mode == "TPROXY" {
+				inboundPeer = ipv4.remote
+			}
+			wantIn := viaInbound(podApp) + app("pod", inboundPeer, podApp)
+			checkInbound := func(when string) {
+				if got := query(t, p.remote, root, "tcp", podApp); got != wantIn {
+					t.Errorf("inbound %s: %s, want %s", when, got, wantIn)
+				}
+			}
+			checkInbound("before the migration")
+			if tc.mode == "TPROXY" {
+				// Refused, changing nothing: with both backends' TPROXY rules installed the proxy's
+				// connections stall (seen here when it was allowed).
+				argv := append([]string{bins.Path(t, pkgShunt), "migrate"}, append(tc.args, injectorArgs(tc.mode)...)...)
+				out, err := p.ns.Exec(nil, nil, argv...)
+				if err == nil || !strings.Contains(err.Error()+string(out), "TPROXY mode cannot be migrated") {
+					t.Errorf("shunt migrate in TPROXY mode: %v\n%s\nwant a refusal naming TPROXY", err, out)
+				}
+				if got := query(t, p.ns, appUser, "tcp", addr(ipv4.remote, appPort)); got != viaOutbound(addr(ipv4.remote, appPort))+app("remote", ipv4.pod, addr(ipv4.remote, appPort)) {
+					t.Errorf("after the refused migration: %s", got)
+				}
+				checkInbound("after the refused migration")
+				return
+			}
 			to := addr(ipv4.remote, appPort)
 			want := viaOutbound(to) + app("remote", ipv4.pod, to)
 
@@ -84,14 +115,15 @@ func TestMigrate(t *testing.T) {
 			waitReplies(3)
 			// The state in the middle of a migration, both backends' rules in place, captures too:
 			// each step of the migration is one transaction, so no other state exists in between.
-			mid := append(append([]string{"iptables", "--reconcile"}, tc.to.args()...), injectorArgs("REDIRECT")...)
+			mid := append(append([]string{"iptables", "--reconcile"}, tc.to.args()...), injectorArgs(tc.mode)...)
 			if out, err := p.ns.Exec(nil, nil, append([]string{bins.Path(t, pkgShunt)}, mid...)...); err != nil {
 				t.Fatalf("install the %s rules next to the %s ones: %v\n%s", tc.to.title(), tc.from.title(), err, out)
 			}
 			if got := query(t, p.ns, appUser, "tcp", to); got != want {
 				t.Errorf("with both backends' rules: %s, want %s", got, want)
 			}
-			argv := append([]string{bins.Path(t, pkgShunt), "migrate"}, append(tc.args, injectorArgs("REDIRECT")...)...)
+			checkInbound("with both backends' rules")
+			argv := append([]string{bins.Path(t, pkgShunt), "migrate"}, append(tc.args, injectorArgs(tc.mode)...)...)
 			out, err := p.ns.Exec(nil, nil, argv...)
 			if err != nil {
 				t.Fatalf("shunt migrate: %v\n%s", err, out)
@@ -115,6 +147,7 @@ func TestMigrate(t *testing.T) {
 			if got := peerPort.ReplaceAllString(strings.TrimSpace(line), "peer=$1"); err != nil || got != want {
 				t.Errorf("the connection held across the migration: %q, %v; want %s", got, err, want)
 			}
+			checkInbound("after the migration")
 			t.Logf("%d connections, %d of them before the migration ended; output:\n%s", len(replies), during, out)
 
 			// The old backend holds nothing of shunt's, the new one the rules.
