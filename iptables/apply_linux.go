@@ -564,3 +564,10 @@ func withXtablesLock(env []string, fn func() error) error {
 	}
 	return fn()
 }
+
+// KernelHasNFT reports whether this kernel has nf_tables: what decides the variant of a namespace that
+// holds no tables yet (a new pod's).
+func KernelHasNFT() bool {
+	_, _, kernel := nftTables()
+	return kernel
+}

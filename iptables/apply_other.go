@@ -29,3 +29,6 @@ func Remove(context.Context, Options) ([]Installed, error) { return nil, ErrNotS
 
 // ChooseVariant is not supported off Linux.
 func ChooseVariant(string) (Variant, string, error) { return "", "", ErrNotSupported }
+
+// KernelHasNFT is false off Linux.
+func KernelHasNFT() bool { return false }

@@ -23,6 +23,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/shuntmesh/shunt/backend"
 	"github.com/shuntmesh/shunt/cni"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -244,6 +245,11 @@ func (in *Installer) Run(ctx context.Context) error {
 			in.log.Warn("remove temporary files left by a killed run", "dir", dir, "error", err)
 		}
 	}
+	// The node's decision, once: it depends on the configuration and the kernel only.
+	choice := backend.ForNewPods(backend.Settings{NativeNFTables: in.cfg.Entry.Backend == cni.BackendNFTables,
+		IptablesVariant: in.cfg.Entry.IptablesVariant})
+	in.log.Info("new pods get their rules from this backend", "backend", choice.Backend, "reason", choice.Reason)
+	in.metrics.backend.WithLabelValues(choice.Backend, choice.Reason).Set(1)
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("watch files: %w", err)

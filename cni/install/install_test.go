@@ -634,6 +634,16 @@ func TestReportsToMetrics(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("metrics (-want +got):\n%s", diff)
 	}
+	// The node's backend decision, one series.
+	var info []string
+	for k, v := range m {
+		if strings.HasPrefix(k, "shunt_cni_backend_info{") && v == 1 {
+			info = append(info, k)
+		}
+	}
+	if len(info) != 1 || !strings.Contains(info[0], `backend="iptables-`) || !strings.Contains(info[0], `reason="`) {
+		t.Errorf("shunt_cni_backend_info: %q, want one series naming the backend and the reason", info)
+	}
 }
 
 func TestStaleSocketReplaced(t *testing.T) {

@@ -20,6 +20,7 @@ type metrics struct {
 	repairs       *prometheus.CounterVec
 	rewrites      prometheus.Counter
 	ready         prometheus.Gauge
+	backend       *prometheus.GaugeVec
 }
 
 // Phases of an ADD in shunt_cni_add_duration_seconds.
@@ -58,9 +59,13 @@ func newMetrics() *metrics {
 			Name: "shunt_cni_ready",
 			Help: "1 when the plugin is installed and verified, else 0.",
 		}),
+		backend: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "shunt_cni_backend_info",
+			Help: "1 for the backend new pods of this node get, and why (from the configuration and the kernel).",
+		}, []string{"backend", "reason"}),
 	}
 	m.reg.MustRegister(m.programmed, m.skipped, m.addFailures, m.checkFailures, m.reports, m.addDuration,
-		m.repairs, m.rewrites, m.ready,
+		m.repairs, m.rewrites, m.ready, m.backend,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
