@@ -185,37 +185,21 @@ func nftAttrs(m syscall.NetlinkMessage) (*netlink.AttributeDecoder, error) {
 
 // nftRule decodes a NEWRULE message: table, chain, expressions, comment and handle.
 func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, comment string, handle uint64, err error) {
-	ad, err := nftAttrs(m)
+	if len(m.Data) < 4 {
+		return "", "", nil, "", 0, errors.New("short nftables message")
+	}
+	r, err := nfnl.ParseRule(m.Data[4:])
 	if err != nil {
 		return "", "", nil, "", 0, err
 	}
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_RULE_HANDLE:
-			handle = ad.Uint64()
-		case unix.NFTA_RULE_USERDATA:
-			comment = udataComment(ad.Bytes())
-		case unix.NFTA_RULE_TABLE:
-			table = ad.String()
-		case unix.NFTA_RULE_CHAIN:
-			chain = ad.String()
-		case unix.NFTA_RULE_EXPRESSIONS:
-			ad.Nested(func(list *netlink.AttributeDecoder) error {
-				for list.Next() {
-					e, err := decodeNFTExpr(list.Bytes())
-					if err != nil {
-						return err
-					}
-					exprs = append(exprs, e)
-				}
-				return nil
-			})
+	for _, b := range r.Exprs {
+		e, err := decodeNFTExpr(b)
+		if err != nil {
+			return "", "", nil, "", 0, fmt.Errorf("decode nftables rule: %w", err)
 		}
+		exprs = append(exprs, e)
 	}
-	if err := ad.Err(); err != nil {
-		return "", "", nil, "", 0, fmt.Errorf("decode nftables rule: %w", err)
-	}
-	return table, chain, exprs, comment, handle, nil
+	return r.Table, r.Chain, exprs, udataComment(r.UserData), r.Handle, nil
 }
 
 // udataComment returns the comment of a rule's user data (type-length-value items, the comment of
@@ -237,23 +221,11 @@ func udataComment(b []byte) string {
 // decodeNFTExpr decodes one expression: the attributes of an NFTA_LIST_ELEM, its name and data.
 func decodeNFTExpr(b []byte) (nftExpr, error) {
 	var e nftExpr
-	ad, err := netlink.NewAttributeDecoder(b)
+	name, data, err := nfnl.ExprNameData(b)
 	if err != nil {
 		return e, err
 	}
-	ad.ByteOrder = binary.BigEndian
-	var data []byte
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_EXPR_NAME:
-			e.name = ad.String()
-		case unix.NFTA_EXPR_DATA:
-			data = ad.Bytes()
-		}
-	}
-	if err := ad.Err(); err != nil {
-		return e, err
-	}
+	e.name = name
 	var atom []string
 	add := func(typ uint16, v any) { atom = append(atom, fmt.Sprintf("%d=%v", typ, v)) }
 	// The attributes each expression iptables-nft writes has: 32-bit numbers and nft_data values.
@@ -270,7 +242,7 @@ func decodeNFTExpr(b []byte) (nftExpr, error) {
 		"cmp":     {unix.NFTA_CMP_DATA: &e.data},
 		"bitwise": {unix.NFTA_BITWISE_MASK: &e.mask, unix.NFTA_BITWISE_XOR: &e.xor},
 	}[e.name]
-	ad, err = netlink.NewAttributeDecoder(data)
+	ad, err := netlink.NewAttributeDecoder(data)
 	if err != nil {
 		return e, err
 	}

@@ -8,6 +8,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shuntmesh/shunt/internal/nfnl"
 )
 
 // Rules are read with a dump of our own rather than google/nftables' GetRules, which drops the
@@ -52,39 +54,18 @@ func dumpRules() (map[string][]rawRule, error) {
 
 // parseRule decodes the attributes of a NEWRULE message.
 func parseRule(b []byte) (table, chain string, rule rawRule, err error) {
-	ad, err := netlink.NewAttributeDecoder(b)
+	r, err := nfnl.ParseRule(b)
 	if err != nil {
 		return "", "", nil, err
 	}
-	ad.ByteOrder = binary.BigEndian
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_RULE_TABLE:
-			table = ad.String()
-		case unix.NFTA_RULE_CHAIN:
-			chain = ad.String()
-		case unix.NFTA_RULE_EXPRESSIONS:
-			ad.Nested(func(list *netlink.AttributeDecoder) error {
-				for list.Next() {
-					var e rawExpr
-					list.Nested(func(ed *netlink.AttributeDecoder) error {
-						for ed.Next() {
-							switch ed.Type() {
-							case unix.NFTA_EXPR_NAME:
-								e.name = ed.String()
-							case unix.NFTA_EXPR_DATA:
-								e.data = ed.Bytes()
-							}
-						}
-						return nil
-					})
-					rule = append(rule, e)
-				}
-				return nil
-			})
+	for _, eb := range r.Exprs {
+		var e rawExpr
+		if e.name, e.data, err = nfnl.ExprNameData(eb); err != nil {
+			return "", "", nil, err
 		}
+		rule = append(rule, e)
 	}
-	return table, chain, rule, ad.Err()
+	return r.Table, r.Chain, rule, nil
 }
 
 // rawExprs marshals built expressions the way they travel, so that both sides of a comparison are
