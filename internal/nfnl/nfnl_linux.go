@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"syscall"
 
 	"github.com/mdlayher/netlink"
@@ -13,7 +15,14 @@ import (
 )
 
 // Sock is a blocking NETLINK_NETFILTER socket for a few requests: no poller, no goroutines.
-type Sock struct{ fd int }
+type Sock struct {
+	fd  int
+	buf *[]byte // what Recv reads into, from recvBufs
+}
+
+// recvBufs holds the buffers sockets receive into, given back by Close: a process that reads the
+// rules once pays for every fresh page.
+var recvBufs = sync.Pool{New: func() any { b := make([]byte, 1<<16); return &b }}
 
 // Open opens a socket in the current network namespace.
 func Open() (*Sock, error) {
@@ -29,7 +38,13 @@ func Open() (*Sock, error) {
 }
 
 // Close closes the socket.
-func (s *Sock) Close() { unix.Close(s.fd) }
+func (s *Sock) Close() {
+	unix.Close(s.fd)
+	if s.buf != nil {
+		recvBufs.Put(s.buf)
+		s.buf = nil
+	}
+}
 
 // Send writes msgs in one datagram, numbering them.
 func (s *Sock) Send(msgs []netlink.Message) error {
@@ -48,12 +63,14 @@ func (s *Sock) Send(msgs []netlink.Message) error {
 
 // Recv reads one datagram of replies; an error reply becomes an error.
 func (s *Sock) Recv() ([]syscall.NetlinkMessage, error) {
-	buf := make([]byte, 1<<16)
-	n, _, err := unix.Recvfrom(s.fd, buf, 0)
+	if s.buf == nil {
+		s.buf = recvBufs.Get().(*[]byte)
+	}
+	n, err := unix.Read(s.fd, *s.buf)
 	if err != nil {
 		return nil, err
 	}
-	replies, err := syscall.ParseNetlinkMessage(buf[:n])
+	replies, err := syscall.ParseNetlinkMessage(slices.Clone((*s.buf)[:n]))
 	if err != nil {
 		return nil, err
 	}

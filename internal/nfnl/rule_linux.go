@@ -1,14 +1,15 @@
 package nfnl
 
 import (
-	"encoding/binary"
+	"bytes"
 	"fmt"
+	"slices"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// Rule is a NEWRULE message's attributes, as a rule dump carries them.
+// Rule is a NEWRULE message's attributes, as a rule dump carries them. Its byte slices alias the
+// message.
 type Rule struct {
 	Table, Chain string
 	Handle       uint64
@@ -20,11 +21,10 @@ type Rule struct {
 // ParseRule decodes the attributes of a NEWRULE message (after its nfgenmsg header).
 func ParseRule(b []byte) (Rule, error) {
 	var r Rule
-	ad, err := netlink.NewAttributeDecoder(b)
+	ad, err := NewAttrs(b)
 	if err != nil {
 		return r, fmt.Errorf("decode nftables rule: %w", err)
 	}
-	ad.ByteOrder = binary.BigEndian
 	for ad.Next() {
 		switch ad.Type() {
 		case unix.NFTA_RULE_TABLE:
@@ -34,14 +34,18 @@ func ParseRule(b []byte) (Rule, error) {
 		case unix.NFTA_RULE_HANDLE:
 			r.Handle = ad.Uint64()
 		case unix.NFTA_RULE_USERDATA:
-			r.UserData = ad.Bytes()
+			r.UserData = ad.Data()
 		case unix.NFTA_RULE_EXPRESSIONS:
-			ad.Nested(func(list *netlink.AttributeDecoder) error {
-				for list.Next() {
-					r.Exprs = append(r.Exprs, list.Bytes())
-				}
-				return nil
-			})
+			list := ad.Nested()
+			n := 0
+			for c := list; c.Next(); {
+				n++
+			}
+			r.Exprs = slices.Grow(r.Exprs, n)
+			for list.Next() {
+				r.Exprs = append(r.Exprs, list.Data())
+			}
+			ad.Fail(list.Err())
 		}
 	}
 	if err := ad.Err(); err != nil {
@@ -50,20 +54,44 @@ func ParseRule(b []byte) (Rule, error) {
 	return r, nil
 }
 
-// ExprNameData splits an expression's encoding into its name and its data attributes.
+// ExprNameData splits an expression's encoding into its name and its data attributes (aliasing b).
 func ExprNameData(b []byte) (name string, data []byte, err error) {
-	ad, err := netlink.NewAttributeDecoder(b)
+	ad, err := NewAttrs(b)
 	if err != nil {
 		return "", nil, err
 	}
-	ad.ByteOrder = binary.BigEndian
 	for ad.Next() {
 		switch ad.Type() {
 		case unix.NFTA_EXPR_NAME:
-			name = ad.String()
+			name = exprName(ad.Data())
 		case unix.NFTA_EXPR_DATA:
-			data = ad.Bytes()
+			data = ad.Data()
 		}
 	}
 	return name, data, ad.Err()
+}
+
+// exprName is an expression's name attribute as a string: without allocating for the expressions
+// xtables rules are made of.
+func exprName(b []byte) string {
+	b = bytes.TrimRight(b, "\x00")
+	switch string(b) {
+	case "bitwise":
+		return "bitwise"
+	case "cmp":
+		return "cmp"
+	case "counter":
+		return "counter"
+	case "immediate":
+		return "immediate"
+	case "match":
+		return "match"
+	case "meta":
+		return "meta"
+	case "payload":
+		return "payload"
+	case "target":
+		return "target"
+	}
+	return string(b)
 }
