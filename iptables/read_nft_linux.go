@@ -1,10 +1,12 @@
 package iptables
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -170,16 +172,15 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 	return k, nil
 }
 
-// nftAttrs returns a decoder of the attributes of an nftables message, after its nfgenmsg.
-func nftAttrs(m syscall.NetlinkMessage) (*netlink.AttributeDecoder, error) {
+// nftAttrs returns the attributes of an nftables message, after its nfgenmsg.
+func nftAttrs(m syscall.NetlinkMessage) (nfnl.Attrs, error) {
 	if len(m.Data) < 4 {
-		return nil, errors.New("short nftables message")
+		return nfnl.Attrs{}, errors.New("short nftables message")
 	}
-	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+	ad, err := nfnl.NewAttrs(m.Data[4:])
 	if err != nil {
-		return nil, fmt.Errorf("decode nftables message: %w", err)
+		return ad, fmt.Errorf("decode nftables message: %w", err)
 	}
-	ad.ByteOrder = binary.BigEndian
 	return ad, nil
 }
 
@@ -192,6 +193,7 @@ func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, co
 	if err != nil {
 		return "", "", nil, "", 0, err
 	}
+	exprs = make([]nftExpr, 0, len(r.Exprs))
 	for _, b := range r.Exprs {
 		e, err := decodeNFTExpr(b)
 		if err != nil {
@@ -218,7 +220,9 @@ func udataComment(b []byte) string {
 	return ""
 }
 
-// decodeNFTExpr decodes one expression: the attributes of an NFTA_LIST_ELEM, its name and data.
+// decodeNFTExpr decodes one expression: the attributes of an NFTA_LIST_ELEM, its name and data. The
+// byte slices of the result alias b. It allocates little: the init container's re-run decodes every
+// rule of a family in a process whose every allocation costs fresh pages.
 func decodeNFTExpr(b []byte) (nftExpr, error) {
 	var e nftExpr
 	name, data, err := nfnl.ExprNameData(b)
@@ -226,94 +230,211 @@ func decodeNFTExpr(b []byte) (nftExpr, error) {
 		return e, err
 	}
 	e.name = name
-	var atom []string
-	add := func(typ uint16, v any) { atom = append(atom, fmt.Sprintf("%d=%v", typ, v)) }
-	// The attributes each expression iptables-nft writes has: 32-bit numbers and nft_data values.
-	u32s := map[string]map[uint16]*uint32{
-		"meta":      {unix.NFTA_META_KEY: &e.key, unix.NFTA_META_DREG: &e.reg},
-		"cmp":       {unix.NFTA_CMP_SREG: &e.reg, unix.NFTA_CMP_OP: &e.op},
-		"payload":   {unix.NFTA_PAYLOAD_DREG: &e.reg, unix.NFTA_PAYLOAD_BASE: &e.base, unix.NFTA_PAYLOAD_OFFSET: &e.offset, unix.NFTA_PAYLOAD_LEN: &e.length},
-		"bitwise":   {unix.NFTA_BITWISE_SREG: new(uint32), unix.NFTA_BITWISE_DREG: new(uint32), unix.NFTA_BITWISE_LEN: new(uint32)},
-		"immediate": {unix.NFTA_IMMEDIATE_DREG: new(uint32)},
-		"match":     {unix.NFTA_MATCH_REV: &e.xtRev},
-		"target":    {unix.NFTA_TARGET_REV: &e.xtRev},
-	}[e.name]
-	values := map[string]map[uint16]*[]byte{
-		"cmp":     {unix.NFTA_CMP_DATA: &e.data},
-		"bitwise": {unix.NFTA_BITWISE_MASK: &e.mask, unix.NFTA_BITWISE_XOR: &e.xor},
-	}[e.name]
-	ad, err := netlink.NewAttributeDecoder(data)
+	ad, err := nfnl.NewAttrs(data)
 	if err != nil {
 		return e, err
 	}
-	ad.ByteOrder = binary.BigEndian
+	var buf [256]byte
+	var parts [8][2]int
+	atom := atomParts{buf: buf[:0], parts: parts[:0]}
+	var scratch uint32
+	xt := e.name == "match" || e.name == "target"
 	for ad.Next() {
 		typ := ad.Type()
-		if p := u32s[typ]; p != nil {
+		// The attributes each expression iptables-nft writes has: 32-bit numbers and nft_data values.
+		if p := e.u32Attr(typ, &scratch); p != nil {
 			*p = ad.Uint32()
-			add(typ, *p)
+			atom = atom.uint(typ, uint64(*p))
 			continue
 		}
-		if p := values[typ]; p != nil {
-			ad.Nested(func(d *netlink.AttributeDecoder) error {
-				for d.Next() {
-					if d.Type() == unix.NFTA_DATA_VALUE {
-						*p = d.Bytes()
-					}
+		if p := e.valueAttr(typ); p != nil {
+			d := ad.Nested()
+			for d.Next() {
+				if d.Type() == unix.NFTA_DATA_VALUE {
+					*p = d.Data()
 				}
-				return nil
-			})
-			add(typ, *p)
+			}
+			ad.Fail(d.Err())
+			atom = atom.bytes(typ, *p)
 			continue
 		}
 		switch {
 		case e.name == "bitwise" && typ == nftaBitwiseOp:
 			if op := ad.Uint32(); op != 0 { // NFT_BITWISE_BOOL, the default
-				add(typ, op)
+				atom = atom.uint(typ, uint64(op))
 			}
 		case e.name == "immediate" && typ == unix.NFTA_IMMEDIATE_DATA:
 			e.verdict = 1 << 30 // not a verdict unless one is found
-			ad.Nested(func(d *netlink.AttributeDecoder) error {
-				for d.Next() {
-					if d.Type() != unix.NFTA_DATA_VERDICT {
-						add(typ, d.Bytes())
-						continue
-					}
-					d.Nested(func(v *netlink.AttributeDecoder) error {
-						for v.Next() {
-							switch v.Type() {
-							case unix.NFTA_VERDICT_CODE:
-								e.verdict = int32(v.Uint32())
-							case unix.NFTA_VERDICT_CHAIN:
-								e.chain = v.String()
-							}
-						}
-						return nil
-					})
+			d := ad.Nested()
+			for d.Next() {
+				if d.Type() != unix.NFTA_DATA_VERDICT {
+					atom = atom.bytes(typ, d.Data())
+					continue
 				}
-				return nil
-			})
-			add(typ, fmt.Sprintf("%d:%s", e.verdict, e.chain))
-		case (e.name == "match" || e.name == "target") && typ == unix.NFTA_MATCH_NAME: // = NFTA_TARGET_NAME
+				v := d.Nested()
+				for v.Next() {
+					switch v.Type() {
+					case unix.NFTA_VERDICT_CODE:
+						e.verdict = int32(v.Uint32())
+					case unix.NFTA_VERDICT_CHAIN:
+						e.chain = v.String()
+					}
+				}
+				d.Fail(v.Err())
+			}
+			ad.Fail(d.Err())
+			atom = atom.verdict(typ, e.verdict, e.chain)
+		case xt && typ == unix.NFTA_MATCH_NAME: // = NFTA_TARGET_NAME
 			e.xtName = ad.String()
-			add(typ, e.xtName)
-		case (e.name == "match" || e.name == "target") && typ == unix.NFTA_MATCH_INFO:
-			e.info = ad.Bytes()
-			add(typ, e.info)
+			atom = atom.string(typ, e.xtName)
+		case xt && typ == unix.NFTA_MATCH_INFO:
+			e.info = ad.Data()
+			atom = atom.bytes(typ, e.info)
 		case e.name == "counter" && typ == unix.NFTA_COUNTER_PACKETS:
 			e.packets = ad.Uint64()
 		case e.name == "counter" && typ == unix.NFTA_COUNTER_BYTES:
 			e.bytes = ad.Uint64()
 		case e.name != "counter":
-			add(typ, ad.Bytes())
+			atom = atom.bytes(typ, ad.Data())
 		}
 	}
 	if err := ad.Err(); err != nil {
 		return e, err
 	}
-	slices.Sort(atom)
-	e.atom = e.name + "{" + strings.Join(atom, " ") + "}"
+	e.atom = atom.join(e.name)
 	return e, nil
+}
+
+// u32Attr returns the field of e that the 32-bit attribute typ of e's expression sets (scratch for
+// those no field keeps), or nil.
+func (e *nftExpr) u32Attr(typ uint16, scratch *uint32) *uint32 {
+	switch e.name {
+	case "meta":
+		switch typ {
+		case unix.NFTA_META_KEY:
+			return &e.key
+		case unix.NFTA_META_DREG:
+			return &e.reg
+		}
+	case "cmp":
+		switch typ {
+		case unix.NFTA_CMP_SREG:
+			return &e.reg
+		case unix.NFTA_CMP_OP:
+			return &e.op
+		}
+	case "payload":
+		switch typ {
+		case unix.NFTA_PAYLOAD_DREG:
+			return &e.reg
+		case unix.NFTA_PAYLOAD_BASE:
+			return &e.base
+		case unix.NFTA_PAYLOAD_OFFSET:
+			return &e.offset
+		case unix.NFTA_PAYLOAD_LEN:
+			return &e.length
+		}
+	case "bitwise":
+		switch typ {
+		case unix.NFTA_BITWISE_SREG, unix.NFTA_BITWISE_DREG, unix.NFTA_BITWISE_LEN:
+			return scratch
+		}
+	case "immediate":
+		if typ == unix.NFTA_IMMEDIATE_DREG {
+			return scratch
+		}
+	case "match", "target":
+		if typ == unix.NFTA_MATCH_REV { // = NFTA_TARGET_REV
+			return &e.xtRev
+		}
+	}
+	return nil
+}
+
+// valueAttr returns the field of e that the nft_data attribute typ of e's expression sets, or nil.
+func (e *nftExpr) valueAttr(typ uint16) *[]byte {
+	switch {
+	case e.name == "cmp" && typ == unix.NFTA_CMP_DATA:
+		return &e.data
+	case e.name == "bitwise" && typ == unix.NFTA_BITWISE_MASK:
+		return &e.mask
+	case e.name == "bitwise" && typ == unix.NFTA_BITWISE_XOR:
+		return &e.xor
+	}
+	return nil
+}
+
+// atomParts collects the parts "type=value" of an expression's atom, each value printed as fmt's %v
+// prints it (a number, a string, bytes as [1 2 3]), to be sorted and joined: two expressions whose
+// attributes are the same, in any order, have the same atom. Its methods return it grown, so that
+// its buffers can live on the stack.
+type atomParts struct {
+	buf   []byte
+	parts [][2]int // where each part starts and ends in buf
+}
+
+func (a atomParts) start(typ uint16) atomParts {
+	a.parts = append(a.parts, [2]int{len(a.buf), 0})
+	a.buf = strconv.AppendUint(a.buf, uint64(typ), 10)
+	a.buf = append(a.buf, '=')
+	return a
+}
+
+func (a atomParts) end() atomParts {
+	a.parts[len(a.parts)-1][1] = len(a.buf)
+	return a
+}
+
+func (a atomParts) uint(typ uint16, v uint64) atomParts {
+	a = a.start(typ)
+	a.buf = strconv.AppendUint(a.buf, v, 10)
+	return a.end()
+}
+
+func (a atomParts) string(typ uint16, s string) atomParts {
+	a = a.start(typ)
+	a.buf = append(a.buf, s...)
+	return a.end()
+}
+
+func (a atomParts) bytes(typ uint16, b []byte) atomParts {
+	a = a.start(typ)
+	a.buf = append(a.buf, '[')
+	for i, c := range b {
+		if i > 0 {
+			a.buf = append(a.buf, ' ')
+		}
+		a.buf = strconv.AppendUint(a.buf, uint64(c), 10)
+	}
+	a.buf = append(a.buf, ']')
+	return a.end()
+}
+
+func (a atomParts) verdict(typ uint16, code int32, chain string) atomParts {
+	a = a.start(typ)
+	a.buf = strconv.AppendInt(a.buf, int64(code), 10)
+	a.buf = append(a.buf, ':')
+	a.buf = append(a.buf, chain...)
+	return a.end()
+}
+
+// join returns name{part part ...}, the parts sorted.
+func (a atomParts) join(name string) string {
+	slices.SortFunc(a.parts, func(x, y [2]int) int {
+		return bytes.Compare(a.buf[x[0]:x[1]], a.buf[y[0]:y[1]])
+	})
+	var b strings.Builder
+	b.Grow(len(name) + len(a.buf) + len(a.parts) + 2)
+	b.WriteString(name)
+	b.WriteByte('{')
+	for i, p := range a.parts {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.Write(a.buf[p[0]:p[1]])
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // nftRuleSpec returns the spec of a rule with expressions ex, as iptables-save prints it (or the
