@@ -35,9 +35,16 @@ func TestMain(m *testing.M) {
 			os.Exit(2)
 		}
 	}
+	// As root the run is traced: no process named shunt* may execute an iptables, nft or ip tool.
+	var stopTrace func() bool
 	if os.Geteuid() == 0 {
 		if err := testutil.RemoveStaleNetNS(); err != nil {
 			fmt.Fprintln(os.Stderr, "remove stale namespaces:", err)
+		}
+		var err error
+		if stopTrace, err = traceExecs(os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
 		}
 	}
 	dir, err := os.MkdirTemp("", "shunt-e2e-")
@@ -63,6 +70,9 @@ func TestMain(m *testing.M) {
 		bins.Use(pkgShunt, copied)
 	}
 	code := m.Run()
+	if stopTrace != nil && !stopTrace() && code == 0 {
+		code = 1
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
