@@ -41,8 +41,9 @@ type Options struct {
 
 	run     runner                                             // nil: exec
 	program func(fp *redirect.FamilyPlan, drop []string) error // nil: programNFT or programLegacy
-	// splice (nil: splice) splices fp into the tables names of family fam shared with other programs.
-	splice func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string) error
+	// splice (nil: splice) splices fp into the tables names of family fam shared with other programs,
+	// starting from read, what a read of the family just found (nil: it reads).
+	splice func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string, read *kernelTables) error
 }
 
 // ErrDrift is returned (wrapped) when rules of ours differ from the plan and Reconcile is off.
@@ -116,12 +117,22 @@ func readState(ctx context.Context, o *Options, v Variant, fam redirect.Family, 
 // readTables returns the rules of family fam in variant v, as the save tool prints them: read from
 // the kernel in-process, or, should that fail, with the save tool.
 func readTables(ctx context.Context, o *Options, v Variant, fam redirect.Family, hasTables bool) (map[string]*SavedTable, error) {
+	k, err := readFamily(ctx, o, v, fam, hasTables)
+	if err != nil {
+		return nil, err
+	}
+	return k.tables, nil
+}
+
+// readFamily is readTables returning the whole read: from the kernel, with the counters and (nft) the
+// handles a splice deletes by; from the save tool, the tables alone.
+func readFamily(ctx context.Context, o *Options, v Variant, fam redirect.Family, hasTables bool) (*kernelTables, error) {
 	if !hasTables {
-		return map[string]*SavedTable{}, nil
+		return newKernelTables(), nil
 	}
 	k, err := readKernel(v, fam)
 	if err == nil {
-		return k.tables, nil
+		return k, nil
 	}
 	if !o.UseTools {
 		return nil, fmt.Errorf("read %s rules: %w", fam, err)
@@ -135,7 +146,7 @@ func readTables(ctx context.Context, o *Options, v Variant, fam redirect.Family,
 	if err != nil {
 		return nil, fmt.Errorf("parse %s rules: %w", fam, err)
 	}
-	return tables, nil
+	return &kernelTables{tables: tables}, nil
 }
 
 // restore feeds input to the variant's restore tool with --noflush: one atomic transaction per table.

@@ -260,10 +260,11 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 		if fp.Family == redirect.IPv6 {
 			present = p6
 		}
-		tables, err := readTables(ctx, opts, v, fp.Family, present)
+		k, err := readFamily(ctx, opts, v, fp.Family, present)
 		if err != nil {
 			return rollback(err)
 		}
+		tables := k.tables
 		have := OwnedState(tables)
 		var diff []string
 		if !have.Empty() {
@@ -293,14 +294,14 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 			}
 			log.Warn("programming the tables whole failed, splicing", "family", fp.Family.String(), "error", err.Error())
 			// Legacy replaces table by table: a failure may leave earlier tables programmed.
-			if tables, err = readTables(ctx, opts, v, fp.Family, true); err != nil {
+			if k, err = readFamily(ctx, opts, v, fp.Family, true); err != nil {
 				return rollback(err)
 			}
-			have = OwnedState(tables)
+			have = OwnedState(k.tables)
 			involved = involvedTables(have, fp)
 		}
 		if !opts.UseTools {
-			if err := opts.splicer()(v, fp.Family, fp, involved, env); err != nil {
+			if err := opts.splicer()(v, fp.Family, fp, involved, env, k); err != nil {
 				return rollback(fmt.Errorf("program %s rules: %w", fp.Family, err))
 			}
 			if have.Empty() {
@@ -354,11 +355,11 @@ func (o *Options) programmer(v Variant, env []string) func(fp *redirect.FamilyPl
 // the restore tool would leave them; otherwise (another program's rules share a table) it splices ours
 // out, from this process too unless o.UseTools (then with the restore tool).
 func removeOurs(ctx context.Context, o *Options, v Variant, fam redirect.Family, have State, env []string) error {
-	tables, err := readTables(ctx, o, v, fam, true)
+	k, err := readFamily(ctx, o, v, fam, true)
 	if err != nil {
 		return err
 	}
-	if names := existing(tables, sorted.Keys(have)); onlyOurs(tables, names) {
+	if tables, names := k.tables, existing(k.tables, sorted.Keys(have)); onlyOurs(tables, names) {
 		fp := &redirect.FamilyPlan{Family: fam}
 		for _, name := range names {
 			t := redirect.Table{Name: name}
@@ -374,12 +375,13 @@ func removeOurs(ctx context.Context, o *Options, v Variant, fam redirect.Family,
 			return nil
 		}
 		o.logger().Warn("emptying the tables whole failed, splicing", "family", fam.String(), "error", err.Error())
-		if have, err = readState(ctx, o, v, fam, true); err != nil {
+		if k, err = readFamily(ctx, o, v, fam, true); err != nil {
 			return err
 		}
+		have = OwnedState(k.tables)
 	}
 	if !o.UseTools {
-		if err := o.splicer()(v, fam, nil, sorted.Keys(have), env); err != nil {
+		if err := o.splicer()(v, fam, nil, sorted.Keys(have), env, k); err != nil {
 			return fmt.Errorf("remove %s rules: %w", fam, err)
 		}
 		return nil

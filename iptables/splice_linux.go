@@ -25,19 +25,29 @@ import (
 const soSetAddCounters = 65 // IPT_SO_SET_ADD_COUNTERS, IP6T_SO_SET_ADD_COUNTERS
 
 // splice replaces our part of the tables named (those holding ours and fp's) of family fam in variant
-// v with fp; a nil fp removes it.
-func splice(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names []string, env []string) error {
+// v with fp; a nil fp removes it. read is what a read of the family just found: nft splices from it
+// (reading again only should the transaction fail); legacy reads each table again holding the
+// xtables lock, as it must.
+func splice(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string, read *kernelTables) error {
 	if strconv.IntSize != 64 {
 		return errNot64Bit
 	}
 	if v == VariantLegacy {
 		return withXtablesLock(env, func() error { return spliceLegacy(fam, fp, names) })
 	}
-	return spliceNFT(fam, fp, names)
+	if read == nil || read.handles == nil { // nothing read, or read with the save tool
+		return spliceNFT(fam, fp, names, nil)
+	}
+	if err := spliceNFT(fam, fp, names, read); err == nil {
+		return nil
+	}
+	// Another program may have changed the tables since read: the transaction, all or nothing, changed
+	// nothing. Start from what they hold now.
+	return spliceNFT(fam, fp, names, nil)
 }
 
 // splicer returns how o splices: o.splice, or splice.
-func (o *Options) splicer() func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string) error {
+func (o *Options) splicer() func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string, read *kernelTables) error {
 	if o.splice != nil {
 		return o.splice
 	}
@@ -73,11 +83,14 @@ func oursIn(t *SavedTable) map[string][]bool {
 }
 
 // spliceNFT does the splice in one nftables transaction: rules of ours deleted by handle, our chains
-// flushed and deleted or kept, missing tables and chains created, fp's rules added.
-func spliceNFT(fam redirect.Family, fp *redirect.FamilyPlan, names []string) error {
-	k, err := readNFT(fam)
-	if err != nil {
-		return err
+// flushed and deleted or kept, missing tables and chains created, fp's rules added. k is the family
+// as read; nil reads it.
+func spliceNFT(fam redirect.Family, fp *redirect.FamilyPlan, names []string, k *kernelTables) error {
+	if k == nil {
+		var err error
+		if k, err = readNFT(fam); err != nil {
+			return err
+		}
 	}
 	nfFam := byte(unix.NFPROTO_IPV4)
 	if fam == redirect.IPv6 {

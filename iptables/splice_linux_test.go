@@ -196,11 +196,11 @@ func TestSpliceRollsBack(t *testing.T) {
 			restoreIn(t, ns, v, redirect.IPv6, foreignV6)
 			before := save(t, ns, v)
 			run := &noExec{}
-			failV6 := func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string) error {
+			failV6 := func(v Variant, fam redirect.Family, fp *redirect.FamilyPlan, names, env []string, read *kernelTables) error {
 				if fam == redirect.IPv6 && fp != nil {
 					return errors.New("injected failure")
 				}
-				return splice(v, fam, fp, names, env)
+				return splice(v, fam, fp, names, env, read)
 			}
 			err := Apply(t.Context(), mustBuild(t, fullConfig()), Options{Variant: v, NetNS: ns.Path(), run: run, splice: failV6})
 			if err == nil || !strings.Contains(err.Error(), "injected failure") || strings.Contains(err.Error(), "roll back") {
@@ -252,5 +252,48 @@ func BenchmarkReconcileShared(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// TestSpliceNFTFromStaleRead: a splice that starts from a read the tables have changed since (another
+// program replaced our rules: the handles read are gone) changes nothing, then splices from what the
+// tables hold: the same rules as a splice from a fresh read, the foreign ones kept.
+func TestSpliceNFTFromStaleRead(t *testing.T) {
+	testutil.RequireRoot(t)
+	changed := redirect.DefaultConfig()
+	changed.ProxyPort = 16001
+	stale, fresh := testutil.NewNetNS(t), testutil.NewNetNS(t)
+	opts := func(ns *testutil.NetNS) Options {
+		return Options{Variant: VariantNFT, NetNS: ns.Path(), run: &noExec{}, Reconcile: true}
+	}
+	for _, ns := range []*testutil.NetNS{stale, fresh} {
+		restoreIn(t, ns, VariantNFT, redirect.IPv4, foreignV4)
+		if err := Apply(t.Context(), mustBuild(t, fullConfig()), opts(ns)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var read *kernelTables
+	if err := stale.Do(func() (err error) { read, err = readKernel(VariantNFT, redirect.IPv4); return err }); err != nil {
+		t.Fatal(err)
+	}
+	// Our rules replaced behind the read's back: every handle it holds of ours is gone.
+	for _, ns := range []*testutil.NetNS{stale, fresh} {
+		if err := Apply(t.Context(), mustBuild(t, changed), opts(ns)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fp := mustBuild(t, fullConfig()).Family(redirect.IPv4)
+	names := involvedTables(OwnedState(read.tables), fp)
+	if err := stale.Do(func() error { return splice(VariantNFT, redirect.IPv4, fp, names, nil, read) }); err != nil {
+		t.Fatalf("splice from the stale read: %v", err)
+	}
+	if err := fresh.Do(func() error { return splice(VariantNFT, redirect.IPv4, fp, names, nil, nil) }); err != nil {
+		t.Fatalf("splice: %v", err)
+	}
+	if got, want := save(t, stale, VariantNFT), save(t, fresh, VariantNFT); got != want {
+		t.Errorf("(-fresh read +stale read):\n%s", cmp.Diff(want, got))
+	}
+	if have, err := stateIn(t, stale, VariantNFT, redirect.IPv4); err != nil || len(Diff(have, PlanState(fp))) > 0 {
+		t.Errorf("our rules after the splice: %v, %v", Diff(have, PlanState(fp)), err)
 	}
 }
