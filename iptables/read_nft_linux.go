@@ -155,19 +155,28 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 		return nil, err
 	}
 	for _, m := range rules {
-		table, chain, exprs, udComment, handle, err := nftRule(m)
+		if len(m.Data) < 4 {
+			return nil, errors.New("short nftables message")
+		}
+		r, err := nfnl.ParseRule(m.Data[4:])
 		if err != nil {
 			return nil, err
 		}
-		if t := k.tables[table]; t == nil || !slices.Contains(t.Chains, chain) {
+		// Rules of tables iptables does not know (another program's nft tables of the family) are
+		// not decoded: they are none of what the save tool prints.
+		if t := k.tables[r.Table]; t == nil || !slices.Contains(t.Chains, r.Chain) {
 			continue
 		}
-		spec, c := nftRuleSpec(exprs, fam, udComment)
-		k.rule(table, chain, spec, c)
-		if k.handles[table] == nil {
-			k.handles[table] = map[string][]uint64{}
+		exprs, err := nftRuleExprs(r)
+		if err != nil {
+			return nil, err
 		}
-		k.handles[table][chain] = append(k.handles[table][chain], handle)
+		spec, c := nftRuleSpec(exprs, fam, udataComment(r.UserData))
+		k.rule(r.Table, r.Chain, spec, c)
+		if k.handles[r.Table] == nil {
+			k.handles[r.Table] = map[string][]uint64{}
+		}
+		k.handles[r.Table][r.Chain] = append(k.handles[r.Table][r.Chain], r.Handle)
 	}
 	return k, nil
 }
@@ -184,24 +193,17 @@ func nftAttrs(m syscall.NetlinkMessage) (nfnl.Attrs, error) {
 	return ad, nil
 }
 
-// nftRule decodes a NEWRULE message: table, chain, expressions, comment and handle.
-func nftRule(m syscall.NetlinkMessage) (table, chain string, exprs []nftExpr, comment string, handle uint64, err error) {
-	if len(m.Data) < 4 {
-		return "", "", nil, "", 0, errors.New("short nftables message")
-	}
-	r, err := nfnl.ParseRule(m.Data[4:])
-	if err != nil {
-		return "", "", nil, "", 0, err
-	}
-	exprs = make([]nftExpr, 0, len(r.Exprs))
+// nftRuleExprs decodes the expressions of rule r.
+func nftRuleExprs(r nfnl.Rule) ([]nftExpr, error) {
+	exprs := make([]nftExpr, 0, len(r.Exprs))
 	for _, b := range r.Exprs {
 		e, err := decodeNFTExpr(b)
 		if err != nil {
-			return "", "", nil, "", 0, fmt.Errorf("decode nftables rule: %w", err)
+			return nil, fmt.Errorf("decode nftables rule: %w", err)
 		}
 		exprs = append(exprs, e)
 	}
-	return r.Table, r.Chain, exprs, udataComment(r.UserData), r.Handle, nil
+	return exprs, nil
 }
 
 // udataComment returns the comment of a rule's user data (type-length-value items, the comment of
