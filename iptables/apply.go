@@ -125,12 +125,13 @@ func readTables(ctx context.Context, o *Options, v Variant, fam redirect.Family,
 }
 
 // readFamily is readTables returning the whole read: from the kernel, with the counters and (nft) the
-// handles a splice deletes by; from the save tool, the tables alone.
-func readFamily(ctx context.Context, o *Options, v Variant, fam redirect.Family, hasTables bool) (*kernelTables, error) {
+// handles a splice deletes by; from the save tool, the tables alone. names, when given, are the
+// family's tables as lookTables just found them.
+func readFamily(ctx context.Context, o *Options, v Variant, fam redirect.Family, hasTables bool, names ...string) (*kernelTables, error) {
 	if !hasTables {
 		return newKernelTables(), nil
 	}
-	k, err := readKernel(v, fam)
+	k, err := readKernel(v, fam, names...)
 	if err == nil {
 		return k, nil
 	}

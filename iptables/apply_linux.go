@@ -25,58 +25,105 @@ import (
 // tablesPresent reports, per family, whether the namespace holds tables of variant v. It costs no
 // command: legacy tables are listed in /proc, nft tables are asked for over netlink.
 func tablesPresent(v Variant) (v4, v6 bool) {
-	if v == VariantLegacy {
-		return procListNonEmpty("ip_tables_names"), procListNonEmpty("ip6_tables_names")
+	t := lookTables(v)
+	return t.present[0], t.present[1]
+}
+
+// seenTables is what one look at a namespace found of a variant's tables, per family (IPv4, IPv6):
+// whether it holds any and, when the look could tell, their names, so that the family's read need
+// not ask again.
+type seenTables struct {
+	present [2]bool
+	names   [2][]string
+}
+
+// of returns fam's part.
+func (t *seenTables) of(fam redirect.Family) (present bool, names []string) {
+	i := 0
+	if fam == redirect.IPv6 {
+		i = 1
 	}
-	return nftTablesPresent()
+	return t.present[i], t.names[i]
 }
 
-// nftTablesPresent asks, with one netlink dump, whether nft tables of the ip and ip6 families exist.
-// When it cannot tell, it says yes: the rules are then read rather than assumed absent.
-func nftTablesPresent() (v4, v6 bool) {
-	v4, v6, _ = nftTables()
-	return v4, v6
+// lookTables is tablesPresent with the names of the tables, where it could tell them. Without /proc
+// (a chroot, a container whose runtime mounted none) it cannot tell the legacy tables, and says there
+// are some: the read that follows then fails (readLegacyNames) rather than take tables it cannot see
+// for absent.
+func lookTables(v Variant) seenTables {
+	var t seenTables
+	if v == VariantLegacy {
+		for i, list := range []string{"ip_tables_names", "ip6_tables_names"} {
+			data, err := readLegacyNames(list)
+			t.names[i] = strings.Fields(string(data))
+			t.present[i] = err != nil || len(t.names[i]) > 0
+			if err != nil {
+				t.names[i] = nil
+			}
+		}
+		return t
+	}
+	t, _ = nftTables()
+	return t
 }
 
-// nftTables asks, with one netlink dump, whether nft tables of the ip and ip6 families exist, and
-// whether the kernel has nf_tables at all. When it cannot tell, it says the tables exist: the rules are
-// then read rather than assumed absent. A kernel without nf_tables (no nfnetlink: EPROTONOSUPPORT; no
-// nf_tables subsystem: EINVAL) holds none.
-func nftTables() (v4, v6, kernel bool) {
+// nftTables asks, with one netlink dump, which nft tables of the ip and ip6 families exist, and
+// whether the kernel has nf_tables at all. When it cannot tell, it says the tables exist (their names
+// unknown): the rules are then read rather than assumed absent. A kernel without nf_tables (no
+// nfnetlink: EPROTONOSUPPORT; no nf_tables subsystem: EINVAL) holds none.
+func nftTables() (t seenTables, kernel bool) {
+	unknown := seenTables{present: [2]bool{true, true}}
 	sock, err := nfnl.Open()
 	if errors.Is(err, unix.EPROTONOSUPPORT) {
-		return false, false, false
+		return seenTables{}, false
 	}
 	if err != nil {
-		return true, true, true
+		return unknown, true
 	}
 	defer sock.Close()
 	msgs, err := sock.DumpTables(unix.AF_UNSPEC)
 	if errors.Is(err, unix.EINVAL) {
-		return false, false, false
+		return seenTables{}, false
 	}
 	if err != nil {
-		return true, true, true
+		return unknown, true
 	}
+	named := [2]bool{true, true}
 	for _, m := range msgs {
-		if len(m.Data) > 0 {
-			switch m.Data[0] {
-			case unix.NFPROTO_IPV4:
-				v4 = true
-			case unix.NFPROTO_IPV6:
-				v6 = true
+		if len(m.Data) == 0 {
+			continue
+		}
+		i := 0
+		switch m.Data[0] {
+		case unix.NFPROTO_IPV4:
+		case unix.NFPROTO_IPV6:
+			i = 1
+		default:
+			continue
+		}
+		t.present[i] = true
+		name := ""
+		if ad, err := nftAttrs(m); err == nil {
+			for ad.Next() {
+				if ad.Type() == unix.NFTA_TABLE_NAME {
+					name = ad.String()
+				}
+			}
+			if ad.Err() != nil {
+				name = ""
 			}
 		}
+		if name == "" {
+			named[i] = false // the family's read asks for the tables itself
+		}
+		t.names[i] = append(t.names[i], name)
 	}
-	return v4, v6, true
-}
-
-// procListNonEmpty reports whether /proc's list of legacy tables name holds any. Without /proc (a
-// chroot, a container whose runtime mounted none) it cannot tell, and says yes: the read that follows
-// then fails (readLegacyNames) rather than take tables it cannot see for absent.
-func procListNonEmpty(name string) bool {
-	data, err := readLegacyNames(name)
-	return err != nil || strings.TrimSpace(string(data)) != ""
+	for i := range named {
+		if !named[i] {
+			t.names[i] = nil
+		}
+	}
+	return t, true
 }
 
 // errNoProc is returned when the legacy tables cannot be listed because /proc is not mounted: opening
@@ -114,8 +161,8 @@ func chooseVariant() (Variant, string) {
 		return err == nil && strings.TrimSpace(string(data)) != ""
 	}
 	l4, l6 := known("ip_tables_names"), known("ip6_tables_names")
-	n4, n6, kernelNFT := nftTables()
-	legacy, nft := l4 || l6, n4 || n6
+	n, kernelNFT := nftTables()
+	legacy, nft := l4 || l6, n.present[0] || n.present[1]
 	switch {
 	case nft && !legacy:
 		return VariantNFT, "the namespace already holds nft tables"
@@ -214,7 +261,7 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	v := opts.variant()
 	env, unlock := opts.lockEnv(v)
 	defer unlock()
-	p4, p6 := tablesPresent(v)
+	seen := lookTables(v)
 	program := opts.programmer(v, env)
 	var fresh []redirect.Family
 	rollback := func(cause error) error {
@@ -234,17 +281,15 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	// checked before anything changes; with Reconcile they are removed once the plan is in place.
 	var extra []Installed
 	for _, f := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
-		present := p4
-		if f == redirect.IPv6 {
-			present = p6
-		}
+		present, names := seen.of(f)
 		if plan.Family(f) != nil || !present {
 			continue
 		}
-		have, err := readState(ctx, opts, v, f, true)
+		k, err := readFamily(ctx, opts, v, f, true, names...)
 		if err != nil {
 			return err
 		}
+		have := OwnedState(k.tables)
 		if have.Empty() {
 			continue
 		}
@@ -256,11 +301,8 @@ func apply(ctx context.Context, plan *redirect.Plan, opts *Options) error {
 	}
 	for i := range plan.Families {
 		fp := &plan.Families[i]
-		present := p4
-		if fp.Family == redirect.IPv6 {
-			present = p6
-		}
-		k, err := readFamily(ctx, opts, v, fp.Family, present)
+		present, names := seen.of(fp.Family)
+		k, err := readFamily(ctx, opts, v, fp.Family, present, names...)
 		if err != nil {
 			return rollback(err)
 		}
@@ -420,21 +462,19 @@ func existing(tables map[string]*SavedTable, names []string) []string {
 func Check(ctx context.Context, plan *redirect.Plan, opts Options) error {
 	return netns.Do(opts.NetNS, func() error {
 		v := opts.variant()
-		p4, p6 := tablesPresent(v)
+		seen := lookTables(v)
 		var diff []string
 		for _, f := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
-			present := p4
-			if f == redirect.IPv6 {
-				present = p6
-			}
+			present, names := seen.of(f)
 			fp := plan.Family(f)
 			if fp == nil && !present {
 				continue
 			}
-			have, err := readState(ctx, &opts, v, f, present)
+			k, err := readFamily(ctx, &opts, v, f, present, names...)
 			if err != nil {
 				return err
 			}
+			have := OwnedState(k.tables)
 			want := State{} // a family the plan leaves out holds no rules of ours
 			if fp != nil {
 				want = PlanState(fp)
@@ -483,21 +523,19 @@ func find(ctx context.Context, opts *Options) ([]Installed, error) {
 	var found []Installed
 	var errs []error
 	for _, v := range variants {
-		p4, p6 := tablesPresent(v)
-		for _, fam := range []struct {
-			f       redirect.Family
-			present bool
-		}{{redirect.IPv4, p4}, {redirect.IPv6, p6}} {
-			if !fam.present {
+		seen := lookTables(v)
+		for _, f := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
+			present, names := seen.of(f)
+			if !present {
 				continue
 			}
-			have, err := readState(ctx, opts, v, fam.f, true)
+			k, err := readFamily(ctx, opts, v, f, true, names...)
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			if !have.Empty() {
-				found = append(found, Installed{Variant: v, Family: fam.f, State: have})
+			if have := OwnedState(k.tables); !have.Empty() {
+				found = append(found, Installed{Variant: v, Family: f, State: have})
 			}
 		}
 	}
@@ -570,6 +608,6 @@ func withXtablesLock(env []string, fn func() error) error {
 // KernelHasNFT reports whether this kernel has nf_tables: what decides the variant of a namespace that
 // holds no tables yet (a new pod's).
 func KernelHasNFT() bool {
-	_, _, kernel := nftTables()
+	_, kernel := nftTables()
 	return kernel
 }

@@ -15,18 +15,21 @@ import (
 const soGetEntries = 65 // IPT_SO_GET_ENTRIES, IP6T_SO_GET_ENTRIES
 
 // readLegacy reads the legacy tables of family fam that /proc lists (opening a table that does not
-// exist would create it) with IPT_SO_GET_INFO and IPT_SO_GET_ENTRIES.
-func readLegacy(fam redirect.Family) (*kernelTables, error) {
+// exist would create it) with IPT_SO_GET_INFO and IPT_SO_GET_ENTRIES; names, when given, is that list
+// as just read.
+func readLegacy(fam redirect.Family, names []string) (*kernelTables, error) {
 	lay, list := legacyV4, "ip_tables_names"
 	if fam == redirect.IPv6 {
 		lay, list = legacyV6, "ip6_tables_names"
 	}
 	k := newKernelTables()
-	data, err := readLegacyNames(list)
-	if err != nil {
-		return nil, err
+	if names == nil {
+		data, err := readLegacyNames(list)
+		if err != nil {
+			return nil, err
+		}
+		names = strings.Fields(string(data))
 	}
-	names := strings.Fields(string(data))
 	if len(names) == 0 {
 		return k, nil
 	}

@@ -18,12 +18,13 @@ import (
 // (unknownSpec) that equals no rule of a plan and that isOurs never claims.
 
 // readKernel reads the rules of family fam in variant v from the current namespace. It creates no
-// table: legacy tables are read only when /proc lists them.
-func readKernel(v Variant, fam redirect.Family) (*kernelTables, error) {
+// table: legacy tables are read only when /proc lists them. names, when given, are the family's tables
+// as a look just found them (lookTables), which the read then does not ask for again.
+func readKernel(v Variant, fam redirect.Family, names ...string) (*kernelTables, error) {
 	if v == VariantLegacy {
-		return readLegacy(fam)
+		return readLegacy(fam, names)
 	}
-	return readNFT(fam)
+	return readNFT(fam, names)
 }
 
 // unknownSpec is the placeholder of a rule the decoder cannot express as a redirect.Rule: "-m" of a

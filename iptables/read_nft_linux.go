@@ -47,7 +47,8 @@ type nftExpr struct {
 }
 
 // readNFT reads the xtables tables of family fam (ip or ip6) over netlink: tables, chains, rules.
-func readNFT(fam redirect.Family) (*kernelTables, error) {
+// names, when given, are the family's tables as a dump just found them: they are not asked for again.
+func readNFT(fam redirect.Family, names []string) (*kernelTables, error) {
 	nfFam := byte(unix.NFPROTO_IPV4)
 	if fam == redirect.IPv6 {
 		nfFam = unix.NFPROTO_IPV6
@@ -68,24 +69,29 @@ func readNFT(fam redirect.Family) (*kernelTables, error) {
 		return msgs, nil
 	}
 	k := newKernelTables()
-	tables, err := dump(unix.NFT_MSG_GETTABLE)
-	if err != nil {
-		return nil, err
-	}
-	for _, m := range tables {
-		ad, err := nftAttrs(m)
+	if names == nil {
+		tables, err := dump(unix.NFT_MSG_GETTABLE)
 		if err != nil {
 			return nil, err
 		}
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_TABLE_NAME {
-				if name := ad.String(); xtBuiltinChains[name] != nil {
-					k.table(name)
+		for _, m := range tables {
+			ad, err := nftAttrs(m)
+			if err != nil {
+				return nil, err
+			}
+			for ad.Next() {
+				if ad.Type() == unix.NFTA_TABLE_NAME {
+					names = append(names, ad.String())
 				}
 			}
+			if err := ad.Err(); err != nil {
+				return nil, fmt.Errorf("decode nftables table: %w", err)
+			}
 		}
-		if err := ad.Err(); err != nil {
-			return nil, fmt.Errorf("decode nftables table: %w", err)
+	}
+	for _, name := range names {
+		if xtBuiltinChains[name] != nil {
+			k.table(name)
 		}
 	}
 	chains, err := dump(unix.NFT_MSG_GETCHAIN)

@@ -5,4 +5,6 @@ package iptables
 import "github.com/shuntmesh/shunt/redirect"
 
 // readKernel is not supported off Linux.
-func readKernel(Variant, redirect.Family) (*kernelTables, error) { return nil, ErrNotSupported }
+func readKernel(Variant, redirect.Family, ...string) (*kernelTables, error) {
+	return nil, ErrNotSupported
+}

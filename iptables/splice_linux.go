@@ -88,7 +88,7 @@ func oursIn(t *SavedTable) map[string][]bool {
 func spliceNFT(fam redirect.Family, fp *redirect.FamilyPlan, names []string, k *kernelTables) error {
 	if k == nil {
 		var err error
-		if k, err = readNFT(fam); err != nil {
+		if k, err = readNFT(fam, nil); err != nil {
 			return err
 		}
 	}
