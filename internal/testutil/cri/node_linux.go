@@ -80,6 +80,10 @@ var staleName = regexp.MustCompile(`^shunt-cri-(\d+)-`)
 // through CRI, then containerd, the shims and any container process left are killed, every mount
 // under its directories is undone and the directories, cgroups and namespaces are removed.
 // Leftovers of test processes that no longer run are removed first. It skips t unless root.
+//
+// Nothing lands in containerd's system paths but the shims' sockets: containerd 1.6 puts them in
+// /run/containerd/s, named by a hash of its own socket's path (so they never collide with a
+// system containerd's), and each shim removes its socket when it exits.
 func Start(t testing.TB, opts Options) *Node {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -112,7 +116,7 @@ func Start(t testing.TB, opts Options) *Node {
 	config := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(config, []byte(fmt.Sprintf(configTemplate,
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), n.Socket, filepath.Join(dir, "state", "ttrpc.sock"),
-		pause.Ref, opts.CNIBinDir, opts.CNIConfDir, n.Snapshotter, runc)), 0o644); err != nil {
+		pause.Ref, opts.CNIBinDir, opts.CNIConfDir, n.Snapshotter, runc, filepath.Join(dir, "state", "runc"))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := n.startContainerd(config); err != nil {
@@ -156,6 +160,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = %q
+        Root = %q
         SystemdCgroup = false
 `
 

@@ -289,6 +289,26 @@ func (p *Pod) Logs(c Container) string {
 	return string(b)
 }
 
+// settleLogs waits until c's log stops growing: containerd copies a container's output to the log
+// after CRI shows it exited.
+func (p *Pod) settleLogs(c Container) {
+	path := filepath.Join(p.Config.LogDirectory, c.Name, fmt.Sprintf("%d.log", c.Attempt))
+	size, same := int64(-1), 0
+	for deadline := time.Now().Add(2 * time.Second); same < 5 && time.Now().Before(deadline); {
+		var now int64
+		if fi, err := os.Stat(path); err == nil {
+			now = fi.Size()
+		}
+		if now > 0 && now == size {
+			same++
+		} else {
+			same = 0
+		}
+		size = now
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // StartReady starts c and waits until it writes the line "ready" to standard output.
 func (p *Pod) StartReady(t testing.TB, c Container) string {
 	t.Helper()
@@ -310,7 +330,7 @@ func (p *Pod) StartReady(t testing.TB, c Container) string {
 	}
 }
 
-// Run starts c and waits until it exits; it returns the exit code.
+// Run starts c and waits until it exits and its log is complete; it returns the exit code.
 func (p *Pod) Run(t testing.TB, c Container) int32 {
 	t.Helper()
 	id := p.Start(t, c)
@@ -318,6 +338,7 @@ func (p *Pod) Run(t testing.TB, c Container) int32 {
 	for {
 		st := p.node.containerStatus(t, id)
 		if st.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+			p.settleLogs(c)
 			return st.ExitCode
 		}
 		if time.Now().After(deadline) {
