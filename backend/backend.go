@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/shuntmesh/shunt/iptables"
 	"github.com/shuntmesh/shunt/nftables"
@@ -137,4 +138,19 @@ func Select(s Settings) (Backend, Choice, error) {
 	}
 	b := &iptablesBackend{opts: iptables.Options{NetNS: s.NetNS, Variant: v, Logger: log}}
 	return b, Choice{Backend: b.Name(), Reason: reason}, nil
+}
+
+// Named returns the backend called name ("nftables", "iptables-nft" or "iptables-legacy", as Name
+// returns them) in the namespace of s; the backend fields of s are ignored.
+func Named(name string, s Settings) (Backend, error) {
+	switch name {
+	case "nftables":
+		s.NativeNFTables, s.IptablesVariant = true, ""
+	case "iptables-nft", "iptables-legacy":
+		s.NativeNFTables, s.IptablesVariant = false, strings.TrimPrefix(name, "iptables-")
+	default:
+		return nil, &redirect.FieldError{Field: "backend", Value: name, Err: errors.New(`want "nftables", "iptables-nft" or "iptables-legacy"`)}
+	}
+	b, _, err := Select(s)
+	return b, err
 }

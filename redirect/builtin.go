@@ -26,6 +26,14 @@ func saveMark(mark uint32) Rule {
 		Why: "the proxy's mark is saved on the connection"})
 }
 
+// migrationGuard leaves a packet that arrived marked from outside (not over lo) as it is: only another
+// backend's TPROXY rules at the same hook can have marked it (a mark does not cross into the pod's
+// namespace), and they have TPROXYed or diverted it already. See Plan.MigrationGuard.
+func migrationGuard(mark uint32) Rule {
+	return tcp(Rule{In: IfaceMatch{Name: "lo", Not: true}, Mark: MarkMatch{Set: true, Value: mark}, Target: Target{Kind: TargetAccept},
+		Head: true, Flow: FlowInbound, Why: "during a migration: a packet the other backend's rules already TPROXYed or diverted is left as they left it"})
+}
+
 // markedToApp leaves the proxy's TPROXY-marked connections to the app alone.
 func markedToApp(mark uint32) Rule {
 	return tcp(Rule{Out: IfaceMatch{Name: "lo"}, Mark: MarkMatch{Set: true, Value: mark}, Target: Target{Kind: TargetReturn},
@@ -62,6 +70,7 @@ func OwnsBuiltinRule(table, chain string, r *Rule, withChains bool) bool {
 	}
 	shapes := []shape{
 		{TableMangle, "PREROUTING", saveMark(r.Mark.Value)},
+		{TableMangle, "PREROUTING", migrationGuard(r.Mark.Value)},
 		{TableMangle, "OUTPUT", markedToApp(r.Mark.Value)},
 		{TableMangle, "OUTPUT", restoreMark(r.ConnMark.Value)},
 	}
