@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/shuntmesh/shunt/cni/podstate"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -74,6 +75,9 @@ type NetConf struct {
 	// credentials, so failing it would keep the node from ever recovering.
 	AgentNamespace string `json:"agent_namespace,omitempty"`
 	AgentPodPrefix string `json:"agent_pod_prefix,omitempty"`
+	// StateDir keeps a record of each pod ADD captured (its namespace, settings and backend), which the
+	// node agent reads to act on the node's meshed pods without the API server (see cni/podstate).
+	StateDir string `json:"state_dir,omitempty"`
 
 	apiTimeout time.Duration
 }
@@ -104,6 +108,9 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	}
 	if c.EBPFPinDir == "" {
 		c.EBPFPinDir = DefaultEBPFPinDir
+	}
+	if c.StateDir == "" {
+		c.StateDir = podstate.DefaultDir
 	}
 	var errs []error
 	bad := func(field, value string, err error) {
@@ -142,6 +149,9 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	}
 	if !filepath.IsAbs(c.EBPFPinDir) {
 		bad("ebpf_pin_dir", c.EBPFPinDir, errors.New("not an absolute path"))
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		bad("state_dir", c.StateDir, errors.New("not an absolute path"))
 	}
 	for _, ns := range c.ExcludeNamespaces {
 		if ns == "" || strings.ContainsAny(ns, "/ ") {

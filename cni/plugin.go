@@ -19,6 +19,7 @@ import (
 
 	"github.com/shuntmesh/shunt/backend"
 	"github.com/shuntmesh/shunt/cni/meshpod"
+	"github.com/shuntmesh/shunt/cni/podstate"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -191,10 +192,13 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 		return inv.finish(OutcomeFailed, "", err)
 	}
 	if skip != "" {
+		inv.forget()
 		return inv.finish(OutcomeSkipped, skip, types.PrintResult(prev, inv.conf.CNIVersion))
 	}
 	t := time.Now()
+	var programmed string
 	err = p.program(inv, pp, func(b backend.Backend, plan *redirect.Plan) error {
+		programmed = b.Name()
 		return b.Apply(context.Background(), plan, backend.Mode{Reconcile: true})
 	})
 	if err == nil && pp.dataPath.EBPF {
@@ -205,7 +209,29 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 		return inv.finish(OutcomeFailed, "programming failed", types.NewError(types.ErrInternal,
 			fmt.Sprintf("pod %s: program capture rules", inv.pod()), err.Error()))
 	}
+	inv.remember(pp, programmed)
 	return inv.finish(OutcomeProgrammed, "", types.PrintResult(prev, inv.conf.CNIVersion))
+}
+
+// remember records the pod ADD captured for the node agent. The pod is captured whether or not the
+// record is written: a failure is logged, and the agent then does not know the pod (no node-wide
+// migration or audit of it) until its next ADD.
+func (inv *invocation) remember(pp *podPlan, backendName string) {
+	rec := podstate.Record{
+		ContainerID: inv.args.ContainerID, NetNS: inv.args.Netns,
+		Namespace: inv.namespace, Name: inv.name, UID: inv.uid,
+		Backend: backendName, Config: pp.config, EBPF: inv.report.DataPath == "ebpf", Updated: time.Now().UTC(),
+	}
+	if err := (podstate.Store{Dir: inv.conf.StateDir}).Put(rec); err != nil {
+		inv.log.Warn("could not record the pod for the node agent", "state_dir", inv.conf.StateDir, "error", err.Error())
+	}
+}
+
+// forget removes the record of the sandbox, if any: its pod is no longer captured by us.
+func (inv *invocation) forget() {
+	if err := (podstate.Store{Dir: inv.conf.StateDir}).Delete(inv.args.ContainerID); err != nil {
+		inv.log.Warn("could not remove the pod's record", "state_dir", inv.conf.StateDir, "error", err.Error())
+	}
 }
 
 // joinEBPF registers an eBPF pod with the node's agent. The iptables rules are in place already, so a
@@ -256,6 +282,7 @@ func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	inv.forget()
 	if args.Netns == "" {
 		return inv.finish(OutcomeRemoved, "no network namespace", nil)
 	}
@@ -288,10 +315,30 @@ func (p *Plugin) CmdDel(args *skel.CmdArgs) error {
 	return inv.finish(OutcomeRemoved, "", nil)
 }
 
-// CmdGC succeeds: the plugin keeps no state outside the pods' namespaces.
+// CmdGC removes the records of sandboxes the runtime no longer holds (not among the configuration's
+// valid attachments). Rules live in the sandboxes' namespaces, which go with them.
 func (p *Plugin) CmdGC(args *skel.CmdArgs) error {
-	if _, err := ParseNetConf(args.StdinData); err != nil {
+	conf, err := ParseNetConf(args.StdinData)
+	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "invalid shunt-cni configuration", err.Error())
+	}
+	store := podstate.Store{Dir: conf.StateDir}
+	recs, err := store.List()
+	valid := make(map[string]bool, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid[a.ContainerID] = true
+	}
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range recs {
+		if !valid[r.ContainerID] {
+			errs = append(errs, store.Delete(r.ContainerID))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(types.ErrInternal, "remove records of sandboxes that are gone", err.Error())
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/shuntmesh/shunt/backend/backendtest"
 	"github.com/shuntmesh/shunt/cni/meshpod"
+	"github.com/shuntmesh/shunt/cni/podstate"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -29,7 +31,9 @@ const prevV4V6 = `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"
 
 func netConf(t *testing.T, extra string) []byte {
 	t.Helper()
-	conf := `{"cniVersion":"1.0.0","name":"k8s","type":"shunt-cni","log_file":"` + filepath.Join(t.TempDir(), "cni.log") + `"` + extra + `}`
+	dir := t.TempDir()
+	conf := `{"cniVersion":"1.0.0","name":"k8s","type":"shunt-cni","log_file":"` + filepath.Join(dir, "cni.log") +
+		`","state_dir":"` + filepath.Join(dir, "pods") + `"` + extra + `}`
 	return []byte(conf)
 }
 
@@ -401,6 +405,56 @@ func TestDel(t *testing.T) {
 	}
 	if !slices.Equal(f.left, []string{here}) {
 		t.Errorf("left the eBPF agent for %q, want only the existing namespace", f.left)
+	}
+}
+
+// TestPodRecords: ADD records the pod it programs (namespace, settings, backend) for the node agent; an
+// ADD that skips the sandbox, DEL and GC (for sandboxes not among the valid attachments) remove it.
+func TestPodRecords(t *testing.T) {
+	store := podstate.Store{Dir: t.TempDir()}
+	withStore := `,"state_dir":"` + store.Dir + `"`
+	pod := meshedPod(map[string]string{meshpod.AnnotationExcludeOutboundPorts: "9000"})
+	f := newFake(t, pod, nil)
+	if err := f.CmdAdd(cmdArgs(withPrev(t, withStore), "/var/run/netns/x", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := store.Get("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.NetNS != "/var/run/netns/x" || rec.Pod() != "shop/cart-1" || rec.UID != "u1" || rec.Backend != "iptables-nft" ||
+		!slices.Equal(rec.Config.OutboundPortsExclude, []uint16{9000}) {
+		t.Errorf("record %+v, want the pod, its namespace, backend and settings", rec)
+	}
+
+	pod.Metadata.Annotations[meshpod.AnnotationInject] = "false"
+	if err := f.CmdAdd(cmdArgs(withPrev(t, withStore), "/var/run/netns/x", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Get("c1"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("record after an ADD that skipped the pod: %v, want none", err)
+	}
+
+	delete(pod.Metadata.Annotations, meshpod.AnnotationInject)
+	for _, id := range []string{"c1", "c2"} {
+		a := cmdArgs(withPrev(t, withStore), "/var/run/netns/"+id, podArgs)
+		a.ContainerID = id
+		if err := f.CmdAdd(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.CmdDel(cmdArgs(netConf(t, withStore), "", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Get("c1"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("record after DEL: %v, want none", err)
+	}
+	gc := netConf(t, withStore+`,"cni.dev/valid-attachments":[{"containerID":"c3","ifname":"eth0"}]`)
+	if err := f.CmdGC(&skel.CmdArgs{StdinData: gc}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := store.List(); err != nil || len(recs) != 0 {
+		t.Errorf("records after GC: %+v, %v; want none (c2 is not a valid attachment)", recs, err)
 	}
 }
 

@@ -95,7 +95,8 @@ type chartWant struct {
 	port         int32
 	tolerations  []corev1.Toleration // tolerations beyond the chart's own
 	nodeSelector map[string]string
-	agentArgs    []string // the eBPF agent's arguments after "ebpf"; nil: no agent
+	agentArgs    []string            // the eBPF agent's arguments after "ebpf"; nil: no agent
+	addCaps      []corev1.Capability // capabilities the installer adds back
 }
 
 func chartDefaults() chartWant {
@@ -118,6 +119,7 @@ func chartDefaults() chartWant {
 			"--cni-api-timeout=20s",
 			"--backend=iptables",
 			"--ebpf-pin-dir=/sys/fs/bpf/shunt",
+			"--state-dir=" + chartRunDir + "/pods",
 			"--monitoring-port=9102",
 		},
 		port:         chartDefaultPort,
@@ -204,6 +206,15 @@ var chartCases = []chartCase{
 		name: "nftables backend",
 		args: []string{"--set", "backend=nftables"},
 		want: chartWant{args: chartArgsWith([]string{"--backend=nftables"})},
+	},
+	{
+		// The agent enters the pods' namespaces: the three capabilities that takes, and no more.
+		name: "migrate pods",
+		args: []string{"--set", "backend=nftables", "--set", "migratePods=true", "--set-json", `extraCapabilities=["NET_ADMIN","DAC_OVERRIDE"]`},
+		want: chartWant{
+			args:    chartArgsWith([]string{"--backend=nftables", "--state-dir=" + chartRunDir + "/pods", "--migrate-pods"}),
+			addCaps: []corev1.Capability{"NET_ADMIN", "DAC_OVERRIDE", "NET_RAW", "SYS_ADMIN"},
+		},
 	},
 	{
 		name: "monitoring port",
@@ -839,7 +850,7 @@ func checkChart(t *testing.T, objs *chartObjects, release string, w chartWant) {
 		Privileged:               ptr.To(false),
 		AllowPrivilegeEscalation: ptr.To(false),
 		ReadOnlyRootFilesystem:   ptr.To(true),
-		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: w.addCaps},
 		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 	}
 	if diff := cmp.Diff(wantSC, ctr.SecurityContext); diff != "" {

@@ -94,10 +94,10 @@ func (n *cniNode) conflistVersion(t testing.TB, version, extra string) *libcni.N
   "plugins": [
     {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}},
-    {"type": "shunt-cni", "log_level": "debug", "log_file": %q, "api_timeout": "5s",
+    {"type": "shunt-cni", "log_level": "debug", "log_file": %q, "state_dir": %q, "api_timeout": "5s",
      "capabilities": {%q: true}, %s}
   ]
-}`, version, nodeSubnet, filepath.Join(n.dataDir, "ipam"), n.logFile, annotationsCap, extra)
+}`, version, nodeSubnet, filepath.Join(n.dataDir, "ipam"), n.logFile, filepath.Join(n.dataDir, "pods"), annotationsCap, extra)
 	list, err := libcni.ConfListFromBytes([]byte(conf))
 	if err != nil {
 		t.Fatalf("conflist: %v\n%s", err, conf)

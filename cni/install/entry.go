@@ -28,6 +28,8 @@ type Entry struct {
 	ReportSocket string
 	// EBPFPinDir is where the node's eBPF agent pins its maps, as the host sees it.
 	EBPFPinDir string
+	// StateDir is where the plugin records the pods it captures (cni/podstate), as the host sees it.
+	StateDir string
 	// AgentNamespace and AgentPodPrefix name the installer's own pods, which the plugin lets through
 	// unmeshed while the API server cannot be reached; empty leaves the plugin without the rule.
 	AgentNamespace string
@@ -46,6 +48,7 @@ type entryJSON struct {
 	IptablesVariant   string          `json:"iptables_variant"`
 	ReportSocket      string          `json:"report_socket"`
 	EBPFPinDir        string          `json:"ebpf_pin_dir,omitempty"`
+	StateDir          string          `json:"state_dir,omitempty"`
 	AgentNamespace    string          `json:"agent_namespace,omitempty"`
 	AgentPodPrefix    string          `json:"agent_pod_prefix,omitempty"`
 	Capabilities      map[string]bool `json:"capabilities"`
@@ -64,6 +67,7 @@ func (e Entry) JSON() ([]byte, error) {
 		IptablesVariant:   e.IptablesVariant,
 		ReportSocket:      e.ReportSocket,
 		EBPFPinDir:        e.EBPFPinDir,
+		StateDir:          e.StateDir,
 		AgentNamespace:    e.AgentNamespace,
 		AgentPodPrefix:    e.AgentPodPrefix,
 		Capabilities:      map[string]bool{cni.CapabilityAnnotations: true},

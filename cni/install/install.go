@@ -81,6 +81,10 @@ type Config struct {
 	TaintKey string
 	// Repair configures the repair loop; a zero Mode means RepairDelete.
 	Repair RepairConfig
+	// MigratePods moves every pod the plugin recorded in Entry.StateDir (as mounted here: the same
+	// path) to the backend new pods get, once the plugin is ready: a changed backend setting then
+	// reaches the running pods, with no capture gap (see cni/podstate.MigrateAll).
+	MigratePods bool
 
 	// Debounce gathers file events before acting; Resync checks everything regardless of events;
 	// Retry is the pause after a failed step.
@@ -125,6 +129,9 @@ type Installer struct {
 
 // New checks cfg, fills its defaults and reads the binary to install.
 func New(cfg Config) (*Installer, error) {
+	if cfg.MigratePods && cfg.Entry.StateDir == "" {
+		return nil, errors.New("migrating the node's pods needs the plugin's state directory (Entry.StateDir)")
+	}
 	if cfg.Binary == "" {
 		exe, err := os.Executable()
 		if err != nil {

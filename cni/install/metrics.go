@@ -21,6 +21,7 @@ type metrics struct {
 	rewrites      prometheus.Counter
 	ready         prometheus.Gauge
 	backend       *prometheus.GaugeVec
+	migrations    *prometheus.CounterVec
 }
 
 // Phases of an ADD in shunt_cni_add_duration_seconds.
@@ -63,9 +64,13 @@ func newMetrics() *metrics {
 			Name: "shunt_cni_backend_info",
 			Help: "1 for the backend new pods of this node get, and why (from the configuration and the kernel).",
 		}, []string{"backend", "reason"}),
+		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shunt_cni_pod_migrations_total",
+			Help: "Running pods moved to the node's backend (--migrate-pods), by outcome: migrated, unchanged, failed, forgotten.",
+		}, []string{"outcome"}),
 	}
 	m.reg.MustRegister(m.programmed, m.skipped, m.addFailures, m.checkFailures, m.reports, m.addDuration,
-		m.repairs, m.rewrites, m.ready, m.backend,
+		m.repairs, m.rewrites, m.ready, m.backend, m.migrations,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

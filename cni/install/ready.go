@@ -65,8 +65,14 @@ func (in *Installer) updateReady(ctx context.Context) {
 	in.metrics.ready.Set(1)
 	in.log.Info("shunt-cni installed and ready", "conflist", in.status.entryPath, "binary", in.binPath,
 		"kubeconfig", in.cfg.KubeconfigFile)
-	if !in.readyOnce && in.cfg.Client != nil {
+	if !in.readyOnce {
 		in.readyOnce = true
-		in.wg.Go(func() { in.untaint(ctx) })
+		if in.cfg.Client != nil {
+			in.wg.Go(func() { in.untaint(ctx) })
+		}
+		if in.cfg.MigratePods {
+			// After the conflist names the new backend: pods added from now on get it.
+			in.wg.Go(func() { in.migratePods(ctx) })
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/shuntmesh/shunt/cni"
 	"github.com/shuntmesh/shunt/cni/install"
+	"github.com/shuntmesh/shunt/cni/podstate"
 	"github.com/shuntmesh/shunt/command/capture"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -34,6 +35,8 @@ type installCNIFlags struct {
 	iptablesVariant, backend            string
 	reportSocket, hostReportSocket      string
 	ebpfPinDir                          string
+	stateDir                            string
+	migratePods                         bool
 	podName, podNamespace               string
 	healthAddr                          string
 	monitoringPort                      int
@@ -81,6 +84,8 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	fs.StringVar(&f.podName, "pod-name", "", "this installer's pod name (the chart sets $POD_NAME): the plugin lets this DaemonSet's pods through unmeshed while the API server cannot be reached")
 	fs.StringVar(&f.podNamespace, "pod-namespace", "", "this installer's pod namespace (the chart sets $POD_NAMESPACE)")
 	fs.StringVar(&f.ebpfPinDir, "ebpf-pin-dir", cni.DefaultEBPFPinDir, "bpffs directory of the node's eBPF agent, where the plugin registers pods annotated shunt.io/mode: ebpf")
+	fs.StringVar(&f.stateDir, "state-dir", podstate.DefaultDir, "where the plugin records the pods it captures (the same path on the host and here)")
+	fs.BoolVar(&f.migratePods, "migrate-pods", false, "once installed, move every running pod the plugin recorded to the backend new pods get (--backend, --iptables-variant), with no capture gap; needs NET_ADMIN, NET_RAW and SYS_ADMIN")
 	fs.StringVar(&f.healthAddr, "health-addr", install.DefaultHealthAddr, "address of /healthz, /readyz and /metrics; empty for none")
 	fs.IntVar(&f.monitoringPort, "monitoring-port", 0, "port of /healthz, /readyz and /metrics on all addresses: --health-addr=:PORT")
 	fs.StringVar(&f.repairMode, "repair-mode", install.RepairDelete, "what to do with pods started without capture rules: delete, label or off")
@@ -184,6 +189,9 @@ func (f *installCNIFlags) prepare(getenv func(string) string) error {
 	if f.kubeconfigFile != "" && !strings.ContainsRune(f.kubeconfigFile, filepath.Separator) {
 		f.kubeconfigFile = filepath.Join(f.netDir, f.kubeconfigFile)
 	}
+	if !filepath.IsAbs(f.stateDir) {
+		bad("--state-dir", f.stateDir, "not an absolute path")
+	}
 	if f.nodeName == "" {
 		bad("--node-name", "", "required (or $NODE_NAME, from the downward API)")
 	}
@@ -239,6 +247,7 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 			IptablesVariant:   f.iptablesVariant,
 			ReportSocket:      hostSocket,
 			EBPFPinDir:        f.ebpfPinDir,
+			StateDir:          f.stateDir,
 			AgentNamespace:    f.podNamespace,
 			AgentPodPrefix:    daemonSetPrefix(f.podName),
 		},
@@ -247,6 +256,7 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 		Client:       client,
 		NodeName:     f.nodeName,
 		TaintKey:     f.taintKey,
+		MigratePods:  f.migratePods,
 		Repair: install.RepairConfig{
 			Mode:          f.repairMode,
 			LabelKey:      f.repairLabel,
