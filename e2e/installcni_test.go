@@ -45,7 +45,8 @@ const primaryConflist = `{
 // primary conflist, that a pod then gets its rules through the config it wrote, that it puts its
 // entry back after another agent rewrites the file, that it removes the node's startup taint,
 // that its repair loop deletes a pod that started without rules, and that on SIGTERM it leaves
-// the conflist byte-identical and removes the binary and kubeconfig.
+// the conflist byte-identical and removes the binary and kubeconfig. Started again with the nftables
+// backend and --migrate-pods, it moves the running pod to native nftables.
 func TestInstallCNI(t *testing.T) {
 	n := newCNINode(t)
 	ctx := context.Background()
@@ -155,13 +156,16 @@ func TestInstallCNI(t *testing.T) {
 		})
 	})
 
+	// Created here: the pod outlives the subtest, for migrate_pods.
+	meshed := n.podSandbox(t, meshedPod("shop", "through-installer", nil))
+	added := false
 	t.Run("pod_through_installed_config", func(t *testing.T) {
 		list, err := libcni.LoadConfList(netDir, "k8s-pod-network")
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfg := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(n.dataDir, "cache-installer"), nil)
-		p := n.podSandbox(t, meshedPod("shop", "through-installer", nil))
+		p := meshed
 		err = n.inNode(t, func() error {
 			_, err := cfg.AddNetworkList(ctx, list, p.runtimeConf())
 			return err
@@ -172,6 +176,7 @@ func TestInstallCNI(t *testing.T) {
 		if ourRules(save(t, p.ns, false)) == "" {
 			t.Error("no rules in the pod")
 		}
+		added = true
 		waitFor(t, "the ADD counted in /metrics", func() bool {
 			_, body := get("/metrics")
 			return strings.Contains(body, "shunt_cni_pods_programmed_total 1")
@@ -239,6 +244,31 @@ func TestInstallCNI(t *testing.T) {
 				t.Errorf("%s still there after uninstall (%v)", f, err)
 			}
 		}
+	})
+
+	// The operator switches the node to native nftables, with --migrate-pods: the new agent moves the
+	// pod that runs with iptables rules, from the plugin's record of it, with no API call.
+	t.Run("migrate_pods", func(t *testing.T) {
+		if !added {
+			t.Fatal("no pod: pod_through_installed_config failed")
+		}
+		args := append(installCNIArgs(t, n, binDir, netDir, token, tokenFile, caFile, "127.0.0.1:19103"),
+			"--backend", "nftables", "--migrate-pods")
+		p := startInstallCNI(t, n, args)
+		waitFor(t, "the pod migrated", func() bool {
+			return strings.Contains(p.logs.String(), `"msg":"node's pods migrated"`)
+		})
+		logs := p.logs.String()
+		if !strings.Contains(logs, `"migrated":1`) || !strings.Contains(logs, `"failed":0`) {
+			t.Errorf("migration log: %s", tail(logs, 10))
+		}
+		if rules := ourRules(save(t, meshed.ns, false)); rules != "" {
+			t.Errorf("iptables rules remain in the pod after the migration:\n%s", rules)
+		}
+		if out := meshed.ns.Run(t, "nft", "list", "table", "inet", "istio-proxy-nat"); !strings.Contains(out, "istio-output") {
+			t.Errorf("no native nftables rules in the pod after the migration:\n%s", out)
+		}
+		p.stop(t)
 	})
 }
 
@@ -476,7 +506,7 @@ func installCNIArgs(t *testing.T, n *cniNode, binDir, netDir, token, tokenFile, 
 		"--token-file", tokenFile, "--ca-file", caFile, "--api-server", n.cluster.URL,
 		"--kubeconfig", n.cluster.KubeconfigFor(t, token),
 		"--node-name", nodeName, "--report-socket", filepath.Join(t.TempDir(), "cni.sock"),
-		"--cni-log-file", n.logFile, "--cni-log-level", "debug",
+		"--cni-log-file", n.logFile, "--cni-log-level", "debug", "--state-dir", filepath.Join(n.dataDir, "pods"),
 		"--health-addr", health, "--log-format", "json", "--log-level", "debug"}
 }
 
