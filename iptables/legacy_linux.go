@@ -268,6 +268,9 @@ func legacyEntry(lay *legacyLayout, fam redirect.Family, r *redirect.Rule, chain
 		alen, ifOff, protoOff, invOff = 16, 64, 128, 132
 	}
 	addr := func(slot int, m redirect.AddrMatch, flag byte) {
+		if !m.Prefix.IsValid() {
+			return // (Masked would make an error to drop)
+		}
 		p := m.Prefix.Masked()
 		if !p.IsValid() || (p.Bits() == 0 && !m.Not) {
 			return

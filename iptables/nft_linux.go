@@ -301,6 +301,9 @@ func nftExprs(r *redirect.Rule, fam redirect.Family) ([]expr.Any, error) {
 		srcOff, dstOff, alen = 8, 24, 16
 	}
 	addr := func(off uint32, m redirect.AddrMatch) {
+		if !m.Prefix.IsValid() {
+			return // (Masked would make an error to drop)
+		}
 		p := m.Prefix.Masked()
 		if !p.IsValid() || p.Bits() == 0 {
 			return

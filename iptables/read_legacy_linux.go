@@ -254,16 +254,20 @@ func legacyRuleSpec(lay *legacyLayout, fam redirect.Family, e []byte, starts map
 	c := count{packets: ne.Uint64(e[cnt:]), bytes: ne.Uint64(e[cnt+8:])}
 	e, comment, hasComment := cutComment(lay, e)
 	r, names, ok := decodeLegacyEntry(lay, fam, e, starts)
-	if !ok || !sameLegacyEntry(lay, fam, &r, e, chainStart) {
+	spec, same := "", false
+	if ok {
+		spec, same = sameLegacyEntry(lay, fam, &r, e, chainStart)
+	}
+	if !same {
 		if hasComment {
 			names = append(names, "comment")
 		}
 		return unknownSpec(names), c
 	}
 	if hasComment {
-		return withComment(RuleSpec(&r, fam), comment), c
+		return withComment(spec, comment), c
 	}
-	return RuleSpec(&r, fam), c
+	return spec, c
 }
 
 // cutComment returns e without its last match when that is a comment, which iptables-save prints
@@ -300,25 +304,27 @@ func totalLen(bs [][]byte) int {
 }
 
 // sameLegacyEntry reports whether r, encoded as shunt encodes it, is e (counters and the kernel's
-// bookkeeping aside).
-func sameLegacyEntry(lay *legacyLayout, fam redirect.Family, r *redirect.Rule, e []byte, chainStart map[string]int) (same bool) {
+// bookkeeping aside), and returns r's spec.
+func sameLegacyEntry(lay *legacyLayout, fam redirect.Family, r *redirect.Rule, e []byte, chainStart map[string]int) (spec string, same bool) {
 	defer func() {
 		if recover() != nil {
-			same = false
+			spec, same = "", false
 		}
 	}()
 	want, err := legacyEntry(lay, fam, r, chainStart)
 	if err != nil || len(want) != len(e) {
-		return false
+		return "", false
 	}
-	got := slices.Clone(e)
-	// nfcache, comefrom and counters: between the ip part and the offsets, after the offsets.
-	for _, b := range [][]byte{got, want} {
-		clear(b[lay.targetOffset-4 : lay.targetOffset])
-		clear(b[lay.nextOffset+2 : lay.entrySize])
+	// nfcache, comefrom and counters (between the ip part and the offsets, after the offsets) aside.
+	skip := [][2]int{{lay.targetOffset - 4, lay.targetOffset}, {lay.nextOffset + 2, lay.entrySize}}
+	from := 0
+	for _, s := range append(skip, [2]int{len(e), len(e)}) {
+		if string(e[from:s[0]]) != string(want[from:s[0]]) {
+			return "", false
+		}
+		from = s[1]
 	}
-	_ = RuleSpec(r, fam) // panics for targets it cannot print
-	return string(got) == string(want)
+	return RuleSpec(r, fam), true // RuleSpec panics for targets it cannot print
 }
 
 // decodeLegacyEntry reads an entry into a Rule; names lists its matches and target for a placeholder.
