@@ -97,6 +97,7 @@ type chartWant struct {
 	nodeSelector map[string]string
 	agentArgs    []string            // the eBPF agent's arguments after "ebpf"; nil: no agent
 	addCaps      []corev1.Capability // capabilities the installer adds back
+	noCaps       bool                // none added back (addCaps nil means the defaults')
 }
 
 func chartDefaults() chartWant {
@@ -120,8 +121,12 @@ func chartDefaults() chartWant {
 			"--backend=iptables",
 			"--ebpf-pin-dir=/sys/fs/bpf/shunt",
 			"--state-dir=" + chartRunDir + "/pods",
+			"--audit-interval=5s",
+			"--drift-repair=reconcile",
 			"--monitoring-port=9102",
 		},
+		// The drift audit enters the pods' namespaces.
+		addCaps:      []corev1.Capability{"NET_ADMIN", "NET_RAW", "SYS_ADMIN"},
 		port:         chartDefaultPort,
 		nodeSelector: map[string]string{"kubernetes.io/os": "linux"},
 	}
@@ -217,6 +222,18 @@ var chartCases = []chartCase{
 		},
 	},
 	{
+		// No audit: every capability dropped, as the installer alone needs none.
+		name: "audit off",
+		args: []string{"--set", "audit.enabled=false", "--set", "audit.repair=label"},
+		want: chartWant{args: slices.DeleteFunc(chartArgsWith([]string{"--audit-interval=0"}),
+			func(a string) bool { return strings.HasPrefix(a, "--drift-repair=") }), noCaps: true},
+	},
+	{
+		name: "audit settings",
+		args: []string{"--set", "audit.interval=30s", "--set", "audit.repair=off"},
+		want: chartWant{args: chartArgsWith([]string{"--audit-interval=30s", "--drift-repair=off"})},
+	},
+	{
 		name: "monitoring port",
 		args: []string{"--set", "monitoring.port=15019"},
 		want: chartWant{port: 15019, args: chartArgsWith([]string{"--monitoring-port=15019"})},
@@ -286,6 +303,9 @@ func (tc chartCase) expected() chartWant {
 	}
 	if w.nodeSelector == nil {
 		w.nodeSelector = d.nodeSelector
+	}
+	if w.addCaps == nil && !w.noCaps {
+		w.addCaps = d.addCaps
 	}
 	return w
 }

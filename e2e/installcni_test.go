@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
@@ -220,6 +221,48 @@ func TestInstallCNI(t *testing.T) {
 			_, body := get("/metrics")
 			return strings.Contains(body, `shunt_cni_repairs_total{action="delete"} 1`)
 		})
+	})
+
+	// Another agent flushes the pod's ISTIO_OUTPUT and adds a rule to its ISTIO_INBOUND: the drift
+	// audit (every 5s by default) finds both, puts the pod's rules back exactly and says so in an Event
+	// on the pod, its metrics and GET /pods.
+	t.Run("drift_repaired", func(t *testing.T) {
+		if !added {
+			t.Fatal("no pod: pod_through_installed_config failed")
+		}
+		want := ourRules(save(t, meshed.ns, false))
+		meshed.ns.Run(t, "iptables-nft", "-t", "nat", "-F", "ISTIO_OUTPUT")
+		meshed.ns.Run(t, "iptables-nft", "-t", "nat", "-I", "ISTIO_INBOUND", "-p", "tcp", "--dport", "9999", "-j", "RETURN")
+		waitFor(t, "the drift repaired", func() bool {
+			_, body := get("/metrics")
+			return strings.Contains(body, `shunt_cni_drift_repairs_total{action="reconcile",outcome="done"} 1`)
+		})
+		if got := ourRules(save(t, meshed.ns, false)); got != want {
+			t.Errorf("rules after the repair:\n%s\nwant:\n%s", got, want)
+		}
+		waitFor(t, "a ShuntDrift event on the pod", func() bool {
+			evs, err := c.CoreV1().Events("shop").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=through-installer"})
+			if err != nil {
+				return false
+			}
+			for _, e := range evs.Items {
+				if e.Reason == "ShuntDrift" && e.Type == "Warning" && strings.Contains(e.Message, "ISTIO_OUTPUT") &&
+					strings.Contains(e.Message, "put them back") && e.InvolvedObject.UID == types.UID(meshed.uid) {
+					return true
+				}
+			}
+			return false
+		})
+		// On demand: an audit now finds the pod captured.
+		resp, err := web.Post("http://"+health+"/audit", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var sts []struct{ Pod, State string }
+		if err := json.NewDecoder(resp.Body).Decode(&sts); err != nil || len(sts) != 1 || sts[0].Pod != "shop/through-installer" || sts[0].State != "captured" {
+			t.Errorf("POST /audit: %v %+v, want the pod captured", err, sts)
+		}
 	})
 
 	t.Run("uninstall_on_sigterm", func(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/shuntmesh/shunt/backend"
 	"github.com/shuntmesh/shunt/cni"
+	"github.com/shuntmesh/shunt/cni/podstate"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -85,6 +86,8 @@ type Config struct {
 	// path) to the backend new pods get, once the plugin is ready: a changed backend setting then
 	// reaches the running pods, with no capture gap (see cni/podstate.MigrateAll).
 	MigratePods bool
+	// Audit checks the recorded pods' rules every Audit.Interval (0: no audit) and repairs drift.
+	Audit AuditConfig
 
 	// Debounce gathers file events before acting; Resync checks everything regardless of events;
 	// Retry is the pause after a failed step.
@@ -109,6 +112,9 @@ type Installer struct {
 	binPath string
 	src     fileDigest
 	repair  *repairer
+	audit   *auditor // nil: no drift audit
+	// firstReady is closed when the plugin is first installed and verified.
+	firstReady chan struct{}
 
 	// Owned by Run's goroutine.
 	binVerified bool
@@ -129,8 +135,13 @@ type Installer struct {
 
 // New checks cfg, fills its defaults and reads the binary to install.
 func New(cfg Config) (*Installer, error) {
-	if cfg.MigratePods && cfg.Entry.StateDir == "" {
-		return nil, errors.New("migrating the node's pods needs the plugin's state directory (Entry.StateDir)")
+	if (cfg.MigratePods || cfg.Audit.Interval > 0) && cfg.Entry.StateDir == "" {
+		return nil, errors.New("migrating and auditing the node's pods need the plugin's state directory (Entry.StateDir)")
+	}
+	switch cfg.Audit.Repair {
+	case "", DriftReconcile, DriftLabel, DriftDelete, DriftOff:
+	default:
+		return nil, fmt.Errorf("drift repair %q: want reconcile, label, delete or off", cfg.Audit.Repair)
 	}
 	if cfg.Binary == "" {
 		exe, err := os.Executable()
@@ -218,9 +229,20 @@ func New(cfg Config) (*Installer, error) {
 		binPath: filepath.Join(cfg.BinDir, cni.PluginType),
 		src:     src,
 		logged:  make(map[string]string),
+
+		firstReady: make(chan struct{}),
 	}
 	if cfg.Client != nil && cfg.Repair.Mode != RepairOff {
 		in.repair = newRepairer(cfg.Client, cfg.NodeName, cfg.Repair, log, in.metrics)
+	}
+	if cfg.Audit.Interval > 0 {
+		in.audit = &auditor{store: podstate.Store{Dir: cfg.Entry.StateDir}, cfg: cfg.Audit, client: cfg.Client, node: cfg.NodeName,
+			log: log, metrics: in.metrics, reported: make(map[string]string)}
+		if cfg.Client != nil && (cfg.Audit.Repair == DriftLabel || cfg.Audit.Repair == DriftDelete) {
+			rc := cfg.Repair
+			rc.Mode = cfg.Audit.Repair
+			in.audit.repair = newRepairer(cfg.Client, cfg.NodeName, rc, log, in.metrics)
+		}
 	}
 	return in, nil
 }
@@ -288,6 +310,7 @@ func (in *Installer) Run(ctx context.Context) error {
 		in.wg.Go(func() { in.readReports(reports) })
 		in.log.Info("listening for plugin reports", "socket", in.cfg.ReportSocket)
 	}
+	in.wg.Go(func() { in.podsLoop(ctx) })
 	if in.repair != nil {
 		in.wg.Go(func() { in.repair.run(ctx) })
 		in.log.Info("repairing pods started without capture rules", "node", in.cfg.NodeName, "mode", in.cfg.Repair.Mode)

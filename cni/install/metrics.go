@@ -22,6 +22,12 @@ type metrics struct {
 	ready         prometheus.Gauge
 	backend       *prometheus.GaugeVec
 	migrations    *prometheus.CounterVec
+	podsAudited   prometheus.Gauge
+	podsDrifted   prometheus.Gauge
+	podDrifted    *prometheus.GaugeVec
+	driftRepairs  *prometheus.CounterVec
+	auditSeconds  prometheus.Gauge
+	auditTime     prometheus.Gauge
 }
 
 // Phases of an ADD in shunt_cni_add_duration_seconds.
@@ -34,6 +40,9 @@ const (
 func newMetrics() *metrics {
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 	}
 	m := &metrics{
 		reg:           prometheus.NewRegistry(),
@@ -68,9 +77,22 @@ func newMetrics() *metrics {
 			Name: "shunt_cni_pod_migrations_total",
 			Help: "Running pods moved to the node's backend (--migrate-pods), by outcome: migrated, unchanged, failed, forgotten.",
 		}, []string{"outcome"}),
+		podsAudited: gauge("shunt_cni_pods_audited", "Pods the last drift audit checked: every pod the plugin recorded on the node whose namespace exists."),
+		podsDrifted: gauge("shunt_cni_pods_drifted", "Pods whose capture rules the last drift audit found differing from their settings (before any repair)."),
+		podDrifted: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "shunt_cni_pod_drifted",
+			Help: "1 while the last drift audit found the pod's capture rules differing from its settings (and left them), else 0.",
+		}, []string{"namespace", "pod"}),
+		driftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shunt_cni_drift_repairs_total",
+			Help: "Drifted pods repaired in place by the audit, by action (reconcile) and outcome (done, failed).",
+		}, []string{"action", "outcome"}),
+		auditSeconds: gauge("shunt_cni_audit_duration_seconds", "Wall time of the last drift audit."),
+		auditTime:    gauge("shunt_cni_audit_last_timestamp_seconds", "When the last drift audit ended (Unix time)."),
 	}
 	m.reg.MustRegister(m.programmed, m.skipped, m.addFailures, m.checkFailures, m.reports, m.addDuration,
 		m.repairs, m.rewrites, m.ready, m.backend, m.migrations,
+		m.podsAudited, m.podsDrifted, m.podDrifted, m.driftRepairs, m.auditSeconds, m.auditTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -293,35 +293,49 @@ func (r *repairer) repair(ctx context.Context, pod *unstructured.Unstructured, w
 
 // event records a Warning Event on pod.
 func (r *repairer) event(ctx context.Context, pod *unstructured.Unstructured, msg string) error {
+	ref := podRef{Namespace: pod.GetNamespace(), Name: pod.GetName(), UID: string(pod.GetUID()), ResourceVersion: pod.GetResourceVersion()}
+	return recordEvent(ctx, r.client, r.node, ref, repairEventReason, msg)
+}
+
+// podRef names the pod an Event is about.
+type podRef struct {
+	Namespace, Name, UID, ResourceVersion string
+}
+
+// recordEvent records a Warning Event with reason and msg on the pod ref, from node's agent.
+func recordEvent(ctx context.Context, client dynamic.Interface, node string, ref podRef, reason, msg string) error {
 	now := time.Now().UTC()
 	ts := now.Format(time.RFC3339)
+	involved := map[string]any{
+		"apiVersion": "v1",
+		"kind":       "Pod",
+		"namespace":  ref.Namespace,
+		"name":       ref.Name,
+		"uid":        ref.UID,
+	}
+	if ref.ResourceVersion != "" {
+		involved["resourceVersion"] = ref.ResourceVersion
+	}
 	ev := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "v1",
 		"kind":       "Event",
 		"metadata": map[string]any{
 			// As client-go's recorder names events.
-			"name":      fmt.Sprintf("%s.%x", pod.GetName(), now.UnixNano()),
-			"namespace": pod.GetNamespace(),
+			"name":      fmt.Sprintf("%s.%x", ref.Name, now.UnixNano()),
+			"namespace": ref.Namespace,
 		},
-		"involvedObject": map[string]any{
-			"apiVersion":      "v1",
-			"kind":            "Pod",
-			"namespace":       pod.GetNamespace(),
-			"name":            pod.GetName(),
-			"uid":             string(pod.GetUID()),
-			"resourceVersion": pod.GetResourceVersion(),
-		},
-		"reason":             repairEventReason,
+		"involvedObject":     involved,
+		"reason":             reason,
 		"message":            msg,
 		"type":               "Warning",
-		"source":             map[string]any{"component": eventSource, "host": r.node},
+		"source":             map[string]any{"component": eventSource, "host": node},
 		"firstTimestamp":     ts,
 		"lastTimestamp":      ts,
 		"count":              int64(1),
 		"reportingComponent": eventSource,
-		"reportingInstance":  r.node,
+		"reportingInstance":  node,
 	}}
-	_, err := r.client.Resource(eventsResource).Namespace(pod.GetNamespace()).Create(ctx, ev, metav1.CreateOptions{})
+	_, err := client.Resource(eventsResource).Namespace(ref.Namespace).Create(ctx, ev, metav1.CreateOptions{})
 	return err
 }
 

@@ -33,6 +33,9 @@ func (in *Installer) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, why)
 	})
+	if in.audit != nil {
+		in.audit.serve(mux)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(in.metrics.reg, promhttp.HandlerOpts{Registry: in.metrics.reg}))
 	return mux
 }

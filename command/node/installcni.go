@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,6 +37,8 @@ type installCNIFlags struct {
 	reportSocket, hostReportSocket      string
 	ebpfPinDir                          string
 	stateDir                            string
+	auditInterval                       time.Duration
+	driftRepair                         string
 	migratePods                         bool
 	podName, podNamespace               string
 	healthAddr                          string
@@ -86,6 +89,8 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	fs.StringVar(&f.ebpfPinDir, "ebpf-pin-dir", cni.DefaultEBPFPinDir, "bpffs directory of the node's eBPF agent, where the plugin registers pods annotated shunt.io/mode: ebpf")
 	fs.StringVar(&f.stateDir, "state-dir", podstate.DefaultDir, "where the plugin records the pods it captures (the same path on the host and here)")
 	fs.BoolVar(&f.migratePods, "migrate-pods", false, "once installed, move every running pod the plugin recorded to the backend new pods get (--backend, --iptables-variant), with no capture gap; needs NET_ADMIN, NET_RAW and SYS_ADMIN")
+	fs.DurationVar(&f.auditInterval, "audit-interval", install.DefaultAuditInterval, "check every recorded pod's capture rules this often (at start too); 0 disables the drift audit; needs NET_ADMIN, NET_RAW and SYS_ADMIN")
+	fs.StringVar(&f.driftRepair, "drift-repair", install.DriftReconcile, "what the audit does with a pod whose rules drifted: reconcile (put them back, atomically), label, delete or off (report only)")
 	fs.StringVar(&f.healthAddr, "health-addr", install.DefaultHealthAddr, "address of /healthz, /readyz and /metrics; empty for none")
 	fs.IntVar(&f.monitoringPort, "monitoring-port", 0, "port of /healthz, /readyz and /metrics on all addresses: --health-addr=:PORT")
 	fs.StringVar(&f.repairMode, "repair-mode", install.RepairDelete, "what to do with pods started without capture rules: delete, label or off")
@@ -189,6 +194,21 @@ func (f *installCNIFlags) prepare(getenv func(string) string) error {
 	if f.kubeconfigFile != "" && !strings.ContainsRune(f.kubeconfigFile, filepath.Separator) {
 		f.kubeconfigFile = filepath.Join(f.netDir, f.kubeconfigFile)
 	}
+	switch f.driftRepair {
+	case install.DriftReconcile, install.DriftLabel, install.DriftDelete, install.DriftOff:
+		if f.fs.Changed("drift-repair") && f.auditInterval == 0 {
+			bad("--drift-repair", f.driftRepair, "not with --audit-interval=0: there is no audit")
+		}
+	default:
+		bad("--drift-repair", f.driftRepair, "must be reconcile, label, delete or off")
+	}
+	if f.auditInterval < 0 {
+		bad("--audit-interval", f.auditInterval.String(), "must not be negative")
+	}
+	if f.driftRepair == install.DriftLabel && f.fs.Changed("repair-label-key") && f.repairMode != install.RepairLabel {
+		// The label key is shared: allowed with --drift-repair=label too.
+		errs = slices.DeleteFunc(errs, func(e error) bool { return strings.HasPrefix(e.Error(), "--repair-label-key:") })
+	}
 	if !filepath.IsAbs(f.stateDir) {
 		bad("--state-dir", f.stateDir, "not an absolute path")
 	}
@@ -257,6 +277,7 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 		NodeName:     f.nodeName,
 		TaintKey:     f.taintKey,
 		MigratePods:  f.migratePods,
+		Audit:        install.AuditConfig{Interval: f.auditInterval, Repair: f.driftRepair},
 		Repair: install.RepairConfig{
 			Mode:          f.repairMode,
 			LabelKey:      f.repairLabel,

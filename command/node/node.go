@@ -11,5 +11,5 @@ import (
 
 // Commands are the node's commands.
 func Commands(env capture.Env) []*cobra.Command {
-	return []*cobra.Command{newInstallCNICmd(env), newEBPFCmd(env), newDoctorCmd(env), newMigratePodsCmd(env)}
+	return []*cobra.Command{newInstallCNICmd(env), newEBPFCmd(env), newDoctorCmd(env), newMigratePodsCmd(env), newStatusCmd(env)}
 }
