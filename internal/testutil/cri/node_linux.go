@@ -312,6 +312,19 @@ func (n *Node) WaitNetworkReady(t testing.TB) {
 	}
 }
 
+// CNIConfig returns the CNI configuration containerd's CRI plugin has loaded, as its verbose
+// Status shows it (JSON: the networks, each with its plugins' configuration bytes).
+func (n *Node) CNIConfig(t testing.TB) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	defer cancel()
+	st, err := n.Runtime.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})
+	if err != nil {
+		t.Fatalf("CRI Status: %v", err)
+	}
+	return st.Info["cniconfig"]
+}
+
 // Log returns containerd's log.
 func (n *Node) Log() string {
 	b, err := os.ReadFile(n.logPath)
