@@ -283,6 +283,26 @@ func testContainerdCNICalls(t *testing.T, n *criNode) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("CNI calls for RunPodSandbox, StopPodSandbox twice, RemovePodSandbox (-want +got):\n%s", diff)
 	}
+	// What shunt-cni made of each: the ADD programs, the first DEL removes the rules, the later ones
+	// have no namespace to clean and succeed.
+	var outcomes []string
+	log, err := os.ReadFile(n.cni.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range strings.Lines(string(log)) {
+		var e struct {
+			Msg, Command, Outcome, Reason string
+			ContainerID                   string `json:"container_id"`
+		}
+		if json.Unmarshal([]byte(l), &e) == nil && e.Msg == "command done" && e.ContainerID == p.ID {
+			outcomes = append(outcomes, strings.TrimSpace(e.Command+" "+e.Outcome+" "+e.Reason))
+		}
+	}
+	wantOutcomes := []string{"ADD programmed", "DEL removed", "DEL removed no network namespace", "DEL removed no network namespace"}
+	if diff := cmp.Diff(wantOutcomes, outcomes); diff != "" {
+		t.Errorf("shunt-cni's outcomes (-want +got):\n%s", diff)
+	}
 	wantArgs := map[string]string{"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": pod.Namespace, "K8S_POD_NAME": pod.Name,
 		"K8S_POD_INFRA_CONTAINER_ID": p.ID, "K8S_POD_UID": p.Config.Metadata.Uid}
 	for i, c := range calls {
