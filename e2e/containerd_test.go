@@ -209,7 +209,8 @@ func TestContainerd(t *testing.T) {
 	n.writeConflist(t)
 	t.Run("cni_calls", func(t *testing.T) { testContainerdCNICalls(t, n) })
 	t.Run("pods", func(t *testing.T) { testContainerdPods(t, n) })
-	t.Run("flows", func(t *testing.T) { testContainerdFlows(t, n) })
+	t.Run("flows", func(t *testing.T) { testContainerdFlows(t, n, "native-sidecar.yaml", "REDIRECT") })
+	t.Run("flows_tproxy", func(t *testing.T) { testContainerdFlows(t, n, "native-sidecar-tproxy.yaml", "TPROXY") })
 	t.Run("init_container", func(t *testing.T) { testContainerdInitContainer(t, n) })
 	t.Run("concurrent", func(t *testing.T) { testContainerdConcurrent(t, n, 100) })
 }
@@ -351,8 +352,8 @@ func fixtureContainer(c corev1.Container, img cri.Image, args ...string) cri.Con
 // injectorInitArgs are the arguments of Istio's injector's init container, as it writes them. (The
 // fixtures' args are YAML flow sequences, which split -d's list 15090,15021,15020 into three
 // arguments.)
-func injectorInitArgs() []string {
-	return append([]string{"istio-iptables"}, injectorArgs("REDIRECT")...)
+func injectorInitArgs(mode string) []string {
+	return append([]string{"istio-iptables"}, injectorArgs(mode)...)
 }
 
 // initContainer returns pod's init container name.
@@ -382,11 +383,12 @@ func istioCNIRules(t *testing.T, name string) string {
 func testContainerdPods(t *testing.T, n *criNode) {
 	basic := istioCNIRules(t, "basic.v4")
 	for file, want := range map[string]string{
-		"native-sidecar.yaml":  basic,
-		"classic-sidecar.yaml": basic,
-		"gateway.yaml":         "",
-		"istio-init.yaml":      "",
-		"unmeshed":             "",
+		"native-sidecar.yaml":        basic,
+		"classic-sidecar.yaml":       basic,
+		"native-sidecar-tproxy.yaml": istioCNIRules(t, "tproxy.v4"),
+		"gateway.yaml":               "",
+		"istio-init.yaml":            "",
+		"unmeshed":                   "",
 	} {
 		t.Run(strings.TrimSuffix(file, ".yaml"), func(t *testing.T) {
 			var pod *corev1.Pod
@@ -418,27 +420,28 @@ func testContainerdPods(t *testing.T, n *criNode) {
 	}
 }
 
-// testContainerdFlows runs the native sidecar pod as kubelet runs it — istio-validation, the
-// sidecar (the reference sidecar, uid and gid 1337, as the injector's security context says), the
-// app — and an unmeshed remote pod, and sends F1 and F2 between the containers.
-func testContainerdFlows(t *testing.T, n *criNode) {
+// testContainerdFlows runs an injected native sidecar pod (file, interception mode mode) as kubelet
+// runs it — istio-validation, the sidecar (the reference sidecar, with the injector's user, group
+// and capabilities), the app — and an unmeshed remote pod, sends F1 and F2 between the containers,
+// then stops the running pod: DEL leaves none of the rules.
+func testContainerdFlows(t *testing.T, n *criNode, file, mode string) {
 	im := images(t)
 	echo, proxy, initImg := im.Image(t, pkgEchoserver), im.Image(t, pkgRefproxy), im.Image(t, pkgShuntInit)
-	pod := injectedPod(t, "native-sidecar.yaml", "flows")
+	pod := injectedPod(t, file, "flows")
 	p := n.runPod(t, pod)
-	remotePod := injectedPod(t, "native-sidecar.yaml", "flows")
-	remotePod.Name = "remote"
+	remotePod := injectedPod(t, file, "flows")
+	remotePod.Name += "-remote"
 	delete(remotePod.Annotations, "sidecar.istio.io/status")
 	remote := n.runPod(t, remotePod)
 
 	// istio-validation: shunt-init with the injector's arguments, --run-validation --skip-rule-apply,
 	// as uid 1337 with no capability and a read-only root.
 	validation := fixtureContainer(initContainer(t, pod, "istio-validation"), initImg,
-		append(injectorInitArgs(), "--run-validation", "--skip-rule-apply")...)
+		append(injectorInitArgs(mode), "--run-validation", "--skip-rule-apply")...)
 	if code := p.Run(t, validation); code != 0 {
 		t.Fatalf("istio-validation exited %d:\n%s", code, p.Logs(validation))
 	}
-	sidecar := fixtureContainer(initContainer(t, pod, "istio-proxy"), proxy, "-mode", "REDIRECT")
+	sidecar := fixtureContainer(initContainer(t, pod, "istio-proxy"), proxy, "-mode", mode)
 	p.StartReady(t, sidecar)
 	appC := cri.Container{Name: "reviews", Image: echo, Args: []string{"serve", "-name", "pod", "-tcp", fmt.Sprint(appPort)},
 		RunAsUser: cri.Int64(int64(appUser.UID)), RunAsGroup: cri.Int64(int64(appUser.GID))}
@@ -447,13 +450,17 @@ func testContainerdFlows(t *testing.T, n *criNode) {
 		Args: []string{"serve", "-name", "remote", "-tcp", fmt.Sprint(appPort)}})
 
 	podIP, remoteIP := ip(p.IP), ip(remote.IP)
+	inboundPeer := ip("127.0.0.6")
+	if mode == "TPROXY" {
+		inboundPeer = remoteIP // the app sees the real client
+	}
 	for _, c := range []struct {
 		name, from string
 		to         netip.AddrPort
 		want       string
 	}{
 		{"F2_outbound", appID, addr(remoteIP, appPort), viaOutbound(addr(remoteIP, appPort)) + app("remote", podIP, addr(remoteIP, appPort))},
-		{"F1_inbound", remoteID, addr(podIP, appPort), viaInbound(addr(podIP, appPort)) + app("pod", ip("127.0.0.6"), addr(podIP, appPort))},
+		{"F1_inbound", remoteID, addr(podIP, appPort), viaInbound(addr(podIP, appPort)) + app("pod", inboundPeer, addr(podIP, appPort))},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			stdout, stderr, code := n.Exec(t, c.from, "/echoserver", "client", "-tcp", c.to.String())
@@ -462,6 +469,14 @@ func testContainerdFlows(t *testing.T, n *criNode) {
 				t.Errorf("echoserver client -tcp %s in %s: exit %d, %s\n got: %s\nwant: %s", c.to, c.from, code, stderr, got, c.want)
 			}
 		})
+	}
+
+	held := p.Hold(t)
+	if err := p.Stop(t); err != nil {
+		t.Fatalf("StopPodSandbox: %v", err)
+	}
+	if left := ourRules(save(t, held, false)) + ourRules(save(t, held, true)); left != "" {
+		t.Errorf("after StopPodSandbox of the running pod its namespace still holds:\n%s", left)
 	}
 }
 
@@ -475,7 +490,7 @@ func testContainerdInitContainer(t *testing.T, n *criNode) {
 	if got := ourRules(save(t, p.NetNS, false)); got != "" {
 		t.Fatalf("the plugin programmed an istio-init pod:\n%s", got)
 	}
-	c := fixtureContainer(initContainer(t, pod, "istio-init"), images(t).Image(t, pkgShuntInit), injectorInitArgs()...)
+	c := fixtureContainer(initContainer(t, pod, "istio-init"), images(t).Image(t, pkgShuntInit), injectorInitArgs("REDIRECT")...)
 	// The rules of the same arguments, as shunt's dry run prints them, loaded and read back.
 	dry, err := exec.Command(bins.Path(t, pkgShunt), append([]string{"iptables", "--dry-run"}, injectorArgs("REDIRECT")...)...).Output()
 	if err != nil {
