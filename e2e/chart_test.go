@@ -229,6 +229,13 @@ var chartCases = []chartCase{
 			func(a string) bool { return strings.HasPrefix(a, "--drift-repair=") }), noCaps: true},
 	},
 	{
+		// The drift audit labels: the repair loop's delete and the label's patch.
+		name: "audit label",
+		args: []string{"--set", "audit.repair=label"},
+		want: chartWant{podVerbs: []string{"get", "list", "watch", "delete", "patch"},
+			args: chartArgsWith([]string{"--drift-repair=label"})},
+	},
+	{
 		name: "audit settings",
 		args: []string{"--set", "audit.interval=30s", "--set", "audit.repair=off"},
 		want: chartWant{args: chartArgsWith([]string{"--audit-interval=30s", "--drift-repair=off"})},
@@ -518,13 +525,13 @@ func TestChartServerDryRun(t *testing.T) {
 			type access struct{ group, resource, subresource, verb string }
 			allowed := []access{
 				{"", "pods", "", "get"}, {"", "pods", "", "list"}, {"", "pods", "", "watch"},
-				{"", "nodes", "", "get"}, {"", "nodes", "", "patch"},
+				{"", "nodes", "", "get"}, {"", "nodes", "", "patch"}, {"", "nodes", "status", "patch"},
 				{"", "events", "", "create"},
 			}
 			denied := []access{
 				{"", "pods", "", "create"}, {"", "pods", "", "update"}, {"", "pods", "exec", "create"},
 				{"", "pods", "eviction", "create"}, {"", "pods", "status", "patch"},
-				{"", "nodes", "", "update"}, {"", "nodes", "", "delete"}, {"", "nodes", "status", "patch"},
+				{"", "nodes", "", "update"}, {"", "nodes", "", "delete"}, {"", "nodes", "status", "update"},
 				{"", "nodes", "proxy", "get"}, {"", "secrets", "", "get"}, {"", "secrets", "", "list"},
 				{"", "configmaps", "", "get"}, {"", "serviceaccounts", "token", "create"},
 				{"", "events", "", "delete"}, {"events.k8s.io", "events", "", "create"},
@@ -765,6 +772,7 @@ func checkChart(t *testing.T, objs *chartObjects, release string, w chartWant) {
 	wantRules := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: w.podVerbs},
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
 	}
 	if diff := cmp.Diff(wantRules, objs.clusterRole.Rules, cmpopts.EquateEmpty()); diff != "" {

@@ -157,6 +157,26 @@ func TestInstallCNI(t *testing.T) {
 		})
 	})
 
+	// Readiness as a Node condition, for controllers that gate on conditions rather than taints.
+	condition := func() *corev1.NodeCondition {
+		node, err := c.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		for i := range node.Status.Conditions {
+			if node.Status.Conditions[i].Type == "cni.shunt.io/Ready" {
+				return &node.Status.Conditions[i]
+			}
+		}
+		return nil
+	}
+	t.Run("node_condition", func(t *testing.T) {
+		waitFor(t, "the node condition cni.shunt.io/Ready True", func() bool {
+			cond := condition()
+			return cond != nil && cond.Status == corev1.ConditionTrue && cond.Reason == "PluginInstalled" && !cond.LastTransitionTime.IsZero()
+		})
+	})
+
 	// Created here: the pod outlives the subtest, for migrate_pods.
 	meshed := n.podSandbox(t, meshedPod("shop", "through-installer", nil))
 	added := false
@@ -281,6 +301,9 @@ func TestInstallCNI(t *testing.T) {
 		b, err := os.ReadFile(conflistPath)
 		if err != nil || !bytes.Equal(b, original) {
 			t.Errorf("conflist after uninstall differs from the original (%v):\n%s", err, b)
+		}
+		if cond := condition(); cond == nil || cond.Status != corev1.ConditionFalse || cond.Reason != "AgentStopped" {
+			t.Errorf("node condition after the agent stopped: %+v, want False AgentStopped", cond)
 		}
 		for _, f := range []string{filepath.Join(binDir, "shunt-cni"), filepath.Join(netDir, "shunt-kubeconfig")} {
 			if _, err := os.Stat(f); !os.IsNotExist(err) {
@@ -506,6 +529,7 @@ func installerAccess(t *testing.T, n *cniNode) (token, tokenFile, caFile string)
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "delete"}},
 			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
 			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
 		},
 	}, metav1.CreateOptions{}); err != nil {

@@ -12,6 +12,14 @@ type status struct {
 	entryWhy      string // why the entry is not in place
 	entryPath     string // file with our entry
 	stopping      bool
+	// conditions feeds the goroutine that keeps the Node condition (nil until the first state).
+	conditions chan readyState
+}
+
+func (in *Installer) conditionStarted() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.status.conditions != nil || in.cfg.Client == nil
 }
 
 func (in *Installer) setStatus(f func(*status)) {
@@ -53,10 +61,11 @@ func (in *Installer) readiness() (bool, string) {
 // node's startup taint.
 func (in *Installer) updateReady(ctx context.Context) {
 	ok, why := in.readiness()
-	if ok == in.wasReady {
+	if ok == in.wasReady && in.conditionStarted() {
 		return
 	}
 	in.wasReady = ok
+	in.publishReady(ctx, ok, why)
 	if !ok {
 		in.metrics.ready.Set(0)
 		in.log.Warn("shunt-cni not ready", "reason", why)
