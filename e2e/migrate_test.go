@@ -8,7 +8,6 @@ import (
 	"net"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -68,41 +67,9 @@ func TestMigrate(t *testing.T) {
 			}
 			defer held.Close()
 
-			// New connections all along.
-			var (
-				wg      sync.WaitGroup
-				mu      sync.Mutex
-				replies []string
-			)
-			stop := make(chan struct{})
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					got := query(t, p.ns, appUser, "tcp", to)
-					mu.Lock()
-					replies = append(replies, got)
-					mu.Unlock()
-				}
-			}()
-			// At least a few connections before the migration starts.
-			waitReplies := func(n int) {
-				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-					mu.Lock()
-					got := len(replies)
-					mu.Unlock()
-					if got >= n {
-						return
-					}
-				}
-				t.Errorf("fewer than %d connections made in 30s", n)
-			}
-			waitReplies(3)
+			// New connections all along, at least a few before the migration starts.
+			conns := startStream(t, p.ns, appUser, to)
+			conns.waitFor(3)
 			// The state in the middle of a migration, both backends' rules in place, captures too:
 			// each step of the migration is one transaction per table, so no other state exists in
 			// between.
@@ -118,18 +85,9 @@ func TestMigrate(t *testing.T) {
 			if err != nil {
 				t.Fatalf("shunt migrate: %v\n%s", err, out)
 			}
-			mu.Lock()
-			during := len(replies)
-			mu.Unlock()
-			waitReplies(during + 3)
-			close(stop)
-			wg.Wait()
-
-			for i, got := range replies {
-				if got != want {
-					t.Errorf("connection %d of %d: %s, want %s", i+1, len(replies), got, want)
-				}
-			}
+			during := conns.count()
+			conns.waitFor(during + 3)
+			total := conns.end(want)
 			if _, err := fmt.Fprintln(held, "hello"); err != nil {
 				t.Fatalf("the connection held across the migration: write: %v", err)
 			}
@@ -138,7 +96,7 @@ func TestMigrate(t *testing.T) {
 				t.Errorf("the connection held across the migration: %q, %v; want %s", got, err, want)
 			}
 			checkInbound("after the migration")
-			t.Logf("%d connections, %d of them before the migration ended; output:\n%s", len(replies), during, out)
+			t.Logf("%d connections, %d of them before the migration ended; output:\n%s", total, during, out)
 
 			// The old backend holds nothing of shunt's (no rule at all: the guard of a TPROXY
 			// migration sits in a built-in chain), the new one its rules without the guard.
