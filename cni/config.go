@@ -23,6 +23,7 @@ const (
 	DefaultKubeconfig     = "/etc/cni/net.d/shunt-kubeconfig"
 	DefaultLogFile        = "/var/run/shunt/cni.log"
 	DefaultReportSocket   = "/var/run/shunt/cni.sock"
+	DefaultAgentSocket    = "/var/run/shunt/agent.sock"
 	DefaultAPITimeout     = 20 * time.Second
 	DefaultEBPFPinDir     = "/sys/fs/bpf/shunt"
 	CapabilityAnnotations = "io.kubernetes.cri.pod-annotations"
@@ -66,6 +67,11 @@ type NetConf struct {
 	// ReportSocket is the installer's datagram socket the plugin reports each ADD, CHECK and DEL to,
 	// for its metrics and repair loop. Reports are best effort: a missing socket is no error.
 	ReportSocket string `json:"report_socket,omitempty"`
+	// AgentSocket is the node agent's socket (shunt install-cni), which the plugin asks for a pod before
+	// the API server: the agent answers from its watch of the node's pods. Absent means
+	// DefaultAgentSocket; empty asks the API server only. The API server is asked only when the agent
+	// cannot be reached (no socket, nobody listening, no answer within AgentTimeout).
+	AgentSocket string `json:"agent_socket,omitempty"`
 	// EBPFPinDir is where the node's eBPF agent pins its maps; pods annotated shunt.io/mode: ebpf are
 	// registered there.
 	EBPFPinDir string `json:"ebpf_pin_dir,omitempty"`
@@ -96,6 +102,9 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	_ = json.Unmarshal(data, &raw)
 	if _, ok := raw["exclude_namespaces"]; !ok {
 		c.ExcludeNamespaces = slices.Clone(DefaultExcludeNamespaces)
+	}
+	if _, ok := raw["agent_socket"]; !ok {
+		c.AgentSocket = DefaultAgentSocket
 	}
 	if c.Kubeconfig == "" {
 		c.Kubeconfig = DefaultKubeconfig
@@ -150,6 +159,9 @@ func ParseNetConf(data []byte) (*NetConf, error) {
 	if !filepath.IsAbs(c.EBPFPinDir) {
 		bad("ebpf_pin_dir", c.EBPFPinDir, errors.New("not an absolute path"))
 	}
+	if c.AgentSocket != "" && !filepath.IsAbs(c.AgentSocket) {
+		bad("agent_socket", c.AgentSocket, errors.New("not an absolute path"))
+	}
 	if !filepath.IsAbs(c.StateDir) {
 		bad("state_dir", c.StateDir, errors.New("not an absolute path"))
 	}
@@ -190,8 +202,10 @@ type Report struct {
 	Outcome string `json:"outcome"`
 	// Reason explains a skip or a failure.
 	Reason string `json:"reason,omitempty"`
-	// APISeconds is the time spent reading the Pod from the API server (0 when no call was made),
-	// ProgramSeconds the time spent programming or checking rules, TotalSeconds the whole command.
+	// PodSource is where the Pod was read from: PodSourceAgent or PodSourceAPI (empty: not read).
+	PodSource string `json:"pod_source,omitempty"`
+	// APISeconds is the time spent reading the Pod, from the node agent or the API server (0 when it
+	// was not read), ProgramSeconds the time spent programming or checking rules, TotalSeconds the whole command.
 	APISeconds     float64 `json:"api_seconds,omitempty"`
 	ProgramSeconds float64 `json:"program_seconds,omitempty"`
 	// DataPath is "ebpf" when an ADD registered the pod with the node's eBPF agent, else "iptables".

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -52,17 +54,76 @@ type apiStatusError struct {
 }
 
 func (e *apiStatusError) Error() string {
-	return fmt.Sprintf("API server answered %d %s: %s", e.code, http.StatusText(e.code), e.body)
+	return fmt.Sprintf("answered %d %s: %s", e.code, http.StatusText(e.code), e.body)
 }
 
 // retriable reports whether another attempt may succeed: transport errors, timeouts, throttling and
-// server errors are; a pod that does not exist or a request that is not allowed is not.
+// server errors are; a pod that does not exist, a request that is not allowed and an agent that cannot
+// be reached (the API server is asked instead) are not.
 func retriable(err error) bool {
+	if errors.Is(err, errAgentUnreachable) {
+		return false
+	}
 	var se *apiStatusError
 	if errors.As(err, &se) {
 		return se.code == http.StatusTooManyRequests || se.code >= 500
 	}
 	return true
+}
+
+// Where the plugin read a pod from (Report.PodSource).
+const (
+	PodSourceAgent = "agent" // the node agent (shunt install-cni), from its watch of the node's pods
+	PodSourceAPI   = "api"   // the API server, with the plugin's kubeconfig
+)
+
+// AgentTimeout bounds one request to the node agent: an agent that has not answered by then counts
+// as unreachable, and the plugin reads the pod from the API server itself.
+const (
+	AgentTimeout     = 2 * time.Second
+	agentDialTimeout = 200 * time.Millisecond
+)
+
+// errAgentUnreachable is a node agent that cannot be asked: no socket, nobody listening, no answer in
+// time.
+var errAgentUnreachable = errors.New("node agent unreachable")
+
+// readPod reads a pod from the node agent at conf.AgentSocket, or — only when the agent cannot be
+// reached — from the API server. Any answer of the agent is the answer: a pod it does not find is not
+// looked for again. It returns where the pod came from (PodSourceAgent or PodSourceAPI).
+func readPod(ctx context.Context, conf *NetConf, namespace, name, uid string) (*Pod, string, error) {
+	if conf.AgentSocket != "" {
+		pod, err := getPodFromAgent(ctx, conf.AgentSocket, namespace, name, uid)
+		if !errors.Is(err, errAgentUnreachable) {
+			return pod, PodSourceAgent, err
+		}
+	}
+	pod, err := getPodFromAPI(ctx, conf, namespace, name)
+	return pod, PodSourceAPI, err
+}
+
+// getPodFromAgent asks the node agent for a pod, retrying with backoff on answers that may change
+// (the agent could not read the pod from the API server yet), until ctx expires. An agent that cannot
+// be reached is an error wrapping errAgentUnreachable.
+func getPodFromAgent(ctx context.Context, socket, namespace, name, uid string) (*Pod, error) {
+	client := &http.Client{
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			d := net.Dialer{Timeout: agentDialTimeout}
+			return d.DialContext(ctx, "unix", socket)
+		}},
+		Timeout: AgentTimeout,
+	}
+	defer client.CloseIdleConnections()
+	u := (&url.URL{Scheme: "http", Host: "agent", Path: "/v1/pods/" + namespace + "/" + name,
+		RawQuery: url.Values{"uid": {uid}}.Encode()}).String()
+	return retrying(ctx, func() (*Pod, error) {
+		pod, err := getPodOnce(ctx, client, u)
+		var se *apiStatusError
+		if err != nil && !errors.As(err, &se) {
+			return nil, fmt.Errorf("%w: %s: %w", errAgentUnreachable, socket, err)
+		}
+		return pod, err
+	})
 }
 
 // getPodFromAPI reads a pod with one GET, retrying with backoff on errors that may pass, until ctx
@@ -82,9 +143,15 @@ func getPodFromAPI(ctx context.Context, conf *NetConf, namespace, name string) (
 		return nil, fmt.Errorf("kubeconfig %s: %w", conf.Kubeconfig, err)
 	}
 	u := base.JoinPath("api", "v1", "namespaces", namespace, "pods", name).String()
+	return retrying(ctx, func() (*Pod, error) { return getPodOnce(ctx, client, u) })
+}
+
+// retrying calls get until it succeeds or fails for good (see retriable), backing off in between,
+// until ctx expires.
+func retrying(ctx context.Context, get func() (*Pod, error)) (*Pod, error) {
 	backoff := firstBackoff
 	for attempt := 1; ; attempt++ {
-		pod, err := getPodOnce(ctx, client, u)
+		pod, err := get()
 		if err == nil {
 			return pod, nil
 		}

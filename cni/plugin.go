@@ -35,8 +35,10 @@ const maxLogSize = 10 << 20
 // Plugin runs the CNI commands. The zero value reads pods from the API server and programs the kernel;
 // the fields replace those side effects in tests (backendtest.Fake for the backend seam).
 type Plugin struct {
-	// GetPod reads a pod; nil reads it from the API server with the kubeconfig of the NetConf.
-	GetPod func(ctx context.Context, conf *NetConf, namespace, name string) (*Pod, error)
+	// GetPod reads the pod namespace/name (uid: the runtime's K8S_POD_UID) and says where from
+	// (PodSourceAgent, PodSourceAPI); nil asks the node agent at the NetConf's agent_socket, or, when
+	// it cannot be reached, the API server with the NetConf's kubeconfig.
+	GetPod func(ctx context.Context, conf *NetConf, namespace, name, uid string) (*Pod, string, error)
 	// Backends selects the backend of a pod's namespace; nil is backend.Select.
 	Backends func(backend.Settings) (backend.Backend, backend.Choice, error)
 	// Cleanup removes everything of shunt's from a namespace, whichever backend holds it; nil is
@@ -378,18 +380,24 @@ func (p *Plugin) plan(inv *invocation, prev *types100.Result) (pp *podPlan, skip
 	}
 	getPod := p.GetPod
 	if getPod == nil {
-		getPod = getPodFromAPI
+		getPod = readPod
 	}
 	t := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), inv.conf.Timeout())
-	pod, err := getPod(ctx, inv.conf, inv.namespace, inv.name)
+	pod, source, err := getPod(ctx, inv.conf, inv.namespace, inv.name, inv.uid)
 	cancel()
 	inv.report.APISeconds = time.Since(t).Seconds()
+	inv.report.PodSource = source
+	inv.log.Debug("pod read", "source", source, "duration", time.Since(t))
 	if err != nil {
 		if inv.isAgentPod() {
 			return nil, "the node agent's own pod, while the API server cannot be reached", nil
 		}
-		return nil, "", types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s: read the pod from the API server", inv.pod()), err.Error())
+		from := "the API server"
+		if source == PodSourceAgent {
+			from = "the node agent"
+		}
+		return nil, "", types.NewError(types.ErrTryAgainLater, fmt.Sprintf("pod %s: read the pod from %s", inv.pod(), from), err.Error())
 	}
 	ips := podIPs(prev)
 	d, err := meshpod.Decide(pod, ips)

@@ -1,12 +1,14 @@
 package cni
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -71,9 +73,9 @@ type fakePlugin struct {
 func newFake(t *testing.T, pod *Pod, getErr error) *fakePlugin {
 	f := &fakePlugin{}
 	f.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	f.GetPod = func(context.Context, *NetConf, string, string) (*Pod, error) {
+	f.GetPod = func(context.Context, *NetConf, string, string, string) (*Pod, string, error) {
 		f.gets++
-		return pod, getErr
+		return pod, PodSourceAgent, getErr
 	}
 	f.Backends = f.backends.Select
 	f.Cleanup = f.backends.Cleanup
@@ -569,4 +571,197 @@ func FuzzParseNetConf(f *testing.F) {
 			t.Errorf("accepted log_level %q", c.LogLevel)
 		}
 	})
+}
+
+// fakeAgent is the node agent's socket, served by handler; it counts the requests.
+type fakeAgent struct {
+	socket string
+	calls  atomic.Int32
+}
+
+func startFakeAgent(t *testing.T, handler http.HandlerFunc) *fakeAgent {
+	t.Helper()
+	a := &fakeAgent{socket: filepath.Join(t.TempDir(), "agent.sock")}
+	ln, err := net.Listen("unix", a.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.calls.Add(1)
+		handler(w, r)
+	}))
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return a
+}
+
+// startFakeAPI is an API server that serves pod, counting the requests.
+func startFakeAPI(t *testing.T, pod *Pod) (kubeconfig string, calls *atomic.Int32) {
+	t.Helper()
+	calls = new(atomic.Int32)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if ua := r.Header.Get("User-Agent"); ua != PluginType {
+			t.Errorf("API request with user agent %q", ua)
+		}
+		_ = json.NewEncoder(w).Encode(pod)
+	}))
+	t.Cleanup(srv.Close)
+	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	writeKubeconfig(t, kubeconfig, srv.URL)
+	return kubeconfig, calls
+}
+
+// TestReadPodFromAgent: the plugin asks the node agent first and takes any answer of it — the pod,
+// a 404, a 5xx it retries until api_timeout — and asks the API server only when the agent cannot be
+// reached: no socket, nobody listening, no answer within AgentTimeout, or no agent_socket.
+func TestReadPodFromAgent(t *testing.T) {
+	pod := meshedPod(nil)
+	servePod := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/pods/shop/cart-1" || r.URL.Query().Get("uid") != "u1" {
+			t.Errorf("agent asked %s", r.URL)
+		}
+		_ = json.NewEncoder(w).Encode(pod)
+	}
+	var flaky atomic.Int32
+	refused := filepath.Join(t.TempDir(), "refused.sock")
+	ln, err := net.Listen("unix", refused)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close() // the socket file stays, nobody listens: an agent that was killed
+	for _, tt := range []struct {
+		name       string
+		agent      http.HandlerFunc // nil: socket given by socket
+		socket     string
+		timeout    time.Duration
+		wantSource string
+		wantErr    string
+		wantAPI    int32
+		wantAgent  int32
+	}{
+		{name: "served", agent: servePod, wantSource: PodSourceAgent, wantAgent: 1},
+		{name: "not found", agent: func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, `{"kind":"Status","message":"pods \"cart-1\" not found"}`, http.StatusNotFound)
+		}, wantSource: PodSourceAgent, wantErr: `answered 404 Not Found: pods "cart-1" not found`, wantAgent: 1},
+		{name: "unavailable then served", agent: func(w http.ResponseWriter, r *http.Request) {
+			if flaky.Add(1) <= 2 {
+				http.Error(w, `{"message":"API server: timeout"}`, http.StatusServiceUnavailable)
+				return
+			}
+			servePod(w, r)
+		}, wantSource: PodSourceAgent, wantAgent: 3},
+		{name: "unavailable until the deadline", agent: func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, `{"message":"API server: connection refused"}`, http.StatusServiceUnavailable)
+		}, timeout: 500 * time.Millisecond, wantSource: PodSourceAgent, wantErr: "API server: connection refused", wantAgent: 3},
+		{name: "hung agent", agent: func(_ http.ResponseWriter, r *http.Request) {
+			<-r.Context().Done()
+		}, wantSource: PodSourceAPI, wantAPI: 1, wantAgent: 1},
+		{name: "no socket", socket: filepath.Join(t.TempDir(), "missing.sock"), wantSource: PodSourceAPI, wantAPI: 1},
+		{name: "connection refused", socket: refused, wantSource: PodSourceAPI, wantAPI: 1},
+		{name: "no agent_socket", socket: "", wantSource: PodSourceAPI, wantAPI: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			kc, apiCalls := startFakeAPI(t, pod)
+			conf := &NetConf{Kubeconfig: kc, AgentSocket: tt.socket}
+			var agent *fakeAgent
+			if tt.agent != nil {
+				agent = startFakeAgent(t, tt.agent)
+				conf.AgentSocket = agent.socket
+			}
+			timeout := cmp.Or(tt.timeout, 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			got, source, err := readPod(ctx, conf, "shop", "cart-1", "u1")
+			switch {
+			case tt.wantErr == "" && (err != nil || got == nil || got.Metadata.Name != "cart-1"):
+				t.Errorf("got %v, %v; want the pod", got, err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("error %v, want %q", err, tt.wantErr)
+			}
+			if source != tt.wantSource {
+				t.Errorf("source %q, want %q", source, tt.wantSource)
+			}
+			if n := apiCalls.Load(); n != tt.wantAPI {
+				t.Errorf("%d API requests, want %d", n, tt.wantAPI)
+			}
+			if agent != nil && agent.calls.Load() != tt.wantAgent {
+				t.Errorf("%d agent requests, want %d", agent.calls.Load(), tt.wantAgent)
+			}
+		})
+	}
+}
+
+// TestAddThroughAgent: an ADD reads its pod from the agent, with no API request, and its report says
+// so; with the agent's 404 it fails closed without asking the API server.
+func TestAddThroughAgent(t *testing.T) {
+	pod := meshedPod(nil)
+	reports := filepath.Join(t.TempDir(), "reports.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: reports, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	readReport := func() Report {
+		t.Helper()
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64<<10)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r Report
+		if err := json.Unmarshal(buf[:n], &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	found := true
+	agent := startFakeAgent(t, func(w http.ResponseWriter, _ *http.Request) {
+		if !found {
+			http.Error(w, `{"message":"pods \"cart-1\" not found"}`, http.StatusNotFound)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(pod)
+	})
+	kc, apiCalls := startFakeAPI(t, pod)
+	extra := `,"kubeconfig":"` + kc + `","agent_socket":"` + agent.socket + `","report_socket":"` + reports + `"`
+
+	f := newFake(t, nil, nil)
+	f.GetPod = nil
+	if err := f.CmdAdd(cmdArgs(withPrev(t, extra), "/ns", podArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if r := readReport(); r.Outcome != OutcomeProgrammed || r.PodSource != PodSourceAgent || r.APISeconds <= 0 {
+		t.Errorf("report %+v, want programmed with the pod from the agent", r)
+	}
+	found = false
+	err = f.CmdAdd(cmdArgs(withPrev(t, extra), "/ns", podArgs))
+	if cniCode(t, err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "from the node agent") {
+		t.Errorf("error %v, want try-again from the node agent", err)
+	}
+	if r := readReport(); r.Outcome != OutcomeFailed || r.PodSource != PodSourceAgent {
+		t.Errorf("report %+v, want failed with the agent's answer", r)
+	}
+	if apiCalls.Load() != 0 || agent.calls.Load() != 2 {
+		t.Errorf("%d API and %d agent requests, want 0 and 2", apiCalls.Load(), agent.calls.Load())
+	}
+}
+
+func TestParseNetConfAgentSocket(t *testing.T) {
+	for conf, want := range map[string]string{
+		`{}`:                                 DefaultAgentSocket,
+		`{"agent_socket":""}`:                "",
+		`{"agent_socket":"/run/agent.sock"}`: "/run/agent.sock",
+	} {
+		c, err := ParseNetConf([]byte(conf))
+		if err != nil || c.AgentSocket != want {
+			t.Errorf("%s: agent socket %q (%v), want %q", conf, c.AgentSocket, err, want)
+		}
+	}
+	if _, err := ParseNetConf([]byte(`{"agent_socket":"agent.sock"}`)); err == nil || !strings.Contains(err.Error(), "agent_socket") {
+		t.Errorf("relative agent_socket: %v, want an error naming it", err)
+	}
 }

@@ -28,6 +28,9 @@ type Entry struct {
 	ReportSocket string
 	// EBPFPinDir is where the node's eBPF agent pins its maps, as the host sees it.
 	EBPFPinDir string
+	// AgentSocket is the node agent's socket as the host sees it; empty leaves the plugin its default
+	// (cni.DefaultAgentSocket).
+	AgentSocket string
 	// StateDir is where the plugin records the pods it captures (cni/podstate), as the host sees it.
 	StateDir string
 	// AgentNamespace and AgentPodPrefix name the installer's own pods, which the plugin lets through
@@ -48,6 +51,7 @@ type entryJSON struct {
 	IptablesVariant   string          `json:"iptables_variant"`
 	ReportSocket      string          `json:"report_socket"`
 	EBPFPinDir        string          `json:"ebpf_pin_dir,omitempty"`
+	AgentSocket       string          `json:"agent_socket,omitempty"`
 	StateDir          string          `json:"state_dir,omitempty"`
 	AgentNamespace    string          `json:"agent_namespace,omitempty"`
 	AgentPodPrefix    string          `json:"agent_pod_prefix,omitempty"`
@@ -67,6 +71,7 @@ func (e Entry) JSON() ([]byte, error) {
 		IptablesVariant:   e.IptablesVariant,
 		ReportSocket:      e.ReportSocket,
 		EBPFPinDir:        e.EBPFPinDir,
+		AgentSocket:       e.AgentSocket,
 		StateDir:          e.StateDir,
 		AgentNamespace:    e.AgentNamespace,
 		AgentPodPrefix:    e.AgentPodPrefix,

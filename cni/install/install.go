@@ -70,6 +70,10 @@ type Config struct {
 	// ReportSocket is the datagram socket the installer reads the plugin's reports from; empty means
 	// none. Entry.ReportSocket is the same socket as the host sees it.
 	ReportSocket string
+	// AgentSocket is the node agent's socket, as mounted: the plugin asks it for the pods it sets up
+	// (answered from one watch of the node's pods) before it reads them from the API server itself.
+	// Empty means no agent; it needs Client. Entry.AgentSocket is the same socket as the host sees it.
+	AgentSocket string
 	// HealthAddr is the address of /healthz, /readyz and /metrics; empty means no server (see Handler).
 	HealthAddr string
 
@@ -112,7 +116,8 @@ type Installer struct {
 	binPath string
 	src     fileDigest
 	repair  *repairer
-	audit   *auditor // nil: no drift audit
+	pods    *nodePods // the agent's watch of the node's pods; nil without Client
+	audit   *auditor  // nil: no drift audit
 	// firstReady is closed when the plugin is first installed and verified.
 	firstReady chan struct{}
 
@@ -198,6 +203,9 @@ func New(cfg Config) (*Installer, error) {
 	if cfg.Client != nil && cfg.NodeName == "" {
 		bad("NodeName", "", errors.New("required with an API client"))
 	}
+	if cfg.AgentSocket != "" && cfg.Client == nil {
+		bad("AgentSocket", cfg.AgentSocket, errors.New("the agent needs an API client"))
+	}
 	if cfg.FightThreshold < 1 {
 		bad("FightThreshold", fmt.Sprint(cfg.FightThreshold), errors.New("must be at least 1"))
 	}
@@ -232,8 +240,12 @@ func New(cfg Config) (*Installer, error) {
 
 		firstReady: make(chan struct{}),
 	}
+	if cfg.Client != nil {
+		in.pods = newNodePods(cfg.Client, cfg.NodeName, log, in.metrics)
+	}
 	if cfg.Client != nil && cfg.Repair.Mode != RepairOff {
 		in.repair = newRepairer(cfg.Client, cfg.NodeName, cfg.Repair, log, in.metrics)
+		in.repair.pods = in.pods
 	}
 	if cfg.Audit.Interval > 0 {
 		in.audit = &auditor{store: podstate.Store{Dir: cfg.Entry.StateDir}, cfg: cfg.Audit, client: cfg.Client, node: cfg.NodeName,
@@ -302,10 +314,23 @@ func (in *Installer) Run(ctx context.Context) error {
 		in.wg.Go(func() { _ = srv.Serve(ln) })
 		in.log.Info("serving /healthz, /readyz and /metrics", "addr", ln.Addr().String())
 	}
+	if in.pods != nil {
+		in.wg.Go(func() { in.pods.run(ctx) })
+	}
+	var agent *http.Server
+	if in.cfg.AgentSocket != "" {
+		ln, err := listenAgent(in.cfg.AgentSocket)
+		if err != nil {
+			return errors.Join(err, shutdown(srv))
+		}
+		agent = &http.Server{Handler: in.pods.handler(), ReadHeaderTimeout: 10 * time.Second}
+		in.wg.Go(func() { _ = agent.Serve(ln) })
+		in.log.Info("serving the node's pods to the plugin", "socket", in.cfg.AgentSocket, "node", in.cfg.NodeName)
+	}
 	var reports *net.UnixConn
 	if in.cfg.ReportSocket != "" {
 		if reports, err = listenReports(in.cfg.ReportSocket); err != nil {
-			return errors.Join(err, shutdown(srv))
+			return errors.Join(err, shutdown(agent), shutdown(srv))
 		}
 		in.wg.Go(func() { in.readReports(reports) })
 		in.log.Info("listening for plugin reports", "socket", in.cfg.ReportSocket)
@@ -328,7 +353,8 @@ func (in *Installer) Run(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, shutdown(srv))
+	// The socket goes with the agent: the plugin finds none and reads pods from the API server itself.
+	errs = append(errs, shutdown(agent), shutdown(srv))
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}

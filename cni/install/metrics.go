@@ -28,6 +28,10 @@ type metrics struct {
 	driftRepairs  *prometheus.CounterVec
 	auditSeconds  prometheus.Gauge
 	auditTime     prometheus.Gauge
+	// The node agent's answers to the plugin.
+	agentRequests     *prometheus.CounterVec
+	agentFetchSeconds prometheus.Histogram
+	podReads          *prometheus.CounterVec
 }
 
 // Phases of an ADD in shunt_cni_add_duration_seconds.
@@ -89,10 +93,24 @@ func newMetrics() *metrics {
 		}, []string{"action", "outcome"}),
 		auditSeconds: gauge("shunt_cni_audit_duration_seconds", "Wall time of the last drift audit."),
 		auditTime:    gauge("shunt_cni_audit_last_timestamp_seconds", "When the last drift audit ended (Unix time)."),
+		agentRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shunt_cni_agent_pod_requests_total",
+			Help: "Pods the plugin asked the node agent for, by source of the answer (cache: the agent's watch; api: read from the API server, for a pod the watch has not brought yet) and outcome (found, not_found, error).",
+		}, []string{"source", "outcome"}),
+		podReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shunt_cni_pod_reads_total",
+			Help: "Pods the plugin read for an ADD, by where from (agent: the node agent; api: the API server, the agent being unreachable).",
+		}, []string{"source"}),
+		agentFetchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "shunt_cni_agent_pod_fetch_duration_seconds",
+			Help:    "Time of the agent's reads from the API server of pods its watch had not brought.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
 	}
 	m.reg.MustRegister(m.programmed, m.skipped, m.addFailures, m.checkFailures, m.reports, m.addDuration,
 		m.repairs, m.rewrites, m.ready, m.backend, m.migrations,
 		m.podsAudited, m.podsDrifted, m.podDrifted, m.driftRepairs, m.auditSeconds, m.auditTime,
+		m.agentRequests, m.agentFetchSeconds, m.podReads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -120,6 +138,13 @@ func (m *metrics) observe(r cni.Report) {
 			m.skipped.Inc()
 		case cni.OutcomeFailed:
 			m.addFailures.Inc()
+		}
+		switch r.PodSource {
+		case "":
+		case cni.PodSourceAgent, cni.PodSourceAPI:
+			m.podReads.WithLabelValues(r.PodSource).Inc()
+		default:
+			m.podReads.WithLabelValues("other").Inc()
 		}
 		m.addDuration.WithLabelValues(phaseTotal).Observe(r.TotalSeconds)
 		if r.APISeconds > 0 {

@@ -12,8 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/shuntmesh/shunt/cni"
 )
@@ -57,6 +57,8 @@ type repairer struct {
 	log     *slog.Logger
 	metrics *metrics
 	checks  chan cni.Report
+	// pods is the agent's watch of the node's pods; nil: run watches them itself.
+	pods *nodePods
 
 	mu   sync.Mutex
 	done map[types.UID]bool
@@ -67,11 +69,17 @@ func newRepairer(client dynamic.Interface, node string, cfg RepairConfig, log *s
 		checks: make(chan cni.Report, 256), done: make(map[types.UID]bool)}
 }
 
-// run repairs until ctx is done.
+// run repairs until ctx is done. It takes the node's pods from the agent's watch (r.pods), or else
+// from a watch of its own.
 func (r *repairer) run(ctx context.Context) {
 	var wg sync.WaitGroup
+	pods := r.pods
+	if pods == nil {
+		pods = newNodePods(r.client, r.node, r.log, nil)
+		wg.Go(func() { pods.run(ctx) })
+	}
 	wg.Go(func() { r.handleChecks(ctx) })
-	r.watchPods(ctx)
+	r.watch(ctx, pods)
 	wg.Wait()
 }
 
@@ -111,102 +119,37 @@ func (r *repairer) handleChecks(ctx context.Context) {
 	}
 }
 
-// watchPods lists the node's pods, then watches them from the list's resource version, listing
-// again when the watch's history is gone.
-func (r *repairer) watchPods(ctx context.Context) {
-	pods := r.client.Resource(podsResource)
-	opts := metav1.ListOptions{FieldSelector: "spec.nodeName=" + r.node}
-	wait := backoff{min: time.Second, max: 30 * time.Second}
-	for ctx.Err() == nil {
-		list, err := pods.List(ctx, opts)
-		if err != nil {
-			r.log.Warn("repair: list pods", "node", r.node, "error", err)
-			sleep(ctx, wait.next())
-			continue
-		}
-		wait.reset()
-		seen := make(map[types.UID]bool, len(list.Items))
-		for i := range list.Items {
-			seen[list.Items[i].GetUID()] = true
-			r.check(ctx, &list.Items[i])
-		}
-		r.keepOnly(seen)
-		rv := list.GetResourceVersion()
-		for ctx.Err() == nil {
-			wopts := opts
-			wopts.ResourceVersion, wopts.AllowWatchBookmarks = rv, true
-			w, err := pods.Watch(ctx, wopts)
-			if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-				break
-			}
-			if err != nil {
-				r.log.Warn("repair: watch pods", "node", r.node, "error", err)
-				sleep(ctx, wait.next())
-				continue
-			}
-			started := time.Now()
-			var expired bool
-			rv, expired = r.consume(ctx, w, rv)
-			w.Stop()
-			if expired {
-				break
-			}
-			if time.Since(started) < time.Second {
-				sleep(ctx, wait.next()) // a watch that ends at once must not spin
-			} else {
-				wait.reset()
-			}
-		}
-	}
-}
-
-// consume handles the events of w until it ends, returning the last resource version seen and
-// whether the watch ended because that version is too old.
-func (r *repairer) consume(ctx context.Context, w watch.Interface, rv string) (string, bool) {
-	for {
-		select {
-		case <-ctx.Done():
-			return rv, false
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				return rv, false
-			}
-			if ev.Type == watch.Error {
-				err := apierrors.FromObject(ev.Object)
-				if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-					return rv, true
-				}
-				r.log.Warn("repair: watch pods", "node", r.node, "error", err)
-				return rv, false
-			}
-			pod, ok := ev.Object.(*unstructured.Unstructured)
-			if !ok {
-				continue
-			}
-			if v := pod.GetResourceVersion(); v != "" {
-				rv = v
-			}
-			switch ev.Type {
-			case watch.Added, watch.Modified:
+// watch hands the node's pods to check as the informer brings them, and forgets the repaired ones
+// that are gone, until ctx is done.
+func (r *repairer) watch(ctx context.Context, pods *nodePods) {
+	reg, err := pods.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if pod, ok := obj.(*unstructured.Unstructured); ok {
 				r.check(ctx, pod)
-			case watch.Deleted:
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if pod, ok := obj.(*unstructured.Unstructured); ok {
+				r.check(ctx, pod)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if pod, ok := obj.(*unstructured.Unstructured); ok {
 				r.mu.Lock()
 				delete(r.done, pod.GetUID())
 				r.mu.Unlock()
 			}
-		}
+		},
+	})
+	if err != nil {
+		r.log.Error("repair: watch pods", "node", r.node, "error", err)
+		return
 	}
-}
-
-// keepOnly forgets repaired pods that are gone.
-func (r *repairer) keepOnly(uids map[types.UID]bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for uid := range r.done {
-		if !uids[uid] {
-			delete(r.done, uid)
-		}
-	}
+	<-ctx.Done()
+	_ = pods.informer.RemoveEventHandler(reg)
 }
 
 // check repairs pod if its validation init container says its traffic is not captured.

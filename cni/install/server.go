@@ -42,22 +42,30 @@ func (in *Installer) Handler() http.Handler {
 
 // listenReports opens the report socket at path, replacing a stale one.
 func listenReports(path string) (*net.UnixConn, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := prepareSocket("report", path); err != nil {
 		return nil, err
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("report socket %s: exists and is not a socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, err
-		}
 	}
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("report socket: %w", err)
 	}
 	return conn, nil
+}
+
+// prepareSocket makes the directory of the what socket at path and removes a stale socket there.
+func prepareSocket(what, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return fmt.Errorf("%s socket %s: exists and is not a socket", what, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readReports counts the plugin's reports and hands failed CHECKs to the repair loop, until conn is

@@ -35,6 +35,7 @@ type installCNIFlags struct {
 	apiTimeout                          time.Duration
 	iptablesVariant, backend            string
 	reportSocket, hostReportSocket      string
+	agentSocket                         string
 	ebpfPinDir                          string
 	stateDir                            string
 	auditInterval                       time.Duration
@@ -84,6 +85,7 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	fs.StringVar(&f.iptablesVariant, "iptables-variant", "", "iptables the plugin uses: nft or legacy (default: detected per pod)")
 	fs.StringVar(&f.reportSocket, "report-socket", cni.DefaultReportSocket, "datagram socket the plugin reports to, as mounted")
 	fs.StringVar(&f.hostReportSocket, "host-report-socket", "", "the report socket as the host sees it (default: --report-socket)")
+	fs.StringVar(&f.agentSocket, "agent-socket", cni.DefaultAgentSocket, "socket the plugin asks for pods, answered from one watch of the node's pods (the same path on the host and here); empty for none")
 	fs.StringVar(&f.podName, "pod-name", "", "this installer's pod name (the chart sets $POD_NAME): the plugin lets this DaemonSet's pods through unmeshed while the API server cannot be reached")
 	fs.StringVar(&f.podNamespace, "pod-namespace", "", "this installer's pod namespace (the chart sets $POD_NAMESPACE)")
 	fs.StringVar(&f.ebpfPinDir, "ebpf-pin-dir", cni.DefaultEBPFPinDir, "bpffs directory of the node's eBPF agent, where the plugin registers pods annotated shunt.io/mode: ebpf")
@@ -168,6 +170,9 @@ func (f *installCNIFlags) prepare(getenv func(string) string) error {
 	}
 	if f.fs.Changed("host-report-socket") && f.reportSocket == "" {
 		bad("--host-report-socket", f.hostReportSocket, "only with a --report-socket: no reports are read without one")
+	}
+	if f.agentSocket != "" && !filepath.IsAbs(f.agentSocket) {
+		bad("--agent-socket", f.agentSocket, "not an absolute path: the plugin, on the host, reads it too")
 	}
 	if _, err := cni.ParseLogLevel(f.pluginLogLevel); err != nil {
 		bad("--cni-log-level", f.pluginLogLevel, err.Error())
@@ -267,11 +272,13 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 			IptablesVariant:   f.iptablesVariant,
 			ReportSocket:      hostSocket,
 			EBPFPinDir:        f.ebpfPinDir,
+			AgentSocket:       f.agentSocket,
 			StateDir:          f.stateDir,
 			AgentNamespace:    f.podNamespace,
 			AgentPodPrefix:    daemonSetPrefix(f.podName),
 		},
 		ReportSocket: f.reportSocket,
+		AgentSocket:  f.agentSocket,
 		HealthAddr:   f.healthAddr,
 		Client:       client,
 		NodeName:     f.nodeName,
