@@ -46,7 +46,7 @@ func images(t testing.TB) *cri.Images {
 type criNode struct {
 	*cri.Node
 	cluster   *kube.Cluster
-	cni       *cniNode // the conflist's paths: data dir, shunt-cni's log
+	cni       *cniNode // this node as TestCNI's helpers see it: namespace, API server, data dir, shunt-cni's log
 	binDir    string
 	confDir   string
 	recordDir string
