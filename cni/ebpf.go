@@ -16,6 +16,9 @@ type EBPFPod struct {
 	SockMsg bool            // splice its loopback sockets with sk_msg
 }
 
+// EBPFLayer is the eBPF data path of the node's agent whose maps are pinned at pinDir.
+func EBPFLayer(pinDir string) DataPathLayer { return ebpfLayer{pinDir: pinDir} }
+
 // ebpfLayer is the eBPF data path: the maps of the node's agent, pinned at pinDir.
 type ebpfLayer struct{ pinDir string }
 

@@ -222,7 +222,10 @@ func (inv *invocation) remember(pp *podPlan, backendName string) {
 	rec := podstate.Record{
 		ContainerID: inv.args.ContainerID, NetNS: inv.args.Netns,
 		Namespace: inv.namespace, Name: inv.name, UID: inv.uid,
-		Backend: backendName, Config: pp.config, EBPF: inv.report.DataPath == "ebpf", Updated: time.Now().UTC(),
+		Backend: backendName, Config: pp.config, Updated: time.Now().UTC(),
+	}
+	if inv.report.DataPath == "ebpf" {
+		rec.EBPF, rec.EBPFPinDir, rec.IPs, rec.SockMsg = true, inv.conf.EBPFPinDir, pp.ips, pp.dataPath.SockMsg
 	}
 	if err := (podstate.Store{Dir: inv.conf.StateDir}).Put(rec); err != nil {
 		inv.log.Warn("could not record the pod for the node agent", "state_dir", inv.conf.StateDir, "error", err.Error())

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/shuntmesh/shunt/cni"
 	"github.com/shuntmesh/shunt/cni/podstate"
 )
 
@@ -70,11 +71,12 @@ func (a *auditor) audit(ctx context.Context) []podstate.Status {
 	statuses := make([]podstate.Status, 0, len(recs))
 	drifted := 0
 	seen := map[string]bool{}
+	var checker podstate.Checker
 	for _, r := range recs {
 		if ctx.Err() != nil {
 			break
 		}
-		st := podstate.Check(ctx, r)
+		st := checker.Check(ctx, r)
 		switch st.State {
 		case podstate.Gone:
 			// DEL did not come (a runtime that lost the sandbox): the record is stale.
@@ -119,7 +121,7 @@ func (a *auditor) driftFound(ctx context.Context, r podstate.Record, st *podstat
 	switch action {
 	case DriftReconcile, "":
 		action = DriftReconcile
-		if err := podstate.Reconcile(ctx, r); err != nil {
+		if err := reconcile(ctx, r); err != nil {
 			did = "could not put them back: " + err.Error()
 			a.metrics.driftRepairs.WithLabelValues(action, "failed").Inc()
 		} else {
@@ -149,6 +151,17 @@ func (a *auditor) driftFound(ctx context.Context, r podstate.Record, st *podstat
 	if err := recordEvent(ctx, a.client, a.node, ref, driftEventReason, msg); err != nil {
 		a.log.Warn("audit: record event", "pod", st.Pod, "error", err)
 	}
+}
+
+// reconcile puts r's rules back in place and, for an eBPF pod, its registration with the node's agent.
+func reconcile(ctx context.Context, r podstate.Record) error {
+	if err := podstate.Reconcile(ctx, r); err != nil {
+		return err
+	}
+	if !r.EBPF {
+		return nil
+	}
+	return cni.EBPFLayer(r.EBPFPinDir).Register(cni.EBPFPod{NetNS: r.NetNS, Config: r.Config, IPs: r.IPs, SockMsg: r.SockMsg})
 }
 
 // handOver gives a drifted pod to the repair loop's label or delete action.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shuntmesh/shunt/backend"
+	shuntebpf "github.com/shuntmesh/shunt/ebpf"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -33,9 +34,82 @@ type Status struct {
 	Checked     time.Time `json:"checked"`
 }
 
-// Check compares the rules in r's namespace with the plan of its settings on its backend, changing
-// nothing.
+// Check compares the rules in r's namespace with the plan of its settings on its backend and, for an
+// eBPF pod, looks for it in the node's eBPF agent, changing nothing.
 func Check(ctx context.Context, r Record) Status {
+	var c Checker
+	return c.Check(ctx, r)
+}
+
+// Checker checks pods as Check does, reading each eBPF agent's registrations once: one per pass over
+// the node's pods. The zero value is ready.
+type Checker struct {
+	layers map[string]ebpfPods
+}
+
+// ebpfPods are the namespace cookies an eBPF agent holds, or why they could not be read.
+type ebpfPods struct {
+	cookies map[uint64]bool
+	err     error
+}
+
+// Check checks r, as the package's Check.
+func (c *Checker) Check(ctx context.Context, r Record) Status {
+	st := c.checkRules(ctx, r)
+	if st.State == Captured && r.EBPF {
+		c.checkEBPF(r, &st)
+	}
+	return st
+}
+
+// checkEBPF finds an eBPF pod whose rules are in place drifted when the node's eBPF agent (at the
+// record's pin directory) does not hold it: its connections then take the rules' slower path, or no
+// agent is loaded at all.
+func (c *Checker) checkEBPF(r Record, st *Status) {
+	if c.layers == nil {
+		c.layers = map[string]ebpfPods{}
+	}
+	l, ok := c.layers[r.EBPFPinDir]
+	if !ok {
+		l.cookies, l.err = registeredPods(r.EBPFPinDir)
+		c.layers[r.EBPFPinDir] = l
+	}
+	switch {
+	case errors.Is(l.err, shuntebpf.ErrNotLoaded):
+		st.State, st.Drift = Drifted, "the node's eBPF agent is not loaded ("+r.EBPFPinDir+"): the pod runs on its rules alone"
+		return
+	case l.err != nil:
+		st.State, st.Err = Unknown, l.err.Error()
+		return
+	}
+	cookie, err := shuntebpf.NetNSCookie(r.NetNS)
+	if err != nil {
+		st.State, st.Err = Unknown, err.Error()
+		return
+	}
+	if !l.cookies[cookie] {
+		st.State, st.Drift = Drifted, "not registered with the node's eBPF agent ("+r.EBPFPinDir+"): the pod runs on its rules alone"
+	}
+}
+
+func registeredPods(pinDir string) (map[uint64]bool, error) {
+	node, err := shuntebpf.Open(pinDir)
+	if err != nil {
+		return nil, err
+	}
+	defer node.Close()
+	cookies, err := node.Pods()
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[uint64]bool, len(cookies))
+	for _, c := range cookies {
+		set[c] = true
+	}
+	return set, nil
+}
+
+func (c *Checker) checkRules(ctx context.Context, r Record) Status {
 	st := Status{Pod: r.Pod(), UID: r.UID, ContainerID: r.ContainerID, NetNS: r.NetNS, Backend: r.Backend, Checked: time.Now().UTC()}
 	b, plan, err := r.plan()
 	switch {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,8 +44,12 @@ type Record struct {
 	Backend string `json:"backend"`
 	// Config is what the rules were planned from.
 	Config redirect.Config `json:"config"`
-	// EBPF is set when the pod was registered with the node's eBPF agent.
-	EBPF bool `json:"ebpf,omitempty"`
+	// EBPF is set when the pod was registered with the node's eBPF agent, whose maps are pinned in
+	// EBPFPinDir; IPs and SockMsg are what it was registered with.
+	EBPF       bool         `json:"ebpf,omitempty"`
+	EBPFPinDir string       `json:"ebpf_pin_dir,omitempty"`
+	IPs        []netip.Addr `json:"ips,omitempty"`
+	SockMsg    bool         `json:"sockmsg,omitempty"`
 	// Updated is when the record was last written (ADD, or a migration).
 	Updated time.Time `json:"updated"`
 }
@@ -197,6 +202,9 @@ func Parse(data []byte) (Record, error) {
 	case "iptables-nft", "iptables-legacy", "nftables":
 	default:
 		bad("backend", r.Backend, `want "iptables-nft", "iptables-legacy" or "nftables"`)
+	}
+	if r.EBPF && !filepath.IsAbs(r.EBPFPinDir) {
+		bad("ebpf_pin_dir", r.EBPFPinDir, "not an absolute path")
 	}
 	if err := r.Config.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("config: %w", err))

@@ -42,8 +42,9 @@ func newStatusCmd(env capture.Env) *cobra.Command {
 		recs, listErr := podstate.Store{Dir: *stateDir}.List()
 		sts := make([]podstate.Status, 0, len(recs))
 		bad := 0
+		var checker podstate.Checker
 		for _, r := range recs {
-			st := podstate.Check(cmd.Context(), r)
+			st := checker.Check(cmd.Context(), r)
 			if st.State == podstate.Drifted || st.State == podstate.Unknown {
 				bad++
 			}
