@@ -126,6 +126,11 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 	}
 
 	flags := apiserverFlags(c.dir, pki, etcdURL)
+	audit, err := writeAuditPolicy(c.dir)
+	if err != nil {
+		t.Fatalf("write audit policy: %v", err)
+	}
+	maps.Copy(flags, audit)
 	maps.Copy(flags, o.flags)
 	for attempt := 1; ; attempt++ {
 		err = c.startAPIServer(ctx, t, apiserverBin, flags, pki.adminToken)

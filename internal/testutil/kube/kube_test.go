@@ -63,6 +63,16 @@ func TestCluster(t *testing.T) {
 	if got.Spec.NodeName != node.Name || got.Status.Phase != corev1.PodPending {
 		t.Errorf("pod node %q phase %q, want %q %q", got.Spec.NodeName, got.Status.Phase, node.Name, corev1.PodPending)
 	}
+	// The audit log holds both requests, by the admin.
+	var audited []string
+	for _, e := range c.PodRequests(t) {
+		if e.ObjectRef.Name == pod.Name && e.User.Username == "admin" && e.ResponseStatus.Code/100 == 2 {
+			audited = append(audited, e.Verb)
+		}
+	}
+	if !slices.Equal(audited, []string{"create", "get"}) {
+		t.Errorf("audited requests on the pod: %q, want create and get", audited)
+	}
 
 	event := &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{GenerateName: "app-", Namespace: ns},
