@@ -10,9 +10,10 @@ import (
 )
 
 // measureRerun times, for each iptables variant of opts, the init container's second run (kubelet
-// runs an init container again when the pod's sandbox survives) against a bare save of the same rules,
-// and a reconcile to another configuration against a fresh install of it. Each timed process gets a
-// pod of its own, prepared untimed; rounds interleave the kinds in rotating order.
+// runs an init container again when the pod's sandbox survives) against a bare save of the same rules
+// and the empty Go program (the floor of any Go binary), and a reconcile to another configuration
+// against a fresh install of it. Each timed process gets a pod of its own, prepared untimed; rounds
+// interleave the kinds in rotating order.
 func measureRerun(ctx context.Context, opts *options) (map[string]map[string][]time.Duration, error) {
 	out := map[string]map[string][]time.Duration{}
 	b := &bench{opts: opts}
@@ -33,9 +34,8 @@ func measureRerun(ctx context.Context, opts *options) (map[string]map[string][]t
 	}
 	for i := range opts.warmup + opts.n {
 		for v := range out {
-			kinds := []string{kindRerun, kindSave, kindReconcile, kindFresh}
-			for j := range kinds {
-				kind := kinds[(i+j)%len(kinds)]
+			for j := range rerunKinds {
+				kind := rerunKinds[(i+j)%len(rerunKinds)]
 				d, err := b.rerunRound(ctx, kind, v, init)
 				if err != nil {
 					return nil, fmt.Errorf("%s %s, round %d: %w", v, kind, i+1, err)
@@ -68,6 +68,8 @@ func (b *bench) rerunRound(ctx context.Context, kind, variant string, init func(
 		cmd = init(variant)
 	case kindSave:
 		cmd = exec.CommandContext(ctx, "iptables-"+variant+"-save")
+	case kindEmptyGo:
+		cmd = exec.CommandContext(ctx, b.opts.goEmpty)
 	case kindReconcile:
 		cmd = init(variant, append(tproxy, "--reconcile")...)
 	case kindFresh:
