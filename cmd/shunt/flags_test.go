@@ -41,7 +41,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude",
 		"istio-exclude-interfaces", "kube-virt-interfaces", "istio-inbound-tproxy-mark",
 		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
-		"dual-stack", "pod", "to", "network-namespace", "force-iptables-binary", "log_output_level", "log_as_json",
+		"dual-stack", "pod", "to", "stage", "network-namespace", "force-iptables-binary", "log_output_level", "log_as_json",
 	}, required: []string{"to"}},
 	"shunt cleanup": {flags: []string{"network-namespace", "native-nftables", "force-iptables-binary",
 		"log_output_level", "log_as_json"}},
@@ -54,7 +54,8 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"exclude-namespaces", "cni-api-timeout", "backend", "iptables-variant", "report-socket", "host-report-socket",
 		"ebpf-pin-dir", "pod-name", "pod-namespace", "health-addr", "monitoring-port", "repair-mode", "repair-label-key", "repair-init-container",
 		"repair-exit-code", "fight-threshold", "fight-window", "fight-backoff", "fight-backoff-max", "resync-interval",
-		"log-format", "log-level"}, required: []string{"node-name"}},
+		"log-format", "log-level", "state-dir", "migrate-pods", "audit-interval", "drift-repair", "agent-socket"},
+		required: []string{"node-name"}},
 	"shunt ebpf":        {flags: []string{"pin-dir"}},
 	"shunt ebpf load":   {flags: []string{"pin-dir", "cgroup"}},
 	"shunt ebpf run":    {flags: []string{"pin-dir", "cgroup", "health-addr", "gc-interval", "unload-on-stop", "log-level", "log-format"}},
@@ -66,8 +67,10 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude",
 		"istio-exclude-interfaces", "redirect-dns", "capture-all-dns", "dns-servers", "ipv6",
 		"dual-stack", "log_output_level", "log_as_json"}, required: []string{"network-namespace"}},
-	"shunt ebpf leave": {flags: []string{"pin-dir", "netns"}, required: []string{"netns"}},
-	"shunt doctor":     {flags: []string{"network-namespace", "json"}},
+	"shunt ebpf leave":   {flags: []string{"pin-dir", "netns"}, required: []string{"netns"}},
+	"shunt doctor":       {flags: []string{"network-namespace", "json"}},
+	"shunt migrate-pods": {flags: []string{"to", "iptables-variant", "state-dir", "json"}, required: []string{"to"}},
+	"shunt status":       {flags: []string{"state-dir", "json"}},
 }
 
 // TestCommandFlags: every command registers exactly the flags it honours, and marks the required ones.
