@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -15,7 +16,50 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
 )
+
+// startBenchAgent runs `shunt install-cni` in node n as the node agent only (the plugin is run from
+// the benchmark's own conflist): admin access, no health server, repair or drift audit. It returns the
+// agent's socket, once it is there, and its pid; the benchmark's end kills it.
+func startBenchAgent(b *testing.B, n *cniNode) (socket string, pid int) {
+	b.Helper()
+	dir := b.TempDir()
+	socket = filepath.Join(dir, "agent.sock")
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("unused"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	cmd := n.ns.Command(nil, bins.Path(b, pkgShunt), "install-cni",
+		"--cni-bin-dir", filepath.Join(dir, "bin"), "--cni-net-dir", filepath.Join(dir, "net"),
+		"--token-file", token, "--ca-file", "", "--api-server", n.cluster.URL, "--kubeconfig", n.cluster.Kubeconfig,
+		"--node-name", nodeName, "--agent-socket", socket, "--report-socket", "", "--health-addr", "",
+		"--repair-mode", "off", "--audit-interval", "0", "--state-dir", filepath.Join(dir, "pods"))
+	var logs testutil.LockedBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if b.Failed() {
+			b.Logf("node agent log:\n%s", tail(logs.String(), 40))
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(socket); err == nil {
+			return socket, cmd.Process.Pid
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("no agent socket after 30s:\n%s", tail(logs.String(), 40))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
 
 // addReport is the part of shunt-cni's report (see cni.Report) the benchmark reads.
 type addReport struct {
@@ -29,12 +73,15 @@ type addReport struct {
 
 // BenchmarkCNIAdd measures CNI ADD on a node with a real API server: the wall time of the runtime's
 // whole ADD (bridge + host-local + shunt-cni, as libcni runs it) for meshed pods one at a time and
-// 50 at once, next to the same ADD without shunt-cni; and, from shunt-cni's own reports, the API
-// round trip apart from rule programming. `make bench` runs it once (-benchtime 1x) and it prints
-// p50 and p99 of each.
+// 100 at once, next to the same ADD without shunt-cni; shunt-cni reads each pod from the API server
+// (no agent), or from the node agent (`shunt install-cni --agent-socket`, which watches the node's
+// pods). From shunt-cni's own reports: the pod read apart from rule programming; from the API
+// server's audit log: the plugin's own API requests per ADD; and the agent's RSS holding the 100
+// pods. `make bench` runs it once (-benchtime 1x) and it prints p50 and p99 of each.
 func BenchmarkCNIAdd(b *testing.B) {
-	const serial, concurrent = 100, 50
+	const serial, concurrent = 100, 100
 	n := newCNINode(b)
+	agentSocket, agentPid := startBenchAgent(b, n)
 	sock := filepath.Join(b.TempDir(), "reports.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -61,7 +108,9 @@ func BenchmarkCNIAdd(b *testing.B) {
 			}
 		}
 	}()
-	withShunt := n.conflist(b, `"kubeconfig":"`+n.cluster.Kubeconfig+`","report_socket":"`+sock+`"`)
+	withShunt := n.conflist(b, `"kubeconfig":"`+n.cluster.Kubeconfig+`","report_socket":"`+sock+`","agent_socket":""`)
+	withAgent := n.conflist(b, `"kubeconfig":"`+n.cluster.Kubeconfig+`","report_socket":"`+sock+`","agent_socket":"`+agentSocket+`"`)
+	var agentRSS int64
 	plain, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"plain","plugins":[
 		{"type":"bridge","bridge":"cni1","isGateway":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.89.0.0/16"}]],"dataDir":%q}}]}`,
 		filepath.Join(n.dataDir, "ipam-plain"))))
@@ -97,9 +146,16 @@ func BenchmarkCNIAdd(b *testing.B) {
 				b.Fatalf("ADD %s: %v", pods[i].name, err)
 			}
 		}
-		for _, p := range pods { // keep the node's namespace count steady between rounds
+		if list == withAgent && parallel {
+			agentRSS = vmRSS(b, agentPid) // holding this round's pods
+		}
+		for _, p := range pods { // keep the node's namespace and pod counts steady between rounds
 			if err := n.del(b, list, p); err != nil {
 				b.Fatalf("DEL %s: %v", p.name, err)
+			}
+			if err := n.cluster.Client.CoreV1().Pods(p.namespace).Delete(context.Background(), p.name,
+				metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+				b.Fatalf("delete pod %s: %v", p.name, err)
 			}
 		}
 		return took
@@ -128,10 +184,13 @@ func BenchmarkCNIAdd(b *testing.B) {
 
 	b.ResetTimer()
 	run("warm", withShunt, 5, false)
+	run("warm-agent", withAgent, 5, false)
 	plainSerial := run("plain-serial", plain, serial, false)
 	shuntSerial := run("serial", withShunt, serial, false)
+	agentSerial := run("agent-serial", withAgent, serial, false)
 	plainConc := run("plain-conc", plain, concurrent, true)
 	shuntConc := run("conc", withShunt, concurrent, true)
+	agentConc := run("agent-conc", withAgent, concurrent, true)
 	b.StopTimer()
 
 	w := tabwriter.NewWriter(os.Stdout, 2, 0, 2, ' ', tabwriter.AlignRight)
@@ -140,18 +199,27 @@ func BenchmarkCNIAdd(b *testing.B) {
 	row := func(what string, ds []time.Duration) {
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t\n", what, len(ds), msf(pct(ds, 50)), msf(pct(ds, 99)))
 	}
-	row("bridge+host-local, 1 at a time", plainSerial)
-	row("bridge+host-local+shunt-cni, 1 at a time", shuntSerial)
-	api, prog, total := split("serial", serial)
-	row("  shunt-cni: API read (GET pod)", api)
-	row("  shunt-cni: rule programming", prog)
-	row("  shunt-cni: whole command (in process)", total)
-	row("bridge+host-local, 50 at once", plainConc)
-	row("bridge+host-local+shunt-cni, 50 at once", shuntConc)
-	api, prog, total = split("conc", concurrent)
-	row("  shunt-cni: API read (GET pod)", api)
-	row("  shunt-cni: rule programming", prog)
-	row("  shunt-cni: whole command (in process)", total)
+	perADD := func(prefix string, count int) string {
+		return fmt.Sprintf("%.2f", float64(pluginRequests(b, n.cluster, prefix))/float64(count))
+	}
+	rows := func(what string, count int, plainD, apiD, agentD []time.Duration, prefix string) {
+		row("bridge+host-local, "+what, plainD)
+		row("bridge+host-local+shunt-cni, no agent, "+what, apiD)
+		api, prog, total := split(prefix, count)
+		row("  shunt-cni: pod read (GET from the API server)", api)
+		row("  shunt-cni: rule programming", prog)
+		row("  shunt-cni: whole command (in process)", total)
+		fmt.Fprintf(w, "  shunt-cni: its API requests per ADD\t%d\t%s\t\t\n", count, perADD(prefix, count))
+		row("bridge+host-local+shunt-cni, node agent, "+what, agentD)
+		api, prog, total = split("agent-"+prefix, count)
+		row("  shunt-cni: pod read (from the agent)", api)
+		row("  shunt-cni: rule programming", prog)
+		row("  shunt-cni: whole command (in process)", total)
+		fmt.Fprintf(w, "  shunt-cni: its API requests per ADD\t%d\t%s\t\t\n", count, perADD("agent-"+prefix, count))
+	}
+	rows("1 at a time", serial, plainSerial, shuntSerial, agentSerial, "serial")
+	rows(fmt.Sprintf("%d at once", concurrent), concurrent, plainConc, shuntConc, agentConc, "conc")
+	fmt.Fprintf(w, "node agent RSS holding %d pods\t\t%.1f MiB\t\t\n", concurrent, float64(agentRSS)/(1<<20))
 	w.Flush()
 }
 
