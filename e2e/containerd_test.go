@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/internal/testutil/cri"
 	"github.com/shuntmesh/shunt/internal/testutil/kube"
 )
@@ -56,6 +57,7 @@ type criNode struct {
 // imported.
 func newCRINode(t *testing.T, imports ...string) *criNode {
 	t.Helper()
+	testutil.RequireRoot(t)
 	im := images(t)
 	var imgs []cri.Image
 	for _, pkg := range imports {
