@@ -3,6 +3,8 @@ package cri
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -83,7 +85,8 @@ var staleName = regexp.MustCompile(`^shunt-cri-(\d+)-`)
 //
 // Nothing lands in containerd's system paths but the shims' sockets: containerd 1.6 puts them in
 // /run/containerd/s, named by a hash of its own socket's path (so they never collide with a
-// system containerd's), and each shim removes its socket when it exits.
+// system containerd's); each shim removes its socket when it exits, and the cleanup those of the
+// shims it has to kill.
 func Start(t testing.TB, opts Options) *Node {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -432,13 +435,19 @@ func RemoveStale() error {
 	return errors.Join(errs...)
 }
 
-// removeNode kills every process that names dir on its command line (containerd, its shims) and
-// every process in the cgroups called name, unmounts everything under dir and removes it and the
-// cgroups.
+// removeNode kills the containerd and shims that name dir on their command line and every process
+// in the cgroups called name, removes the sockets of those shims, unmounts everything under dir and
+// removes it and the cgroups.
 func removeNode(dir, name string) error {
 	var errs []error
-	for _, pid := range processesNaming(dir) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, p := range containerdProcesses(dir) {
+		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		// A killed shim leaves its socket.
+		if sock := p.shimSocket(); sock != "" {
+			if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
 	}
 	for _, root := range cgroupRoots() {
 		if err := removeCgroup(filepath.Join(root, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -460,21 +469,54 @@ func removeNode(dir, name string) error {
 	return errors.Join(errs...)
 }
 
-// processesNaming returns the processes with s in their command line.
-func processesNaming(s string) []int {
+// shimSocketDir is where containerd 1.6's shims put their sockets, whatever containerd's state
+// directory.
+const shimSocketDir = "/run/containerd/s"
+
+// process is a running process and its command line.
+type process struct {
+	pid  int
+	args []string
+}
+
+// flag returns the value of the command line's flag name ("-id VALUE"), or "".
+func (p process) flag(name string) string {
+	if i := slices.Index(p.args, name); i >= 0 && i+1 < len(p.args) {
+		return p.args[i+1]
+	}
+	return ""
+}
+
+// shimSocket returns the socket of the shim p, or "" when p is no shim: containerd 1.6 names it by
+// a hash of containerd's address, the namespace and the sandbox id.
+func (p process) shimSocket() string {
+	addr, ns, id := p.flag("-address"), p.flag("-namespace"), p.flag("-id")
+	if addr == "" || ns == "" || id == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(filepath.Join(addr, ns, id)))
+	return filepath.Join(shimSocketDir, hex.EncodeToString(sum[:]))
+}
+
+// containerdProcesses returns the containerd and shim processes with s in their command line.
+func containerdProcesses(s string) []process {
 	entries, _ := os.ReadDir("/proc")
-	var pids []int
+	var out []process
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
+		if err != nil {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), s) {
-			pids = append(pids, pid)
+		if err != nil || !strings.Contains(string(cmdline), s) {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		if strings.HasPrefix(filepath.Base(args[0]), "containerd") {
+			out = append(out, process{pid: pid, args: args})
 		}
 	}
-	return pids
+	return out
 }
 
 // cgroupRoots returns the mount points of every cgroup hierarchy, v1 and v2.

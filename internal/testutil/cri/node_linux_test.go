@@ -36,6 +36,7 @@ func TestStart(t *testing.T) {
 	}
 	images := NewImages(dir)
 	var nodeDir string
+	var shims []process
 	t.Run("node", func(t *testing.T) {
 		n := Start(t, Options{CNIBinDir: binDir, CNIConfDir: confDir, Images: images})
 		nodeDir = n.Dir
@@ -55,14 +56,23 @@ func TestStart(t *testing.T) {
 		if st := n.containerStatus(t, id); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 			t.Errorf("container %s: %v", id, st.State)
 		}
-		if pids := processesNaming(n.Dir); len(pids) < 2 {
-			t.Errorf("processes naming %s: %v, want containerd and a shim", n.Dir, pids)
+		if procs := containerdProcesses(n.Dir); len(procs) < 2 {
+			t.Errorf("containerd processes naming %s: %v, want containerd and a shim", n.Dir, procs)
+		} else {
+			shims = procs
 		}
 	})
 	if _, err := os.Stat(nodeDir); !os.IsNotExist(err) {
 		t.Errorf("node directory %s after cleanup: %v", nodeDir, err)
 	}
-	if left := processesNaming(nodeDir); len(left) > 0 {
-		t.Errorf("processes naming %s after cleanup: %v", nodeDir, left)
+	if left := containerdProcesses(nodeDir); len(left) > 0 {
+		t.Errorf("containerd processes naming %s after cleanup: %v", nodeDir, left)
+	}
+	for _, p := range shims {
+		if sock := p.shimSocket(); sock != "" {
+			if _, err := os.Stat(sock); !os.IsNotExist(err) {
+				t.Errorf("the socket %s of shim %v is left: %v", sock, p.args, err)
+			}
+		}
 	}
 }
