@@ -209,7 +209,7 @@ func TestCheckNamesChanges(t *testing.T) {
 	err := Check(context.Background(), plan, opts)
 	for _, want := range []string{
 		"istio-proxy-nat istio-redirect: missing rule meta l4proto tcp counter redirect to :15001",
-		"istio-proxy-nat istio-output: unexpected rule [meta l4proto r1; r1 == 06; payload transport+2/2 r1; r1 == 0009; return]",
+		"istio-proxy-nat istio-output: unexpected rule [meta l4proto tcp th dport 9 return]",
 	} {
 		if !errors.Is(err, ErrDrift) || !strings.Contains(err.Error(), want) {
 			t.Errorf("check: %v\nwant it to name: %s", err, want)

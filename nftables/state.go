@@ -58,7 +58,7 @@ func (r RuleState) String() string {
 	if r.Text != "" {
 		return r.Text
 	}
-	return "[" + r.Exprs + "]"
+	return "[" + Pretty(r.Exprs) + "]"
 }
 
 // Empty reports whether s holds no table of ours.
