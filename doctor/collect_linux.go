@@ -28,7 +28,7 @@ import (
 // Collect reads the namespace at opts.NetNS and the kernel and returns the report. What it cannot read
 // becomes a warning; it fails only when it cannot enter the namespace.
 func Collect(ctx context.Context, opts Options) (*Report, error) {
-	f := &facts{netns: opts.NetNS}
+	f := &facts{netns: opts.NetNS, mode: opts.Mode}
 	if err := netns.Do(opts.NetNS, func() error { return readNamespace(f) }); err != nil {
 		return nil, fmt.Errorf("network namespace %s: %w", opts.NetNS, err)
 	}

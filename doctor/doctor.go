@@ -29,6 +29,9 @@ var ErrNotSupported = errors.New("shunt doctor needs Linux")
 type Options struct {
 	// NetNS is the path of the network namespace; "" is the current one.
 	NetNS string
+	// Mode is the inbound interception mode the namespace is to get (REDIRECT or TPROXY); empty when
+	// unknown, and then a kernel without TPROXY is warned about whatever the mode.
+	Mode redirect.Mode
 }
 
 // Report is what Collect found. Its JSON (`shunt doctor --json`) is stable: fields are added, never
@@ -239,6 +242,7 @@ func (t Table) text() string {
 // facts is what Collect reads, before it is judged: the tests build it by hand.
 type facts struct {
 	netns, kernel string
+	mode          redirect.Mode
 	choice        backend.Choice
 	choiceErr     error
 	// procNet says /proc/thread-self/net exists in the namespace; legacy[i] is the list of family i
@@ -485,9 +489,13 @@ func (r *Report) judge(f *facts) {
 			r.warn("shunt's %s rules use TPROXY, which this kernel lacks (%s)", in, ft.Detail)
 		}
 	}
-	if r.Decision.Backend != "" {
+	if r.Decision.Backend != "" && f.mode != redirect.ModeRedirect {
 		if ft, _ := r.Feature(FeatureTProxyIptables); ft.State == Missing {
-			r.warn("TPROXY inbound interception cannot work with %s on this kernel (%s): use REDIRECT mode", r.Decision.Backend, ft.Detail)
+			what := "TPROXY inbound interception cannot work"
+			if f.mode == redirect.ModeTProxy {
+				what = "the TPROXY mode asked for cannot work"
+			}
+			r.warn("%s with %s on this kernel (%s): use REDIRECT mode", what, r.Decision.Backend, ft.Detail)
 		}
 	}
 	if ft, _ := r.Feature(FeatureNFTables); ft.State == Missing && r.Decision.Backend == "iptables-nft" {

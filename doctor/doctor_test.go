@@ -101,6 +101,16 @@ func TestBuildWarnings(t *testing.T) {
 			delete(f.config, "NETFILTER_XT_TARGET_TPROXY")
 			f.targets = [2][]string{}
 		}, []string{"TPROXY inbound interception cannot work with iptables-nft"}},
+		{"no xt TPROXY, TPROXY asked for", func(f *facts) {
+			delete(f.config, "NETFILTER_XT_TARGET_TPROXY")
+			f.targets = [2][]string{}
+			f.mode = redirect.ModeTProxy
+		}, []string{"the TPROXY mode asked for cannot work with iptables-nft"}},
+		{"no xt TPROXY, REDIRECT asked for", func(f *facts) {
+			delete(f.config, "NETFILTER_XT_TARGET_TPROXY")
+			f.targets = [2][]string{}
+			f.mode = redirect.ModeRedirect
+		}, nil},
 		{"no nf_tables", func(f *facts) {
 			delete(f.config, "NF_TABLES")
 			f.nftErr = errors.New("netlink socket: protocol not supported")

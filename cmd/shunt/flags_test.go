@@ -68,7 +68,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"istio-exclude-interfaces", "redirect-dns", "capture-all-dns", "dns-servers", "ipv6",
 		"dual-stack", "log_output_level", "log_as_json"}, required: []string{"network-namespace"}},
 	"shunt ebpf leave":   {flags: []string{"pin-dir", "netns"}, required: []string{"netns"}},
-	"shunt doctor":       {flags: []string{"network-namespace", "json"}},
+	"shunt doctor":       {flags: []string{"network-namespace", "json", "istio-inbound-interception-mode"}},
 	"shunt migrate-pods": {flags: []string{"to", "iptables-variant", "state-dir", "json"}, required: []string{"to"}},
 	"shunt status":       {flags: []string{"state-dir", "json"}},
 }

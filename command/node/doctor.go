@@ -43,7 +43,13 @@ func newDoctorCmd(env capture.Env) *cobra.Command {
 	netns := cmd.Flags().String("network-namespace", "", "path of the network namespace to read (default: the current one)")
 	cmd.Flags().SetNormalizeFunc(netnsAlias)
 	asJSON := cmd.Flags().Bool("json", false, "print the report as JSON")
+	mode := cmd.Flags().StringP("istio-inbound-interception-mode", "m", "", "the inbound interception mode the namespace is to get, REDIRECT or TPROXY: warnings then concern that mode only (default: any)")
 	cmd.PreRunE = func(*cobra.Command, []string) error {
+		switch redirect.Mode(*mode) {
+		case "", redirect.ModeRedirect, redirect.ModeTProxy:
+		default:
+			return &redirect.FieldError{Field: "--istio-inbound-interception-mode", Value: *mode, Err: errors.New("want REDIRECT or TPROXY")}
+		}
 		if *netns == "" {
 			return nil
 		}
@@ -53,7 +59,7 @@ func newDoctorCmd(env capture.Env) *cobra.Command {
 		return nil
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		r, err := doctor.Collect(cmd.Context(), doctor.Options{NetNS: *netns})
+		r, err := doctor.Collect(cmd.Context(), doctor.Options{NetNS: *netns, Mode: redirect.Mode(*mode)})
 		if err != nil {
 			return err
 		}

@@ -25,6 +25,7 @@ func TestDoctorRefuses(t *testing.T) {
 		{[]string{"--native-nftables"}, "unknown flag: --native-nftables"},
 		{[]string{"--network-namespace", "/nonexistent/ns"}, `--network-namespace: invalid value "/nonexistent/ns"`},
 		{[]string{"--netns", "/nonexistent/ns"}, `--network-namespace: invalid value "/nonexistent/ns"`},
+		{[]string{"-m", "tproxy"}, `--istio-inbound-interception-mode: invalid value "tproxy": want REDIRECT or TPROXY`},
 	} {
 		err := testutil.ParseCommand(newDoctorCmd(capture.Env{}), tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
