@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -58,18 +57,12 @@ func TestAgent(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
-	waitFor(t, "/readyz 200", func() bool {
-		resp, err := web.Get("http://" + health + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+	var list *libcni.NetworkConfigList
+	waitFor(t, "shunt-cni installed", func() bool {
+		var err error
+		list, err = libcni.LoadConfList(netDir, "k8s-pod-network")
+		return err == nil && len(list.Plugins) == 2
 	})
-	list, err := libcni.LoadConfList(netDir, "k8s-pod-network")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var entry struct {
 		AgentSocket string `json:"agent_socket"`
 	}

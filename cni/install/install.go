@@ -116,7 +116,7 @@ type Installer struct {
 	binPath string
 	src     fileDigest
 	repair  *repairer
-	pods    *nodePods // the agent's watch of the node's pods; nil without Client
+	pods    *nodePods // the one watch of the node's pods, for the agent's socket and the repair loop
 	audit   *auditor  // nil: no drift audit
 	// firstReady is closed when the plugin is first installed and verified.
 	firstReady chan struct{}
@@ -240,7 +240,7 @@ func New(cfg Config) (*Installer, error) {
 
 		firstReady: make(chan struct{}),
 	}
-	if cfg.Client != nil {
+	if cfg.Client != nil && (cfg.AgentSocket != "" || cfg.Repair.Mode != RepairOff) {
 		in.pods = newNodePods(cfg.Client, cfg.NodeName, log, in.metrics)
 	}
 	if cfg.Client != nil && cfg.Repair.Mode != RepairOff {
