@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -181,5 +184,39 @@ func TestAgentFetchesOnce(t *testing.T) {
 	}
 	if got := len(actions(c, "get", "pods")); got != 1 {
 		t.Errorf("%d API reads for %d concurrent requests, want 1", got, n)
+	}
+}
+
+// TestInstallerServesAgentSocket: the installer serves the node's pods on its agent socket, from the
+// same watch as its repair loop, and takes the socket away when it stops.
+func TestInstallerServesAgentSocket(t *testing.T) {
+	_, cfg := newTestNode(t)
+	c := newFakeClient(node("n"), fullPod("shop", "cart-1", "u1"))
+	cfg.Client, cfg.NodeName = c, "n"
+	cfg.AgentSocket = filepath.Join(mustShortDir(t), "agent.sock")
+	_, stop := start(t, cfg)
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.AgentSocket)
+	}}}
+	var pod cni.Pod
+	waitFor(t, "the pod served", func() bool {
+		resp, err := client.Get("http://agent/v1/pods/shop/cart-1?uid=u1")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&pod) == nil
+	})
+	if pod.Metadata.Name != "cart-1" {
+		t.Errorf("served %+v", pod)
+	}
+	if got := len(actions(c, "watch", "pods")); got != 1 {
+		t.Errorf("%d watches of the node's pods, want one for the agent and the repair loop", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cfg.AgentSocket); !os.IsNotExist(err) {
+		t.Errorf("agent socket after stop: %v, want it gone", err)
 	}
 }
