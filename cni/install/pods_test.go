@@ -220,3 +220,15 @@ func TestInstallerServesAgentSocket(t *testing.T) {
 		t.Errorf("agent socket after stop: %v, want it gone", err)
 	}
 }
+
+func TestPodReadsCounted(t *testing.T) {
+	m := newMetrics()
+	for _, source := range []string{cni.PodSourceAgent, cni.PodSourceAgent, cni.PodSourceAPI, "", "elsewhere"} {
+		m.observe(cni.Report{Command: "ADD", Outcome: cni.OutcomeProgrammed, PodSource: source})
+	}
+	for source, want := range map[string]float64{cni.PodSourceAgent: 2, cni.PodSourceAPI: 1, "other": 1} {
+		if got := counterValue(t, m.podReads.WithLabelValues(source)); got != want {
+			t.Errorf("shunt_cni_pod_reads_total{source=%q} = %v, want %v", source, got, want)
+		}
+	}
+}
