@@ -94,7 +94,7 @@ func (n *cniNode) conflistVersion(t testing.TB, version, extra string) *libcni.N
   "plugins": [
     {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}},
-    {"type": "shunt-cni", "log_level": "debug", "log_file": %q, "state_dir": %q, "api_timeout": "5s",
+    {"type": "shunt-cni", "log_level": "debug", "log_file": %q, "state_dir": %q, "agent_socket": "", "api_timeout": "5s",
      "capabilities": {%q: true}, %s}
   ]
 }`, version, nodeSubnet, filepath.Join(n.dataDir, "ipam"), n.logFile, filepath.Join(n.dataDir, "pods"), annotationsCap, extra)

@@ -574,6 +574,7 @@ func installCNIArgs(t *testing.T, n *cniNode, binDir, netDir, token, tokenFile, 
 		"--kubeconfig", n.cluster.KubeconfigFor(t, token),
 		"--node-name", nodeName, "--report-socket", filepath.Join(t.TempDir(), "cni.sock"),
 		"--cni-log-file", n.logFile, "--cni-log-level", "debug", "--state-dir", filepath.Join(n.dataDir, "pods"),
+		"--agent-socket", filepath.Join(n.dataDir, "agent.sock"),
 		"--health-addr", health, "--log-format", "json", "--log-level", "debug"}
 }
 
