@@ -72,6 +72,7 @@ bench: build
 	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkCNIAdd$$' -benchtime 1x -args -shunt $(abspath $(BIN)) \
 		| grep -v '^\s*{"time"'
 	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkDataPath$$' -benchtime 1x -args -shunt $(abspath $(BIN))
+	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkContainerdRunPodSandbox$$' -benchtime 1x -args -shunt $(abspath $(BIN))
 
 # Every fuzz target for FUZZTIME each.
 fuzz:

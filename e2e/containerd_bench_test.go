@@ -1,0 +1,332 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/shuntmesh/shunt/internal/testutil/cri"
+	"github.com/shuntmesh/shunt/internal/testutil/kube"
+)
+
+// BenchmarkContainerdRunPodSandbox measures issue 14's runtime target: on one containerd node, 20
+// meshed pods (native-sidecar.yaml, as Istio's injector writes it, created in a real API server)
+// started at once, the latency of each RunPodSandbox with the primary network alone (bridge +
+// host-local) and with shunt-cni chained after it as `shunt install-cni` writes its entry (info
+// log, the node agent's socket: the plugin reads pods from the agent's watch). Rounds alternate the
+// two conflists (the file rewritten, then containerd's Status waited on until it shows the loaded
+// plugins); each round runs the 20 RunPodSandbox calls concurrently and times each, then stops and
+// removes the sandboxes untimed. It prints p50 and p99 over all rounds, the spread of the rounds'
+// p50s, the ratio of the p50s, and shunt-cni's own split of its ADD (pod read, rule programming,
+// whole command) from its reports. `make bench` runs it once (-benchtime 1x).
+func BenchmarkContainerdRunPodSandbox(b *testing.B) {
+	const pods, rounds = 20, 6 // rounds of each configuration, after one untimed warm-up each
+	n := newBenchCRINode(b)
+	agentSocket, _ := startBenchAgent(b, n.cni)
+	reports := listenReports(b)
+
+	primary := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[
+  {"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,
+   "ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q}}]}`, nodeSubnet, filepath.Join(n.cni.dataDir, "ipam"))
+	entry, err := json.Marshal(map[string]any{ // as install-cni writes it (cni/install.Entry), with its defaults
+		"type": "shunt-cni", "kubeconfig": n.cluster.Kubeconfig, "log_level": "info", "log_file": n.cni.logFile,
+		"exclude_namespaces": []string{"kube-system"}, "api_timeout": "20s", "iptables_variant": "",
+		"report_socket": reports.socket, "agent_socket": agentSocket, "state_dir": filepath.Join(n.cni.dataDir, "pods"),
+		"capabilities": map[string]bool{annotationsCap: true},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	configs := []benchConflist{
+		{name: "bridge+host-local", plugins: "bridge", conf: primary},
+		{name: "bridge+host-local+shunt-cni", plugins: "bridge,shunt-cni",
+			conf: strings.Replace(primary, "}]}", "},\n  "+string(entry)+"]}", 1)},
+	}
+
+	fixture := readInjectedPod(b, "native-sidecar.yaml")
+	metas := make([]cri.PodMeta, pods)
+	for i := range metas {
+		pod := fixture.DeepCopy()
+		pod.Namespace, pod.Name = "bench", fmt.Sprintf("pod-%02d", i)
+		metas[i] = podMeta(n.cni.createPod(b, pod))
+	}
+
+	took := make([][]time.Duration, len(configs))     // every call of the timed rounds
+	roundP50 := make([][]time.Duration, len(configs)) // each timed round's p50
+	attempt := uint32(0)
+	loadBefore := loadAverage()
+	b.ResetTimer()
+	for r := -1; r < rounds; r++ { // round -1: warm-up of each
+		if r == 0 {
+			reports.reset()
+		}
+		for c, conf := range configs {
+			n.loadConflist(b, conf)
+			d := n.runSandboxesAtOnce(b, metas, attempt)
+			attempt++
+			if r < 0 {
+				continue
+			}
+			took[c] = append(took[c], d...)
+			roundP50[c] = append(roundP50[c], pct(d, 50))
+		}
+	}
+	b.StopTimer()
+
+	fmt.Printf("RunPodSandbox latency, containerd, %d meshed pods at once, %d interleaved rounds each (load average before %s, after %s)\n",
+		pods, rounds, loadBefore, loadAverage())
+	w := tabwriter.NewWriter(os.Stdout, 2, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "conflist\tcalls\tp50\tp99\tround p50s min – max\t")
+	for c, conf := range configs {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s – %s\t\n", conf.name, len(took[c]), msf(pct(took[c], 50)), msf(pct(took[c], 99)),
+			msf(slices.Min(roundP50[c])), msf(slices.Max(roundP50[c])))
+	}
+	ratio := float64(pct(took[1], 50)) / float64(pct(took[0], 50))
+	fmt.Fprintf(w, "p50 with / without shunt-cni\t\t%.3f×\t\t\t\n", ratio)
+	// Each round pair (without, then with) ran under about the same load: its ratio is less noisy.
+	pairs := make([]float64, rounds)
+	for r := range pairs {
+		pairs[r] = float64(roundP50[1][r]) / float64(roundP50[0][r])
+	}
+	fmt.Fprintf(w, "round pairs' p50 ratio, median\t\t%.3f×\t\t\t\n", median(pairs))
+	api, program, total, sources := reports.split()
+	for _, s := range []struct {
+		what string
+		ds   []time.Duration
+	}{
+		{"  shunt-cni ADD: pod read (from the agent)", api},
+		{"  shunt-cni ADD: rule programming", program},
+		{"  shunt-cni ADD: whole command (in process)", total},
+	} {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t\t\n", s.what, len(s.ds), msf(pct(s.ds, 50)), msf(pct(s.ds, 99)))
+	}
+	fmt.Fprintf(w, "  shunt-cni ADD: pod read from (source: ADDs)\t\t%v\t\t\t\n", sources)
+	w.Flush()
+	for c, conf := range configs {
+		fmt.Printf("round p50s, %s:", conf.name)
+		for _, d := range roundP50[c] {
+			fmt.Printf(" %.0f", float64(d)/float64(time.Millisecond))
+		}
+		fmt.Println(" ms")
+	}
+	for c, unit := range []string{"plain", "shunt"} {
+		b.ReportMetric(float64(pct(took[c], 50))/float64(time.Millisecond), "p50-ms-"+unit)
+		b.ReportMetric(float64(pct(took[c], 99))/float64(time.Millisecond), "p99-ms-"+unit)
+	}
+	b.ReportMetric(ratio, "p50-ratio")
+	b.ReportMetric(median(pairs), "pair-p50-ratio")
+}
+
+// benchConflist is a network containerd loads: the conflist file's content and the plugin types its
+// Status shows once loaded.
+type benchConflist struct {
+	name, plugins, conf string
+}
+
+// newBenchCRINode is newCRINode for a benchmark: containerd and a kube-apiserver in the node's
+// namespace, the plugins installed as they are (no recording wrapper) and no conflist yet.
+func newBenchCRINode(b *testing.B) *criNode {
+	im := images(b)
+	n := &criNode{binDir: b.TempDir(), confDir: b.TempDir(), cni: &cniNode{dataDir: b.TempDir()}}
+	n.cni.logFile = filepath.Join(n.cni.dataDir, "shunt-cni.log")
+	n.Node = cri.Start(b, cri.Options{CNIBinDir: n.binDir, CNIConfDir: n.confDir, Images: im})
+	n.cluster = kube.Start(b, kube.InNetNS(n.NetNS.Path()))
+	n.cni.ns, n.cni.cluster = n.NetNS, n.cluster
+	if err := os.Chmod(n.binDir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	copyFile(b, bins.Path(b, pkgShunt), filepath.Join(n.binDir, "shunt-cni"))
+	for _, pkg := range []string{pkgBridge, pkgHostLocal, pkgLoopback} {
+		src := bins.Path(b, pkg)
+		if err := os.Symlink(src, filepath.Join(n.binDir, filepath.Base(src))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return n
+}
+
+// loadConflist writes conf as the node's conflist and waits until containerd's Status shows it
+// loaded.
+func (n *criNode) loadConflist(b *testing.B, conf benchConflist) {
+	if err := os.WriteFile(filepath.Join(n.confDir, "10-k8s-pod-network.conflist"), []byte(conf.conf), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	n.WaitNetworkReady(b)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var c struct {
+			Networks []struct {
+				Config struct {
+					Plugins []struct{ Network struct{ Type string } }
+				}
+			}
+		}
+		raw := n.CNIConfig(b)
+		if err := json.Unmarshal([]byte(raw), &c); err != nil {
+			b.Fatalf("containerd's CNI configuration: %v\n%s", err, raw)
+		}
+		var types []string
+		for _, nw := range c.Networks {
+			for _, p := range nw.Config.Plugins {
+				if p.Network.Type != "loopback" { // containerd's own network
+					types = append(types, p.Network.Type)
+				}
+			}
+		}
+		if strings.Join(types, ",") == conf.plugins {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("containerd loads %v, not %s:\n%s", types, conf.plugins, raw)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runSandboxesAtOnce runs a sandbox for each pod concurrently, as attempt, and returns each
+// RunPodSandbox call's latency; then it stops and removes them.
+func (n *criNode) runSandboxesAtOnce(b *testing.B, metas []cri.PodMeta, attempt uint32) []time.Duration {
+	cfgs := make([]*runtimeapi.PodSandboxConfig, len(metas))
+	for i, m := range metas {
+		cfgs[i] = n.SandboxConfig(m)
+		cfgs[i].Metadata.Attempt = attempt
+		if err := os.MkdirAll(cfgs[i].LogDirectory, 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	took := make([]time.Duration, len(cfgs))
+	ids := make([]string, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), cri.CallTimeout)
+			defer cancel()
+			start := time.Now()
+			r, err := n.Runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+			took[i] = time.Since(start)
+			if errs[i] = err; err == nil {
+				ids[i] = r.PodSandboxId
+			}
+		})
+	}
+	wg.Wait()
+	for i, id := range ids {
+		if id == "" {
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), cri.CallTimeout)
+			defer cancel()
+			if _, err := n.Runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+				errs[i] = fmt.Errorf("StopPodSandbox: %w", err)
+			} else if _, err := n.Runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+				errs[i] = fmt.Errorf("RemovePodSandbox: %w", err)
+			}
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			b.Fatalf("sandbox %s/%s: %v", metas[i].Namespace, metas[i].Name, err)
+		}
+	}
+	return took
+}
+
+// readInjectedPod reads a pod of injectedDir.
+func readInjectedPod(b *testing.B, file string) *corev1.Pod {
+	data, err := os.ReadFile(filepath.Join(injectedDir, file))
+	if err != nil {
+		b.Fatal(err)
+	}
+	pod := &corev1.Pod{}
+	if err := yaml.UnmarshalStrict(data, pod); err != nil {
+		b.Fatalf("%s: %v", file, err)
+	}
+	return pod
+}
+
+// benchReports collects shunt-cni's ADD reports (cni.Report) from its report socket.
+type benchReports struct {
+	socket string
+	mu     sync.Mutex
+	adds   []sandboxAddReport
+}
+
+// sandboxAddReport is addReport with where the plugin read the pod from.
+type sandboxAddReport struct {
+	addReport
+	PodSource string `json:"pod_source"`
+}
+
+// listenReports listens on a report socket until the benchmark ends.
+func listenReports(b *testing.B) *benchReports {
+	r := &benchReports{socket: filepath.Join(b.TempDir(), "reports.sock")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: r.socket, Net: "unixgram"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			var a sandboxAddReport
+			if json.Unmarshal(buf[:k], &a) == nil && a.Command == "ADD" {
+				r.mu.Lock()
+				r.adds = append(r.adds, a)
+				r.mu.Unlock()
+			}
+		}
+	}()
+	return r
+}
+
+func (r *benchReports) reset() {
+	r.mu.Lock()
+	r.adds = nil
+	r.mu.Unlock()
+}
+
+// split returns the pod read, rule programming and whole command of the ADDs since reset, and
+// how many read the pod from each source.
+func (r *benchReports) split() (api, program, total []time.Duration, sources map[string]int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sources = map[string]int{}
+	for _, a := range r.adds {
+		sources[a.PodSource]++
+		api = append(api, seconds(a.APISeconds))
+		program = append(program, seconds(a.ProgramSeconds))
+		total = append(total, seconds(a.TotalSeconds))
+	}
+	return api, program, total, sources
+}
+
+// loadAverage returns the machine's 1, 5 and 15 minute load averages.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return err.Error()
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
