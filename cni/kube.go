@@ -24,6 +24,24 @@ const (
 	maxAttempt   = 5 * time.Second
 )
 
+// minAttempt is the least time an attempt that leaves room for another is given.
+const minAttempt = 500 * time.Millisecond
+
+// attemptBound is how long one attempt may take: maxAttempt, but at most half the time ctx leaves, so
+// that one hung request (a dead connection, an overloaded replica) cannot use the whole api_timeout and
+// another attempt still fits; when half is below minAttempt, the last attempt takes what is left.
+func attemptBound(ctx context.Context) time.Duration {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return maxAttempt
+	}
+	left := time.Until(deadline)
+	if half := left / 2; half >= minAttempt {
+		return min(maxAttempt, half)
+	}
+	return max(left, 0)
+}
+
 // restConfig loads the plugin's kubeconfig.
 func restConfig(path string) (*rest.Config, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", path)
@@ -168,7 +186,7 @@ func retrying(ctx context.Context, get func() (*Pod, error)) (*Pod, error) {
 }
 
 func getPodOnce(ctx context.Context, client *http.Client, url string) (*Pod, error) {
-	ctx, cancel := context.WithTimeout(ctx, maxAttempt)
+	ctx, cancel := context.WithTimeout(ctx, attemptBound(ctx))
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

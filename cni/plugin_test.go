@@ -512,6 +512,7 @@ func TestParseNetConfErrorsNameFields(t *testing.T) {
 
 func TestGetPodFromAPIRetries(t *testing.T) {
 	var calls atomic.Int32
+	var hung atomic.Bool
 	pod := meshedPod(nil)
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := calls.Add(1)
@@ -520,6 +521,8 @@ func TestGetPodFromAPIRetries(t *testing.T) {
 			http.Error(w, `{"kind":"Status","message":"pods \"missing\" not found"}`, http.StatusNotFound)
 		case r.URL.Path == "/api/v1/namespaces/shop/pods/slow":
 			<-r.Context().Done()
+		case r.URL.Path == "/api/v1/namespaces/shop/pods/hangs-once" && hung.CompareAndSwap(false, true):
+			<-r.Context().Done() // the first request only: a dead connection, an overloaded replica
 		case n <= 2:
 			http.Error(w, "overloaded", http.StatusServiceUnavailable)
 		default:
@@ -545,6 +548,15 @@ func TestGetPodFromAPIRetries(t *testing.T) {
 	_, err = getPodFromAPI(ctx, conf, "shop", "missing")
 	if err == nil || !strings.Contains(err.Error(), "404") || calls.Load() != 11 {
 		t.Errorf("missing pod: %v after %d calls, want one 404", err, calls.Load()-10)
+	}
+
+	// One hung request does not use up a short api_timeout: the attempt gets half of it, and the
+	// retry finds the pod.
+	calls.Store(10)
+	budget, cancel3 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel3()
+	if got, err := getPodFromAPI(budget, conf, "shop", "hangs-once"); err != nil || got == nil || calls.Load() != 12 {
+		t.Errorf("a hung first request within a 2s budget: %v after %d calls, want the pod on the second", err, calls.Load()-10)
 	}
 
 	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
