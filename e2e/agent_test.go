@@ -15,8 +15,6 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/shuntmesh/shunt/internal/testutil/kube"
 )
@@ -36,10 +34,7 @@ func TestAgent(t *testing.T) {
 	n := newCNINode(t)
 	ctx := context.Background()
 	token, tokenFile, caFile := installerAccess(t, n)
-	if _, err := n.cluster.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}},
-		metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createNode(t, n)
 	binDir, netDir := hostCNIDirs(t)
 	writeFile(t, filepath.Join(netDir, "10-bridge.conflist"),
 		[]byte(fmt.Sprintf(primaryConflist, filepath.Join(n.dataDir, "ipam-agent"))), 0o644)

@@ -69,6 +69,76 @@ type addReport struct {
 	APISeconds     float64 `json:"api_seconds"`
 	ProgramSeconds float64 `json:"program_seconds"`
 	TotalSeconds   float64 `json:"total_seconds"`
+	PodSource      string  `json:"pod_source"`
+}
+
+// benchReports are the ADD reports shunt-cni sends to a benchmark's report socket.
+type benchReports struct {
+	socket string
+	mu     sync.Mutex
+	adds   []addReport
+}
+
+// listenReports listens on a report socket until the benchmark ends.
+func listenReports(b *testing.B) *benchReports {
+	r := &benchReports{socket: filepath.Join(b.TempDir(), "reports.sock")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: r.socket, Net: "unixgram"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	if err := os.Chmod(r.socket, 0o666); err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			var a addReport
+			if json.Unmarshal(buf[:k], &a) == nil && a.Command == "ADD" {
+				r.mu.Lock()
+				r.adds = append(r.adds, a)
+				r.mu.Unlock()
+			}
+		}
+	}()
+	return r
+}
+
+func (r *benchReports) reset() {
+	r.mu.Lock()
+	r.adds = nil
+	r.mu.Unlock()
+}
+
+// split returns the pod read, rule programming and whole command of the ADDs since reset, and
+// how many read the pod from each source.
+func (r *benchReports) split() (api, program, total []time.Duration, sources map[string]int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sources = map[string]int{}
+	for _, a := range r.adds {
+		sources[a.PodSource]++
+		api = append(api, seconds(a.APISeconds))
+		program = append(program, seconds(a.ProgramSeconds))
+		total = append(total, seconds(a.TotalSeconds))
+	}
+	return api, program, total, sources
+}
+
+// named returns the last ADD report of the pod name.
+func (r *benchReports) named(name string) (addReport, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.adds) - 1; i >= 0; i-- {
+		if r.adds[i].Name == name {
+			return r.adds[i], true
+		}
+	}
+	return addReport{}, false
 }
 
 // BenchmarkCNIAdd measures CNI ADD on a node with a real API server: the wall time of the runtime's
@@ -82,32 +152,8 @@ func BenchmarkCNIAdd(b *testing.B) {
 	const serial, concurrent = 100, 100
 	n := newCNINode(b)
 	agentSocket, agentPid := startBenchAgent(b, n)
-	sock := filepath.Join(b.TempDir(), "reports.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	if err := os.Chmod(sock, 0o666); err != nil {
-		b.Fatal(err)
-	}
-	var mu sync.Mutex
-	reports := map[string]addReport{}
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			var r addReport
-			if json.Unmarshal(buf[:k], &r) == nil && r.Command == "ADD" {
-				mu.Lock()
-				reports[r.Name] = r
-				mu.Unlock()
-			}
-		}
-	}()
+	reports := listenReports(b)
+	sock := reports.socket
 	withShunt := n.conflist(b, `"kubeconfig":"`+n.cluster.Kubeconfig+`","report_socket":"`+sock+`","agent_socket":""`)
 	withAgent := n.conflist(b, `"kubeconfig":"`+n.cluster.Kubeconfig+`","report_socket":"`+sock+`","agent_socket":"`+agentSocket+`"`)
 	var agentRSS int64
@@ -163,10 +209,9 @@ func BenchmarkCNIAdd(b *testing.B) {
 	split := func(prefix string, count int) (api, program, total []time.Duration) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			mu.Lock()
 			api, program, total = nil, nil, nil
 			for i := range count {
-				r, ok := reports[fmt.Sprintf("%s-%03d", prefix, i)]
+				r, ok := reports.named(fmt.Sprintf("%s-%03d", prefix, i))
 				if !ok {
 					continue
 				}
@@ -174,7 +219,6 @@ func BenchmarkCNIAdd(b *testing.B) {
 				program = append(program, seconds(r.ProgramSeconds))
 				total = append(total, seconds(r.TotalSeconds))
 			}
-			mu.Unlock()
 			if len(total) == count || time.Now().After(deadline) {
 				return api, program, total
 			}

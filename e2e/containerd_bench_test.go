@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -263,65 +262,6 @@ func readInjectedPod(b *testing.B, file string) *corev1.Pod {
 }
 
 // benchReports collects shunt-cni's ADD reports (cni.Report) from its report socket.
-type benchReports struct {
-	socket string
-	mu     sync.Mutex
-	adds   []sandboxAddReport
-}
-
-// sandboxAddReport is addReport with where the plugin read the pod from.
-type sandboxAddReport struct {
-	addReport
-	PodSource string `json:"pod_source"`
-}
-
-// listenReports listens on a report socket until the benchmark ends.
-func listenReports(b *testing.B) *benchReports {
-	r := &benchReports{socket: filepath.Join(b.TempDir(), "reports.sock")}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: r.socket, Net: "unixgram"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			var a sandboxAddReport
-			if json.Unmarshal(buf[:k], &a) == nil && a.Command == "ADD" {
-				r.mu.Lock()
-				r.adds = append(r.adds, a)
-				r.mu.Unlock()
-			}
-		}
-	}()
-	return r
-}
-
-func (r *benchReports) reset() {
-	r.mu.Lock()
-	r.adds = nil
-	r.mu.Unlock()
-}
-
-// split returns the pod read, rule programming and whole command of the ADDs since reset, and
-// how many read the pod from each source.
-func (r *benchReports) split() (api, program, total []time.Duration, sources map[string]int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	sources = map[string]int{}
-	for _, a := range r.adds {
-		sources[a.PodSource]++
-		api = append(api, seconds(a.APISeconds))
-		program = append(program, seconds(a.ProgramSeconds))
-		total = append(total, seconds(a.TotalSeconds))
-	}
-	return api, program, total, sources
-}
-
 // loadAverage returns the machine's 1, 5 and 15 minute load averages.
 func loadAverage() string {
 	b, err := os.ReadFile("/proc/loadavg")

@@ -355,12 +355,8 @@ const loneConf = `{
 // start, byte for byte and mode for mode, and nothing of shunt's left on the node.
 func TestInstallCNIKilledAndRestarted(t *testing.T) {
 	n := newCNINode(t)
-	ctx := context.Background()
 	token, tokenFile, caFile := installerAccess(t, n)
-	if _, err := n.cluster.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}},
-		metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createNode(t, n)
 	binDir, netDir := hostCNIDirs(t)
 	confPath, listPath := filepath.Join(netDir, "10-bridge.conf"), filepath.Join(netDir, "10-bridge.conflist")
 	writeFile(t, confPath, []byte(fmt.Sprintf(loneConf, filepath.Join(n.dataDir, "ipam-restart"))), 0o600)
@@ -561,6 +557,15 @@ func hostCNIDirs(t *testing.T) (binDir, netDir string) {
 		}
 	}
 	return binDir, netDir
+}
+
+// createNode registers the node the installer runs on, untainted.
+func createNode(t *testing.T, n *cniNode) {
+	t.Helper()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}
+	if _, err := n.cluster.Client.CoreV1().Nodes().Create(context.Background(), node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // installCNIArgs is the command line of `shunt install-cni` as the DaemonSet runs it on node n.
