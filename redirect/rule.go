@@ -1,6 +1,9 @@
 package redirect
 
-import "net/netip"
+import (
+	"net/netip"
+	"strconv"
+)
 
 // Flow names a traffic path of a meshed pod (see docs/flows.md); every rule serves one.
 type Flow string
@@ -199,4 +202,40 @@ func (t *Table) Chain(name string) *Chain {
 		}
 	}
 	return nil
+}
+
+// RuleRef names one rule of a Plan: the Index-th rule (from 0) of the plan's chain Table/Chain in the
+// family plan Family. Tools that show, trace or count rules (shunt trace, shunt graph, the backends'
+// counters) refer to rules by it.
+type RuleRef struct {
+	Family Family
+	Table  string
+	Chain  string
+	Index  int
+}
+
+func (r RuleRef) String() string {
+	return r.Family.String() + "/" + r.Table + "/" + r.Chain + "#" + strconv.Itoa(r.Index)
+}
+
+// Rule returns the rule r names in p, or nil.
+func (p *Plan) Rule(r RuleRef) *Rule {
+	fp := p.Family(r.Family)
+	if fp == nil {
+		return nil
+	}
+	t := fp.Table(r.Table)
+	if t == nil {
+		return nil
+	}
+	c := t.Chain(r.Chain)
+	if c == nil || r.Index < 0 || r.Index >= len(c.Rules) {
+		return nil
+	}
+	return &c.Rules[r.Index]
+}
+
+// Counters are the packets and bytes the kernel counted for one rule.
+type Counters struct {
+	Packets, Bytes uint64
 }
