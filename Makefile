@@ -3,6 +3,7 @@ GO       ?= go
 BIN      := bin/shunt
 # The init container's binary (cmd/shunt-init: iptables, cleanup, validate, nothing else linked).
 INIT_BIN := bin/shunt-init
+SHIM_BIN := bin/shunt-cni
 SHARED   ?= ../shared
 FUZZTIME ?= 15s
 # The compiler of the eBPF programs: Debian bookworm's, which CI installs (.ci/deps). Another
@@ -19,12 +20,13 @@ all: build test
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/shunt
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(INIT_BIN) ./cmd/shunt-init
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(SHIM_BIN) ./cmd/shunt-cni
 
 # The container images, each one static binary alone in an OCI image layout tarball, built without a
 # container engine and reproducible (timestamps from SOURCE_DATE_EPOCH, default the commit's time):
 # the init image, $(IMAGE)-init, holds bin/shunt-init as /shunt-init, its entrypoint (Istio's
 # injector starts it with args: [istio-iptables, ...]); the node image, $(IMAGE), holds bin/shunt as
-# /shunt (the chart's).
+# /shunt (the chart's) and bin/shunt-cni, the CNI plugin's shim, as /shunt-cni.
 IMAGE             ?= ghcr.io/shuntmesh/shunt
 INIT_IMAGE        ?= $(IMAGE)-init
 IMAGE_TAG         ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -33,7 +35,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 image: build
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./deploy/image -binary $(INIT_BIN) -file shunt-init \
 		-o bin/shunt-init-image.tar -name $(INIT_IMAGE) -tag $(IMAGE_TAG) -revision "$$(git rev-parse HEAD 2>/dev/null)"
-	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./deploy/image -binary $(BIN) -o bin/shunt-image.tar \
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./deploy/image -binary $(BIN) -extra $(SHIM_BIN) -o bin/shunt-image.tar \
 		-name $(IMAGE) -tag $(IMAGE_TAG) -revision "$$(git rev-parse HEAD 2>/dev/null)"
 
 # Everything: vet, unit tests, privileged tests and e2e flows (root), and the Istio compatibility

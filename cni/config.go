@@ -209,7 +209,10 @@ type Report struct {
 	APISeconds     float64 `json:"api_seconds,omitempty"`
 	ProgramSeconds float64 `json:"program_seconds,omitempty"`
 	// DataPath is "ebpf" when an ADD registered the pod with the node's eBPF agent, else "iptables".
-	DataPath     string  `json:"data_path,omitempty"`
+	DataPath string `json:"data_path,omitempty"`
+	// InAgent is true when the node agent ran the command for the shim, false when the plugin ran in
+	// a process of its own (the standalone plugin).
+	InAgent      bool    `json:"in_agent,omitempty"`
 	TotalSeconds float64 `json:"total_seconds"`
 }
 

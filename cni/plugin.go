@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -49,6 +50,11 @@ type Plugin struct {
 	Layer func(conf *NetConf) DataPathLayer
 	// Logger, when set, is used instead of the NetConf's log file.
 	Logger *slog.Logger
+	// Stdout receives the command's CNI result; nil is os.Stdout. The node agent, which runs commands
+	// in its own process for the shim (see Run), sets it.
+	Stdout io.Writer
+	// InAgent says the node agent runs the command (Report.InAgent).
+	InAgent bool
 }
 
 // DataPathLayer is a data path stacked on a pod's rules, as the eBPF agent's maps are: the rules stay
@@ -145,7 +151,7 @@ func (p *Plugin) begin(command string, args *skel.CmdArgs) (*invocation, error) 
 		inv.log, inv.closeLog = fileLogger(conf)
 	}
 	inv.log = inv.log.With("command", command, "container_id", args.ContainerID, "pod", inv.pod())
-	inv.report = Report{Command: command, Namespace: inv.namespace, Name: inv.name, UID: inv.uid, ContainerID: args.ContainerID}
+	inv.report = Report{Command: command, Namespace: inv.namespace, Name: inv.name, UID: inv.uid, ContainerID: args.ContainerID, InAgent: p.InAgent}
 	return inv, nil
 }
 
@@ -195,7 +201,7 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 	}
 	if skip != "" {
 		inv.forget()
-		return inv.finish(OutcomeSkipped, skip, types.PrintResult(prev, inv.conf.CNIVersion))
+		return inv.finish(OutcomeSkipped, skip, p.printResult(prev, inv.conf.CNIVersion))
 	}
 	t := time.Now()
 	var programmed string
@@ -212,7 +218,20 @@ func (p *Plugin) CmdAdd(args *skel.CmdArgs) error {
 			fmt.Sprintf("pod %s: program capture rules", inv.pod()), err.Error()))
 	}
 	inv.remember(pp, programmed)
-	return inv.finish(OutcomeProgrammed, "", types.PrintResult(prev, inv.conf.CNIVersion))
+	return inv.finish(OutcomeProgrammed, "", p.printResult(prev, inv.conf.CNIVersion))
+}
+
+// printResult writes res, converted to the configuration's CNI version, to the plugin's stdout.
+func (p *Plugin) printResult(res types.Result, cniVersion string) error {
+	out, err := res.GetAsVersion(cniVersion)
+	if err != nil {
+		return err
+	}
+	w := p.Stdout
+	if w == nil {
+		w = os.Stdout
+	}
+	return out.PrintTo(w)
 }
 
 // remember records the pod ADD captured for the node agent. The pod is captured whether or not the

@@ -121,6 +121,7 @@ func chartDefaults() chartWant {
 			"--backend=iptables",
 			"--ebpf-pin-dir=/sys/fs/bpf/shunt",
 			"--state-dir=" + chartRunDir + "/pods",
+			"--serve-cni=true",
 			"--audit-interval=5s",
 			"--drift-repair=reconcile",
 			"--monitoring-port=9102",
@@ -222,10 +223,11 @@ var chartCases = []chartCase{
 		},
 	},
 	{
-		// No audit: every capability dropped, as the installer alone needs none.
+		// No audit and no commands in the agent: every capability dropped, as the installer alone
+		// needs none.
 		name: "audit off",
-		args: []string{"--set", "audit.enabled=false", "--set", "audit.repair=label"},
-		want: chartWant{args: slices.DeleteFunc(chartArgsWith([]string{"--audit-interval=0"}),
+		args: []string{"--set", "audit.enabled=false", "--set", "audit.repair=label", "--set", "serveCNI=false"},
+		want: chartWant{args: slices.DeleteFunc(chartArgsWith([]string{"--serve-cni=false", "--audit-interval=0"}),
 			func(a string) bool { return strings.HasPrefix(a, "--drift-repair=") }), noCaps: true},
 	},
 	{

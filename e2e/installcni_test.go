@@ -571,7 +571,7 @@ func createNode(t *testing.T, n *cniNode) {
 // installCNIArgs is the command line of `shunt install-cni` as the DaemonSet runs it on node n.
 func installCNIArgs(t *testing.T, n *cniNode, binDir, netDir, token, tokenFile, caFile, health string) []string {
 	t.Helper()
-	return []string{bins.Path(t, pkgShunt), "install-cni",
+	return []string{bins.Path(t, pkgShunt), "install-cni", "--shim", bins.Path(t, pkgShim),
 		"--cni-bin-dir", binDir, "--cni-net-dir", netDir,
 		"--kubeconfig-file", filepath.Join(netDir, "shunt-kubeconfig"),
 		"--host-kubeconfig-path", filepath.Join(netDir, "shunt-kubeconfig"),

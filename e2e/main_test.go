@@ -81,6 +81,7 @@ func TestMain(m *testing.M) {
 
 const (
 	pkgShunt      = "github.com/shuntmesh/shunt/cmd/shunt"
+	pkgShim       = "github.com/shuntmesh/shunt/cmd/shunt-cni"
 	pkgRefproxy   = "github.com/shuntmesh/shunt/e2e/refproxy"
 	pkgEchoserver = "github.com/shuntmesh/shunt/e2e/echoserver"
 )

@@ -49,7 +49,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 	"shunt validate": {flags: []string{"envoy-port", "inbound-capture-port", "proxy-uid", "proxy-gid", "ipv6", "dual-stack",
 		"iptables-probe-port", "probe-timeout", "network-namespace", "log_output_level", "log_as_json"}},
 	"shunt __validate-client": {},
-	"shunt install-cni": {flags: []string{"cni-bin-dir", "cni-net-dir", "binary", "kubeconfig-file", "host-kubeconfig-path",
+	"shunt install-cni": {flags: []string{"cni-bin-dir", "cni-net-dir", "binary", "shim", "serve-cni", "kubeconfig-file", "host-kubeconfig-path",
 		"token-file", "ca-file", "api-server", "kubeconfig", "node-name", "taint-key", "cni-log-level", "cni-log-file",
 		"exclude-namespaces", "cni-api-timeout", "backend", "iptables-variant", "report-socket", "host-report-socket",
 		"ebpf-pin-dir", "pod-name", "pod-namespace", "health-addr", "monitoring-port", "repair-mode", "repair-label-key", "repair-init-container",

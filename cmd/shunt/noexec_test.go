@@ -21,7 +21,7 @@ import (
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
-// execAllowed holds every function of this module, in the packages shunt and shunt-init link, that may
+// execAllowed holds every function of this module, in the packages shunt, shunt-init and shunt-cni link, that may
 // start a program, with the reason it never runs an iptables, nft or ip binary. The e2e suite checks the
 // same at run time: it traces every exec of the processes named shunt* (internal/exectrace).
 var execAllowed = map[string]string{
@@ -35,6 +35,8 @@ var execAllowed = map[string]string{
 		"(os.Executable, __validate-client)",
 	testutil.RootModule + "/cni/install.verifyPlugin": "the shunt CNI plugin just installed, with " +
 		"CNI_COMMAND=VERSION, as a runtime would",
+	testutil.RootModule + "/cni/shim.exitStandalone": "the shim (shunt-cni) replaces itself with the " +
+		"standalone plugin installed beside it (shunt-cni-standalone, the shunt binary), never a tool",
 }
 
 // execFuncs are the functions, variables and types that start a program, by package.
@@ -55,7 +57,7 @@ func TestNoExecOutsideAllowlist(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("go", "list", "-deps", "-json=ImportPath,Dir,GoFiles,CgoFiles,IgnoredGoFiles,Module",
-		"./cmd/shunt", "./cmd/shunt-init")
+		"./cmd/shunt", "./cmd/shunt-init", "./cmd/shunt-cni")
 	cmd.Dir = root
 	out, err := cmd.Output()
 	if err != nil {

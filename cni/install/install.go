@@ -55,8 +55,17 @@ const (
 // Config configures the installer. Paths are as the installer sees them; Entry holds the paths the
 // plugin, on the host, sees.
 type Config struct {
-	// Binary is installed as the plugin; empty means the running executable.
+	// Binary is the plugin that does the whole work in a process of its own; empty means the running
+	// executable. With a Shim it is installed as shim.StandaloneName, which the shim runs when the agent
+	// cannot; without one it is installed as the plugin (cni.PluginType).
 	Binary string
+	// Shim is the small plugin binary (cmd/shunt-cni) installed as the plugin, which hands commands to
+	// the agent (ServeCNI). Empty means shim.DefaultName beside Binary when that file exists, else none.
+	Shim string
+	// ServeCNI runs the shim's commands in the agent's process (POST /v1/cni on AgentSocket), when the
+	// agent holds the capabilities they need (NET_ADMIN, SYS_ADMIN); otherwise the agent answers that
+	// it does not run them and the shim runs the standalone plugin.
+	ServeCNI bool
 	// BinDir is the host's CNI bin directory, NetDir its CNI config directory.
 	BinDir, NetDir string
 	// KubeconfigFile is where the plugin's kubeconfig is written; empty means NetDir/shunt-kubeconfig.
@@ -112,12 +121,14 @@ type Installer struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
-	entry   []byte // our conflist entry, compact
-	binPath string
-	src     fileDigest
-	repair  *repairer
-	pods    *nodePods // the one watch of the node's pods, for the agent's socket and the repair loop
-	audit   *auditor  // nil: no drift audit
+	entry   []byte       // our conflist entry, compact
+	binPath string       // the plugin runtimes execute (cni.PluginType)
+	bins    []installBin // what is installed in BinDir, the plugin last
+	// serveCNI is why the agent does not run the shim's commands, or "" when it does.
+	notServing string
+	repair     *repairer
+	pods       *nodePods // the one watch of the node's pods, for the agent's socket and the repair loop
+	audit      *auditor  // nil: no drift audit
 	// firstReady is closed when the plugin is first installed and verified.
 	firstReady chan struct{}
 
@@ -221,9 +232,9 @@ func New(cfg Config) (*Installer, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	src, err := digestFile(cfg.Binary)
+	bins, err := binariesToInstall(&cfg)
 	if err != nil {
-		return nil, fmt.Errorf("binary to install: %w", err)
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -235,13 +246,21 @@ func New(cfg Config) (*Installer, error) {
 		metrics: newMetrics(),
 		entry:   entry,
 		binPath: filepath.Join(cfg.BinDir, cni.PluginType),
-		src:     src,
+		bins:    bins,
 		logged:  make(map[string]string),
 
 		firstReady: make(chan struct{}),
 	}
 	if cfg.Client != nil && (cfg.AgentSocket != "" || cfg.Repair.Mode != RepairOff) {
 		in.pods = newNodePods(cfg.Client, cfg.NodeName, log, in.metrics)
+	}
+	switch {
+	case !cfg.ServeCNI:
+		in.notServing = "not enabled (--serve-cni=false)"
+	case len(bins) < 2:
+		in.notServing = "no shim installed"
+	default:
+		in.notServing = whyNotServing()
 	}
 	if cfg.Client != nil && cfg.Repair.Mode != RepairOff {
 		in.repair = newRepairer(cfg.Client, cfg.NodeName, cfg.Repair, log, in.metrics)
@@ -323,9 +342,14 @@ func (in *Installer) Run(ctx context.Context) error {
 		if err != nil {
 			return errors.Join(err, shutdown(srv))
 		}
-		agent = &http.Server{Handler: in.pods.handler(), ReadHeaderTimeout: 10 * time.Second}
+		agent = &http.Server{Handler: in.agentHandler(), ReadHeaderTimeout: 10 * time.Second}
 		in.wg.Go(func() { _ = agent.Serve(ln) })
 		in.log.Info("serving the node's pods to the plugin", "socket", in.cfg.AgentSocket, "node", in.cfg.NodeName)
+		if in.notServing != "" {
+			in.log.Info("the shim's commands run in the standalone plugin", "reason", in.notServing)
+		} else {
+			in.log.Info("running the shim's commands in the agent", "socket", in.cfg.AgentSocket)
+		}
 	}
 	var reports *net.UnixConn
 	if in.cfg.ReportSocket != "" {
@@ -456,7 +480,11 @@ func (in *Installer) uninstall() error {
 		}
 		in.st = nil
 	}
-	for _, f := range []string{in.binPath, in.cfg.KubeconfigFile} {
+	files := []string{in.cfg.KubeconfigFile}
+	for _, b := range in.bins {
+		files = append(files, b.dst)
+	}
+	for _, f := range files {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

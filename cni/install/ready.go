@@ -51,8 +51,10 @@ func (in *Installer) readiness() (bool, string) {
 	if _, same, err := FindEntry(data, in.entry); err != nil || !same {
 		return false, "our entry is missing from " + s.entryPath
 	}
-	if _, err := os.Stat(in.binPath); err != nil {
-		return false, err.Error()
+	for _, b := range in.bins {
+		if _, err := os.Stat(b.dst); err != nil {
+			return false, err.Error()
+		}
 	}
 	return true, "shunt-cni is installed in " + s.entryPath
 }

@@ -26,7 +26,8 @@ import (
 type installCNIFlags struct {
 	fs *pflag.FlagSet
 
-	binDir, netDir, binary              string
+	binDir, netDir, binary, shimBinary  string
+	serveCNI                            bool
 	kubeconfigFile, hostKubeconfig      string
 	tokenFile, caFile, apiServer        string
 	kubeconfig, nodeName, taintKey      string
@@ -68,7 +69,9 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	fs := f.fs
 	fs.StringVar(&f.binDir, "cni-bin-dir", install.DefaultBinDir, "host CNI bin directory, as mounted")
 	fs.StringVar(&f.netDir, "cni-net-dir", install.DefaultNetDir, "host CNI config directory, as mounted")
-	fs.StringVar(&f.binary, "binary", "", "binary to install as shunt-cni (default: this executable)")
+	fs.StringVar(&f.binary, "binary", "", "the standalone plugin: installed as shunt-cni-standalone beside the shim, or as shunt-cni without one (default: this executable)")
+	fs.StringVar(&f.shimBinary, "shim", "", "the shim installed as shunt-cni, which hands each command to this agent (default: shunt-cni beside this executable, if there)")
+	fs.BoolVar(&f.serveCNI, "serve-cni", true, "run the shim's ADD, CHECK and DEL in this agent, on --agent-socket (needs NET_ADMIN, NET_RAW and SYS_ADMIN; without them the shim runs the standalone plugin)")
 	fs.StringVar(&f.kubeconfigFile, "kubeconfig-file", install.DefaultKubeconfigName, "where to write the plugin's kubeconfig; a bare file name is taken in --cni-net-dir")
 	fs.StringVar(&f.hostKubeconfig, "host-kubeconfig-path", cni.DefaultKubeconfig, "the plugin's kubeconfig as the host sees it, put in the conflist entry")
 	fs.StringVar(&f.tokenFile, "token-file", install.DefaultTokenFile, "service-account token put in the plugin's kubeconfig")
@@ -171,6 +174,12 @@ func (f *installCNIFlags) prepare(getenv func(string) string) error {
 	if f.fs.Changed("host-report-socket") && f.reportSocket == "" {
 		bad("--host-report-socket", f.hostReportSocket, "only with a --report-socket: no reports are read without one")
 	}
+	if f.fs.Changed("serve-cni") && f.serveCNI && f.agentSocket == "" {
+		bad("--serve-cni", "true", "needs an --agent-socket: the shim hands commands to it")
+	}
+	if f.fs.Changed("shim") && f.shimBinary == "" {
+		bad("--shim", "", "not a file")
+	}
 	if f.agentSocket != "" && !filepath.IsAbs(f.agentSocket) {
 		bad("--agent-socket", f.agentSocket, "not an absolute path: the plugin, on the host, reads it too")
 	}
@@ -256,6 +265,8 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 	}
 	in, err := install.New(install.Config{
 		Binary:         f.binary,
+		Shim:           f.shimBinary,
+		ServeCNI:       f.serveCNI && f.agentSocket != "",
 		BinDir:         f.binDir,
 		NetDir:         f.netDir,
 		KubeconfigFile: f.kubeconfigFile,

@@ -42,6 +42,15 @@ type spec struct {
 	Created time.Time
 	// Labels are the config's labels.
 	Labels map[string]string
+	// Extra are further static binaries beside /File, by name (the node image's /shunt-cni, the CNI
+	// plugin's shim); the entrypoint stays /File.
+	Extra []extraFile
+}
+
+// extraFile is a binary of the image besides its entrypoint.
+type extraFile struct {
+	Name string
+	Data []byte
 }
 
 // image is a built image: its manifest, config and layer, serialised.
@@ -61,7 +70,12 @@ func build(s spec) (*image, error) {
 		return nil, fmt.Errorf("file name %q: want a plain name such as shunt", s.File)
 	}
 	entrypoint := "/" + s.File
-	layerTar, err := layerTar(s.File, s.Binary, s.Created)
+	for _, e := range s.Extra {
+		if !validFile(e.Name) || e.Name == s.File {
+			return nil, fmt.Errorf("extra file name %q: want a plain name other than %s", e.Name, s.File)
+		}
+	}
+	layerTar, err := layerTar(append([]extraFile{{Name: s.File, Data: s.Binary}}, s.Extra...), s.Created)
 	if err != nil {
 		return nil, err
 	}
@@ -145,22 +159,24 @@ func validFile(name string) bool {
 
 // layerTar returns the layer's tar: the file name holding binary, mode 0755, owned by root, stamped
 // mtime.
-func layerTar(name string, binary []byte, mtime time.Time) ([]byte, error) {
+func layerTar(files []extraFile, mtime time.Time) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	hdr := &tar.Header{
-		Typeflag: tar.TypeReg,
-		Name:     name,
-		Mode:     0o755,
-		Size:     int64(len(binary)),
-		ModTime:  mtime.UTC(),
-		Format:   tar.FormatUSTAR,
-	}
-	if err := tw.WriteHeader(hdr); err != nil {
-		return nil, fmt.Errorf("layer: %w", err)
-	}
-	if _, err := tw.Write(binary); err != nil {
-		return nil, fmt.Errorf("layer: %w", err)
+	for _, f := range files {
+		hdr := &tar.Header{
+			Typeflag: tar.TypeReg,
+			Name:     f.Name,
+			Mode:     0o755,
+			Size:     int64(len(f.Data)),
+			ModTime:  mtime.UTC(),
+			Format:   tar.FormatUSTAR,
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, fmt.Errorf("layer: %w", err)
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return nil, fmt.Errorf("layer: %w", err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return nil, fmt.Errorf("layer: %w", err)

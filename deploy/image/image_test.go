@@ -87,7 +87,7 @@ func TestWriteLayoutEntries(t *testing.T) {
 
 func TestLayerTar(t *testing.T) {
 	s := testSpec()
-	b, err := layerTar(s.File, s.Binary, s.Created)
+	b, err := layerTar([]extraFile{{Name: s.File, Data: s.Binary}}, s.Created)
 	if err != nil {
 		t.Fatal(err)
 	}

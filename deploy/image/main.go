@@ -41,6 +41,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	version := fs.String("version", "", "label org.opencontainers.image.version (default: the tag)")
 	revision := fs.String("revision", "", "label org.opencontainers.image.revision: the source commit")
 	source := fs.String("source", "https://github.com/shuntmesh/shunt", "label org.opencontainers.image.source")
+	var extras []string
+	fs.Func("extra", "another static binary put in the image's root under its file name (repeatable)", func(v string) error {
+		extras = append(extras, v)
+		return nil
+	})
 	arch := fs.String("arch", "", "the image's architecture as GOARCH (default: the binary's, from its ELF header)")
 	variant := fs.String("variant", "", "the platform variant, e.g. v7 for GOARM=7 (optional)")
 	if err := fs.Parse(args); err != nil {
@@ -84,12 +89,26 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	var extra []extraFile
+	for _, path := range extras {
+		if a, err := staticArch(path); err != nil {
+			return fmt.Errorf("-extra %s: %w", path, err)
+		} else if a != *arch {
+			return fmt.Errorf("-extra %s is built for %s, the image for %s", path, a, *arch)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("-extra %s: %w", path, err)
+		}
+		extra = append(extra, extraFile{Name: filepath.Base(path), Data: b})
+	}
 	if *version == "" {
 		*version = ref.TagStr()
 	}
 	img, err := build(spec{
 		Binary:  data,
 		File:    *file,
+		Extra:   extra,
 		Ref:     ref.String(),
 		Arch:    *arch,
 		Variant: *variant,

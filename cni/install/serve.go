@@ -1,0 +1,92 @@
+package install
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/shuntmesh/shunt/cni"
+	"github.com/shuntmesh/shunt/cni/shim"
+)
+
+// maxRequest bounds a command's request: its configuration with the previous plugins' result.
+const maxRequest = 16 << 20
+
+// agentHandler serves the agent's socket: the node's pods (GET /v1/pods/…) and, when the agent runs
+// them, the shim's commands (POST /v1/cni).
+func (in *Installer) agentHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/pods/", in.pods.handler())
+	mux.HandleFunc("POST "+shim.Path, in.serveCNI)
+	return mux
+}
+
+// serveCNI runs one of the shim's commands in this process, as the standalone plugin would run it,
+// reading the pod from the agent's watch. An agent that does not run commands answers 404: the shim
+// then runs the standalone plugin.
+func (in *Installer) serveCNI(w http.ResponseWriter, r *http.Request) {
+	if in.notServing != "" {
+		writeStatus(w, http.StatusNotFound, "the node agent does not run CNI commands: "+in.notServing)
+		return
+	}
+	var req shim.Request
+	if err := json.NewDecoder(io.LimitReader(r.Body, maxRequest)).Decode(&req); err != nil {
+		writeStatus(w, http.StatusBadRequest, "decode command: "+err.Error())
+		return
+	}
+	p := cni.Plugin{InAgent: true, GetPod: in.podForPlugin}
+	resp := p.Run(&req)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// podForPlugin is the plugin's pod lookup when the agent runs a command: its watch of the node's pods,
+// or one read from the API server for a pod it does not hold yet.
+func (in *Installer) podForPlugin(_ context.Context, _ *cni.NetConf, namespace, name, uid string) (*cni.Pod, string, error) {
+	u, source, err := in.pods.get(namespace, name, uid)
+	if in.metrics != nil {
+		outcome := outcomeFound
+		if err != nil {
+			outcome = outcomeError
+		}
+		in.metrics.agentRequests.WithLabelValues(source, outcome).Inc()
+	}
+	if err != nil {
+		return nil, cni.PodSourceAgent, err
+	}
+	var pod cni.Pod
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &pod); err != nil {
+		return nil, cni.PodSourceAgent, fmt.Errorf("pod %s/%s: %w", namespace, name, err)
+	}
+	return &pod, cni.PodSourceAgent, nil
+}
+
+// Capabilities the agent needs to run a pod's commands: enter its network namespace and program it.
+const (
+	capNetAdmin = 12
+	capSysAdmin = 21
+)
+
+// whyNotServing says why this process cannot run the shim's commands, or "" when it can.
+func whyNotServing() string {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return "read capabilities: " + err.Error()
+	}
+	eff := uint64(data[0].Effective) | uint64(data[1].Effective)<<32
+	for _, c := range []struct {
+		bit  uint
+		name string
+	}{{capNetAdmin, "NET_ADMIN"}, {capSysAdmin, "SYS_ADMIN"}} {
+		if eff&(1<<c.bit) == 0 {
+			return "the agent lacks the capability " + c.name
+		}
+	}
+	return ""
+}
