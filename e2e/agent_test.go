@@ -114,6 +114,11 @@ func TestAgent(t *testing.T) {
 		waitFor(t, "the ADDs counted by source", func() bool {
 			return strings.Contains(metrics(), fmt.Sprintf(`shunt_cni_pod_reads_total{source="agent"} %d`, pods))
 		})
+		// The shim handed every ADD to the agent: no standalone plugin ran.
+		if m := metrics(); !strings.Contains(m, fmt.Sprintf(`shunt_cni_command_runs_total{command="ADD",runner="agent"} %d`, pods)) ||
+			strings.Contains(m, `runner="standalone"`) {
+			t.Errorf("ADDs by runner: %s; want all %d in the agent", grepLines(m, "shunt_cni_command_runs_total{"), pods)
+		}
 		rss := vmRSS(t, agent.cmd.Process.Pid)
 		t.Logf("agent RSS with %d pods on the node: %.1f MiB", pods, float64(rss)/(1<<20))
 		if rss > 50<<20 {

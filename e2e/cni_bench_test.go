@@ -32,7 +32,7 @@ func startBenchAgent(b *testing.B, n *cniNode) (socket string, pid int) {
 	if err := os.WriteFile(token, []byte("unused"), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	cmd := n.ns.Command(nil, bins.Path(b, pkgShunt), "install-cni",
+	cmd := n.ns.AgentCommand(bins.Path(b, pkgShunt), "install-cni", "--shim", bins.Path(b, pkgShim),
 		"--cni-bin-dir", filepath.Join(dir, "bin"), "--cni-net-dir", filepath.Join(dir, "net"),
 		"--token-file", token, "--ca-file", "", "--api-server", n.cluster.URL, "--kubeconfig", n.cluster.Kubeconfig,
 		"--node-name", nodeName, "--agent-socket", socket, "--report-socket", "", "--health-addr", "",
@@ -70,6 +70,7 @@ type addReport struct {
 	ProgramSeconds float64 `json:"program_seconds"`
 	TotalSeconds   float64 `json:"total_seconds"`
 	PodSource      string  `json:"pod_source"`
+	InAgent        bool    `json:"in_agent"`
 }
 
 // benchReports are the ADD reports shunt-cni sends to a benchmark's report socket.
@@ -114,13 +115,16 @@ func (r *benchReports) reset() {
 	r.mu.Unlock()
 }
 
-// split returns the pod read, rule programming and whole command of the ADDs since reset, and
-// how many read the pod from each source.
-func (r *benchReports) split() (api, program, total []time.Duration, sources map[string]int) {
+// split returns the pod read, rule programming and whole command of the ADDs since reset that keep
+// accepts (all when nil), and how many read the pod from each source.
+func (r *benchReports) split(keep func(addReport) bool) (api, program, total []time.Duration, sources map[string]int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	sources = map[string]int{}
 	for _, a := range r.adds {
+		if keep != nil && !keep(a) {
+			continue
+		}
 		sources[a.PodSource]++
 		api = append(api, seconds(a.APISeconds))
 		program = append(program, seconds(a.ProgramSeconds))

@@ -19,6 +19,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/shuntmesh/shunt/cni/shim"
 	"github.com/shuntmesh/shunt/internal/testutil/cri"
 	"github.com/shuntmesh/shunt/internal/testutil/kube"
 )
@@ -26,13 +27,16 @@ import (
 // BenchmarkContainerdRunPodSandbox measures issue 14's runtime target: on one containerd node, 20
 // meshed pods (native-sidecar.yaml, as Istio's injector writes it, created in a real API server)
 // started at once, the latency of each RunPodSandbox with the primary network alone (bridge +
-// host-local) and with shunt-cni chained after it as `shunt install-cni` writes its entry (info
-// log, the node agent's socket: the plugin reads pods from the agent's watch). Rounds alternate the
-// two conflists (the file rewritten, then containerd's Status waited on until it shows the loaded
-// plugins); each round runs the 20 RunPodSandbox calls concurrently and times each, then stops and
-// removes the sandboxes untimed. It prints p50 and p99 over all rounds, the spread of the rounds'
-// p50s, the ratio of the p50s, and shunt-cni's own split of its ADD (pod read, rule programming,
-// whole command) from its reports. `make bench` runs it once (-benchtime 1x).
+// host-local) and with shunt's entry chained after it as `shunt install-cni` writes it (info log,
+// the node agent's socket) in two ways: the standalone plugin (the shunt binary, a process per pod
+// that reads the pod from the agent's watch and programs the rules itself) and the shim (shunt-cni,
+// which hands the command to the node agent: the agent programs the rules in its process). Rounds
+// interleave the three conflists (the file rewritten, then containerd's Status waited on until it
+// shows the loaded plugins); each round runs the 20 RunPodSandbox calls concurrently and times each,
+// then stops and removes the sandboxes untimed. It prints p50 and p99 over all rounds, the spread of
+// the rounds' p50s, each configuration's p50 ratio to the primary network alone (overall and the
+// median of the rounds' ratios), and shunt's own split of its ADD (pod read, rule programming, whole
+// command) from its reports, by what ran it. `make bench` runs it once (-benchtime 1x).
 func BenchmarkContainerdRunPodSandbox(b *testing.B) {
 	const pods, rounds = 20, 6 // rounds of each configuration, after one untimed warm-up each
 	n := newBenchCRINode(b)
@@ -51,10 +55,14 @@ func BenchmarkContainerdRunPodSandbox(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	chained := func(pluginType string) string {
+		e := strings.Replace(string(entry), `"type":"shunt-cni"`, `"type":"`+pluginType+`"`, 1)
+		return strings.Replace(primary, "}]}", "},\n  "+e+"]}", 1)
+	}
 	configs := []benchConflist{
 		{name: "bridge+host-local", plugins: "bridge", conf: primary},
-		{name: "bridge+host-local+shunt-cni", plugins: "bridge,shunt-cni",
-			conf: strings.Replace(primary, "}]}", "},\n  "+string(entry)+"]}", 1)},
+		{name: "+ standalone plugin", plugins: "bridge," + shim.StandaloneName, conf: chained(shim.StandaloneName)},
+		{name: "+ shim, agent runs ADD", plugins: "bridge,shunt-cni", conf: chained("shunt-cni")},
 	}
 
 	fixture := readInjectedPod(b, "native-sidecar.yaml")
@@ -95,26 +103,37 @@ func BenchmarkContainerdRunPodSandbox(b *testing.B) {
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s – %s\t\n", conf.name, len(took[c]), msf(pct(took[c], 50)), msf(pct(took[c], 99)),
 			msf(slices.Min(roundP50[c])), msf(slices.Max(roundP50[c])))
 	}
-	ratio := float64(pct(took[1], 50)) / float64(pct(took[0], 50))
-	fmt.Fprintf(w, "p50 with / without shunt-cni\t\t%.3f×\t\t\t\n", ratio)
-	// Each round pair (without, then with) ran under about the same load: its ratio is less noisy.
-	pairs := make([]float64, rounds)
-	for r := range pairs {
-		pairs[r] = float64(roundP50[1][r]) / float64(roundP50[0][r])
+	ratios := make([]float64, len(configs))
+	pairRatios := make([]float64, len(configs))
+	for c := 1; c < len(configs); c++ {
+		ratios[c] = float64(pct(took[c], 50)) / float64(pct(took[0], 50))
+		// Each round ran the configurations back to back under about the same load: the median of
+		// the rounds' ratios is less noisy.
+		pairs := make([]float64, rounds)
+		for r := range pairs {
+			pairs[r] = float64(roundP50[c][r]) / float64(roundP50[0][r])
+		}
+		pairRatios[c] = median(pairs)
+		fmt.Fprintf(w, "p50 %s / %s\t\t%.3f×\t\t(rounds' ratios, median %.3f×)\t\n", configs[c].name, configs[0].name, ratios[c], pairRatios[c])
 	}
-	fmt.Fprintf(w, "round pairs' p50 ratio, median\t\t%.3f×\t\t\t\n", median(pairs))
-	api, program, total, sources := reports.split()
-	for _, s := range []struct {
-		what string
-		ds   []time.Duration
-	}{
-		{"  shunt-cni ADD: pod read (from the agent)", api},
-		{"  shunt-cni ADD: rule programming", program},
-		{"  shunt-cni ADD: whole command (in process)", total},
-	} {
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t\t\n", s.what, len(s.ds), msf(pct(s.ds, 50)), msf(pct(s.ds, 99)))
+	for _, inAgent := range []bool{false, true} {
+		runner := "standalone plugin"
+		if inAgent {
+			runner = "node agent"
+		}
+		api, program, total, sources := reports.split(func(a addReport) bool { return a.InAgent == inAgent })
+		for _, s := range []struct {
+			what string
+			ds   []time.Duration
+		}{
+			{"pod read", api},
+			{"rule programming", program},
+			{"whole command", total},
+		} {
+			fmt.Fprintf(w, "  ADD in the %s: %s\t%d\t%s\t%s\t\t\n", runner, s.what, len(s.ds), msf(pct(s.ds, 50)), msf(pct(s.ds, 99)))
+		}
+		fmt.Fprintf(w, "  ADD in the %s: pod read from (source: ADDs)\t\t%v\t\t\t\n", runner, sources)
 	}
-	fmt.Fprintf(w, "  shunt-cni ADD: pod read from (source: ADDs)\t\t%v\t\t\t\n", sources)
 	w.Flush()
 	for c, conf := range configs {
 		fmt.Printf("round p50s, %s:", conf.name)
@@ -123,12 +142,14 @@ func BenchmarkContainerdRunPodSandbox(b *testing.B) {
 		}
 		fmt.Println(" ms")
 	}
-	for c, unit := range []string{"plain", "shunt"} {
+	for c, unit := range []string{"plain", "standalone", "shim"} {
 		b.ReportMetric(float64(pct(took[c], 50))/float64(time.Millisecond), "p50-ms-"+unit)
 		b.ReportMetric(float64(pct(took[c], 99))/float64(time.Millisecond), "p99-ms-"+unit)
+		if c > 0 {
+			b.ReportMetric(ratios[c], "p50-ratio-"+unit)
+			b.ReportMetric(pairRatios[c], "round-p50-ratio-"+unit)
+		}
 	}
-	b.ReportMetric(ratio, "p50-ratio")
-	b.ReportMetric(median(pairs), "pair-p50-ratio")
 }
 
 // benchConflist is a network containerd loads: the conflist file's content and the plugin types its
@@ -149,7 +170,9 @@ func newBenchCRINode(b *testing.B) *criNode {
 	if err := os.Chmod(n.binDir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	copyFile(b, bins.Path(b, pkgShunt), filepath.Join(n.binDir, "shunt-cni"))
+	// As install-cni installs them: the shim, and the shunt binary as the standalone plugin beside it.
+	copyFile(b, bins.Path(b, pkgShim), filepath.Join(n.binDir, "shunt-cni"))
+	copyFile(b, bins.Path(b, pkgShunt), filepath.Join(n.binDir, shim.StandaloneName))
 	for _, pkg := range []string{pkgBridge, pkgHostLocal, pkgLoopback} {
 		src := bins.Path(b, pkg)
 		if err := os.Symlink(src, filepath.Join(n.binDir, filepath.Base(src))); err != nil {

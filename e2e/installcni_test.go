@@ -430,7 +430,7 @@ type installCNIProc struct {
 // running.
 func startInstallCNI(t *testing.T, n *cniNode, args []string) *installCNIProc {
 	t.Helper()
-	p := &installCNIProc{cmd: n.ns.Command(nil, args...), exited: make(chan error, 1), logs: &testutil.LockedBuffer{}}
+	p := &installCNIProc{cmd: n.ns.AgentCommand(args...), exited: make(chan error, 1), logs: &testutil.LockedBuffer{}}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

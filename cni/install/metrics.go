@@ -32,6 +32,7 @@ type metrics struct {
 	agentRequests     *prometheus.CounterVec
 	agentFetchSeconds prometheus.Histogram
 	podReads          *prometheus.CounterVec
+	runners           *prometheus.CounterVec
 }
 
 // Phases of an ADD in shunt_cni_add_duration_seconds.
@@ -97,6 +98,10 @@ func newMetrics() *metrics {
 			Name: "shunt_cni_agent_pod_requests_total",
 			Help: "Pods the plugin asked the node agent for, by source of the answer (cache: the agent's watch; api: read from the API server, for a pod the watch has not brought yet) and outcome (found, not_found, error).",
 		}, []string{"source", "outcome"}),
+		runners: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shunt_cni_command_runs_total",
+			Help: "The plugin's commands by what ran them (agent: the node agent, for the shim; standalone: the plugin's own process).",
+		}, []string{"command", "runner"}),
 		podReads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shunt_cni_pod_reads_total",
 			Help: "Pods the plugin read for an ADD, by where from (agent: the node agent; api: the API server, the agent being unreachable).",
@@ -110,7 +115,7 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.programmed, m.skipped, m.addFailures, m.checkFailures, m.reports, m.addDuration,
 		m.repairs, m.rewrites, m.ready, m.backend, m.migrations,
 		m.podsAudited, m.podsDrifted, m.podDrifted, m.driftRepairs, m.auditSeconds, m.auditTime,
-		m.agentRequests, m.agentFetchSeconds, m.podReads,
+		m.agentRequests, m.agentFetchSeconds, m.podReads, m.runners,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -129,6 +134,11 @@ func (m *metrics) observe(r cni.Report) {
 		outcome = "other"
 	}
 	m.reports.WithLabelValues(command, outcome).Inc()
+	runner := "standalone"
+	if r.InAgent {
+		runner = "agent"
+	}
+	m.runners.WithLabelValues(command, runner).Inc()
 	switch {
 	case command == "ADD":
 		switch outcome {

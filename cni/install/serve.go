@@ -39,6 +39,17 @@ func (in *Installer) serveCNI(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusBadRequest, "decode command: "+err.Error())
 		return
 	}
+	// The pod's namespace as this process sees it: a path the agent's mounts do not show (no
+	// /var/run/netns mount, no propagation from the host) is the standalone plugin's, which runs in
+	// the runtime's mount namespace.
+	if req.Netns != "" {
+		if why := notANetNS(req.Netns); why != "" {
+			in.log.Warn("a pod's network namespace is not visible to the agent: the standalone plugin runs its command",
+				"netns", req.Netns, "reason", why)
+			writeStatus(w, http.StatusNotFound, "the node agent does not see the network namespace "+req.Netns+": "+why)
+			return
+		}
+	}
 	p := cni.Plugin{InAgent: true, GetPod: in.podForPlugin}
 	resp := p.Run(&req)
 	w.Header().Set("Content-Type", "application/json")
@@ -64,6 +75,18 @@ func (in *Installer) podForPlugin(_ context.Context, _ *cni.NetConf, namespace, 
 		return nil, cni.PodSourceAgent, fmt.Errorf("pod %s/%s: %w", namespace, name, err)
 	}
 	return &pod, cni.PodSourceAgent, nil
+}
+
+// notANetNS says why path is not a network namespace this process can enter, or "".
+func notANetNS(path string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return err.Error()
+	}
+	if uint64(st.Type) != unix.NSFS_MAGIC && uint64(st.Type) != unix.PROC_SUPER_MAGIC {
+		return fmt.Sprintf("not a namespace file (file system 0x%x)", st.Type)
+	}
+	return ""
 }
 
 // Capabilities the agent needs to run a pod's commands: enter its network namespace and program it.

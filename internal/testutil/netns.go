@@ -79,6 +79,16 @@ func (n *NetNS) Command(cred *Cred, argv ...string) *exec.Cmd {
 	return cmd
 }
 
+// AgentCommand returns a command that runs argv as root in n's network namespace only, in the test's
+// mount namespace (nsenter --net, where ip netns exec makes a mount namespace of its own): mounts
+// made later elsewhere, such as a container runtime's bind mounts of pods' namespaces, are visible to
+// it, as they are to a node agent whose /var/run/netns is mounted with HostToContainer propagation.
+func (n *NetNS) AgentCommand(argv ...string) *exec.Cmd {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + n.Path(), "--"}, argv...)...)
+	cmd.Env = append(os.Environ(), "XTABLES_LOCKFILE="+n.LockFile)
+	return cmd
+}
+
 // Exec runs argv inside n as cred (root when nil) with env added to the
 // environment and returns its standard output; a failure's error carries
 // standard error.
