@@ -101,6 +101,9 @@ func (g *Graph) DOT() []byte {
 		if g.highlight {
 			fmt.Fprintf(&b, "<tr><td bgcolor=\"%s\" width=\"14\"> </td><td align=\"left\">highlighted path</td></tr>", highlightColor)
 		}
+		if g.ordered {
+			b.WriteString("<tr><td>1 2</td><td align=\"left\">on a hook's edges: the order in which its tables see a packet</td></tr>")
+		}
 		b.WriteString("</table>>];\n\t}\n")
 	}
 	b.WriteString("}\n")
@@ -135,7 +138,7 @@ func dotNode(n *node) string {
 	}
 	fmt.Fprintf(&b, "shape=plain, label=<<table border=\"%s\" color=\"%s\" cellborder=\"0\" cellspacing=\"0\" cellpadding=\"3\">", border, color)
 	fmt.Fprintf(&b, "<tr><td port=\"h\" colspan=\"3\" bgcolor=\"%s\"><b>%s</b> <font point-size=\"9\">%s</font></td></tr>",
-		head, htmlEscape(n.title), htmlEscape(n.table))
+		head, htmlEscape(n.title), htmlEscape(n.tableNote()))
 	if len(n.rows) == 0 {
 		b.WriteString("<tr><td colspan=\"3\"><i>no rules</i></td></tr>")
 	}

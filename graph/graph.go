@@ -90,6 +90,7 @@ type Graph struct {
 	flows     []redirect.Flow // the flows the plan's rules serve, in order
 	counters  bool
 	highlight bool
+	ordered   bool // a hook enters several tables' chains: its edges are numbered
 }
 
 // section is the drawing of one family plan.
@@ -120,7 +121,16 @@ type node struct {
 	rows    []row
 	// highlight: a chain holds a highlighted rule, a verdict ends one, a hook enters a chain holding one.
 	highlight bool
-	col       int // layout column: 0 hooks, 1 built-in chains, then by jump depth; verdicts last
+	orphan    bool // a chain of ours that no rule jumps to
+	col       int  // layout column: 0 hooks, 1 built-in chains, then by jump depth; verdicts last
+}
+
+// tableNote is what a chain's header says besides its name: its table, and whether nothing jumps to it.
+func (n *node) tableNote() string {
+	if n.orphan {
+		return n.table + ", nothing jumps here"
+	}
+	return n.table
 }
 
 type row struct {
@@ -180,6 +190,9 @@ func New(plan *redirect.Plan, opts Options) (*Graph, error) {
 	used := map[redirect.Flow]bool{}
 	for i := range plan.Families {
 		s := newSection(&plan.Families[i], hl, opts.Counters)
+		for _, e := range s.edges {
+			g.ordered = g.ordered || e.label != ""
+		}
 		for _, n := range s.nodes {
 			for _, r := range n.rows {
 				used[r.flow] = true
@@ -334,6 +347,13 @@ func newSection(fp *redirect.FamilyPlan, hl map[redirect.RuleRef]bool, counters 
 		case s.nodes[e.from].rows[e.fromRow].highlight:
 			e.highlight = to.kind == kindVerdict || to.highlight
 		}
+	}
+	entered := map[int]bool{}
+	for _, e := range s.edges {
+		entered[e.to] = true
+	}
+	for i, n := range s.nodes {
+		n.orphan = n.kind == kindChain && !n.builtin && !entered[i]
 	}
 	for _, e := range s.edges {
 		if e.highlight {

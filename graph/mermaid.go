@@ -34,7 +34,7 @@ func (g *Graph) Mermaid() []byte {
 				}
 				styles = append(styles, fmt.Sprintf("  style %s fill:%s,stroke:%s,stroke-width:2px", id, fill, colorOf(n.flow)))
 			default:
-				lines := []string{"<b>" + mermaidEscape(n.title) + "</b> " + mermaidEscape(n.table)}
+				lines := []string{"<b>" + mermaidEscape(n.title) + "</b> " + mermaidEscape(n.tableNote())}
 				for i, r := range n.rows {
 					line := fmt.Sprintf("#35;%d %s %s", i, r.flow, mermaidEscape(r.text))
 					if r.counters != nil {
@@ -82,6 +82,9 @@ func (g *Graph) Mermaid() []byte {
 			id := "legend_" + mermaidID(string(f))
 			fmt.Fprintf(&b, "    %s[\"%s\"]\n", id, mermaidEscape(flowLabel(f)))
 			styles = append(styles, fmt.Sprintf("  style %s fill:%s,color:#fff,stroke:%s", id, colorOf(f), colorOf(f)))
+		}
+		if g.ordered {
+			b.WriteString("    legend_order[\"1, 2, 3 on a hook's edges: the order in which its tables see a packet\"]\n")
 		}
 		if g.highlight {
 			b.WriteString("    legend_path[\"highlighted path\"]\n")

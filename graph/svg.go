@@ -25,7 +25,7 @@ const (
 	padX       = 8
 	idxW       = 30 // "#12" column
 	flowW      = 26 // "F2" column
-	colGap     = 96
+	colGap     = 84
 	nodeGap    = 18
 	margin     = 24
 	hookH      = 42
@@ -61,7 +61,7 @@ func (n *node) size() (w, h int) {
 	case kindVerdict:
 		return max(textW(n.title), textW(n.sub)) + 2*padX + 12, verdictH
 	}
-	w = textW(n.title+"  "+n.table) + 2*padX
+	w = textW(n.title+"   "+n.tableNote()) + 2*padX
 	for _, r := range n.rows {
 		rw := padX + idxW + flowW + textW(svgRuleText(r.text)) + padX
 		if r.counters != nil {
@@ -74,8 +74,8 @@ func (n *node) size() (w, h int) {
 }
 
 // layout places the nodes of s from y0 down and returns the boxes and the height used.
-func (s *section) layout(y0 int) ([]box, int, int) {
-	boxes := make([]box, len(s.nodes))
+func (s *section) layout(y0 int) (boxes []box, height, width int, colRight []int) {
+	boxes = make([]box, len(s.nodes))
 	cols := 0
 	for _, n := range s.nodes {
 		cols = max(cols, n.col+1)
@@ -87,12 +87,14 @@ func (s *section) layout(y0 int) ([]box, int, int) {
 		widths[n.col] = max(widths[n.col], w)
 	}
 	xs := make([]int, cols)
+	colRight = make([]int, cols)
 	x := margin
 	for c := range cols {
 		xs[c] = x
+		colRight[c] = x + widths[c]
 		x += widths[c] + colGap
 	}
-	width := x - colGap + margin
+	width = x - colGap + margin
 	// incoming[i]: the edges into node i.
 	incoming := make([][]int, len(s.nodes))
 	for ei, e := range s.edges {
@@ -161,8 +163,7 @@ func (s *section) layout(y0 int) ([]box, int, int) {
 		slices.SortStableFunc(order, func(a, b int) int { return wantY[a] - wantY[b] })
 		place(col, order, func(i int) int { return wantY[i] })
 	}
-	// The verdicts' column is as narrow as its boxes: center them in it.
-	return boxes, bottom - y0, width
+	return boxes, bottom - y0, width, colRight
 }
 
 // incomingFrom returns the edges that leave node i.
@@ -197,10 +198,11 @@ func (s *section) targetY(boxes []box, e edge) int {
 // SVG returns the drawing as a standalone SVG document, laid out by this package.
 func (g *Graph) SVG() []byte {
 	type placedSection struct {
-		s      *section
-		boxes  []box
-		y, h   int
-		titleY int
+		s        *section
+		boxes    []box
+		colRight []int
+		y, h     int
+		titleY   int
 	}
 	y := margin
 	var body bytes.Buffer
@@ -222,8 +224,8 @@ func (g *Graph) SVG() []byte {
 	for i := range g.sections {
 		s := &g.sections[i]
 		ps := placedSection{s: s, titleY: y + 20}
-		boxes, h, w := s.layout(y + 34)
-		ps.boxes, ps.y, ps.h = boxes, y, h+34
+		boxes, h, w, colRight := s.layout(y + 34)
+		ps.boxes, ps.colRight, ps.y, ps.h = boxes, colRight, y, h+34
 		width = max(width, w)
 		placedSections = append(placedSections, ps)
 		y += ps.h + 28
@@ -245,6 +247,11 @@ func (g *Graph) SVG() []byte {
 			fmt.Fprintf(&legend, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"14\" rx=\"3\" fill=\"%s\"/>", lx, ly+2, it.color)
 			fmt.Fprintf(&legend, "<text x=\"%d\" y=\"%d\" class=\"lt\">%s</text>\n", lx+20, ly+13, htmlEscape(it.label))
 			lx += w
+		}
+		if g.ordered {
+			lx, ly = margin, ly+22
+			legendRows++
+			fmt.Fprintf(&legend, "<text x=\"%d\" y=\"%d\" class=\"lt\">1, 2, 3 on a hook's edges: the order in which its tables see a packet</text>\n", lx, ly+13)
 		}
 		if g.counters {
 			lx, ly = margin, ly+22
@@ -272,7 +279,7 @@ func (g *Graph) SVG() []byte {
 				if e.highlight != (pass == 1) {
 					continue
 				}
-				g.svgEdge(&body, s, boxes, e)
+				g.svgEdge(&body, s, boxes, ps.colRight, e)
 			}
 		}
 		for i, n := range s.nodes {
@@ -313,9 +320,12 @@ func (g *Graph) SVG() []byte {
 	return b.Bytes()
 }
 
-func (g *Graph) svgEdge(b *bytes.Buffer, s *section, boxes []box, e edge) {
+// svgEdge draws e: level from its rule's row to the right of the row's column, where no box of the
+// column can be in the way, then a curve into its target.
+func (g *Graph) svgEdge(b *bytes.Buffer, s *section, boxes []box, colRight []int, e edge) {
 	from, to := boxes[e.from], boxes[e.to]
-	x1, y1 := from.x+from.w, s.sourceY(boxes, e)
+	x0, y1 := from.x+from.w, s.sourceY(boxes, e)
+	x1 := max(x0, colRight[s.nodes[e.from].col])
 	x2, y2 := to.x-2, s.targetY(boxes, e)
 	color := colorOf(e.flow)
 	if e.fromRow < 0 {
@@ -329,8 +339,8 @@ func (g *Graph) svgEdge(b *bytes.Buffer, s *section, boxes []box, e edge) {
 	case g.highlight:
 		extra = " stroke-opacity=\"0.35\" stroke-dasharray=\"5 4\""
 	}
-	fmt.Fprintf(b, "<path d=\"M%d,%dC%d,%d %d,%d %d,%d\" fill=\"none\" stroke=\"%s\" stroke-width=\"%s\"%s marker-end=\"url(#a%s)\"/>\n",
-		x1, y1, x1+dx, y1, x2-dx, y2, x2, y2, color, width, extra, color[1:])
+	fmt.Fprintf(b, "<path d=\"M%d,%dH%dC%d,%d %d,%d %d,%d\" fill=\"none\" stroke=\"%s\" stroke-width=\"%s\"%s marker-end=\"url(#a%s)\"/>\n",
+		x0, y1, x1, x1+dx, y1, x2-dx, y2, x2, y2, color, width, extra, color[1:])
 	if e.label != "" {
 		fmt.Fprintf(b, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" class=\"el\">%s</text>\n", x2-10, y2-5, htmlEscape(e.label))
 	}
@@ -369,7 +379,7 @@ func svgNode(b *bytes.Buffer, n *node, bx box) {
 		bx.x, bx.y, bx.w, bx.h, outline, width)
 	fmt.Fprintf(b, "<path d=\"M%d,%dh%dv%dh%dz\" fill=\"%s\"/>\n", bx.x+1, bx.y+1, bx.w-2, headH-1, -(bx.w - 2), head)
 	fmt.Fprintf(b, "<text x=\"%d\" y=\"%d\" class=\"th\">%s</text>", bx.x+padX, bx.y+18, htmlEscape(n.title))
-	fmt.Fprintf(b, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" class=\"tt\">%s</text>\n", bx.x+bx.w-padX, bx.y+17, htmlEscape(n.table))
+	fmt.Fprintf(b, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" class=\"tt\">%s</text>\n", bx.x+bx.w-padX, bx.y+17, htmlEscape(n.tableNote()))
 	b.WriteString("</g>\n")
 	if len(n.rows) == 0 {
 		fmt.Fprintf(b, "<text x=\"%d\" y=\"%d\" class=\"ti\" font-style=\"italic\">no rules</text>\n", bx.x+padX, bx.y+headH+14)

@@ -242,4 +242,3 @@ func ruleCount(p *redirect.Plan) int {
 	}
 	return n
 }
-
