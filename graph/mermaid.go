@@ -67,7 +67,10 @@ func (g *Graph) Mermaid() []byte {
 			if g.highlight && !e.highlight {
 				arrow = "-.->"
 			}
-			fmt.Fprintf(&b, "  %s %s|\"%s\"| %s\n", from, arrow, label, to)
+			if label != "" {
+				arrow += "|\"" + label + "\"|"
+			}
+			fmt.Fprintf(&b, "  %s %s %s\n", from, arrow, to)
 			width := "1.5px"
 			if e.highlight {
 				width = "4px"
