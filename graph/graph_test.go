@@ -9,7 +9,9 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -425,4 +427,26 @@ func balancedDOT(s string) error {
 		return fmt.Errorf("unclosed at the end: string %v, html %d, %q", inString, html, stack)
 	}
 	return nil
+}
+
+// TestSVGTextSizes: no text of the SVG is smaller than 10 pixels, and the rules' is 12.
+func TestSVGTextSizes(t *testing.T) {
+	g, err := New(build(t, tproxyDNS()), Options{Title: "t", Counters: map[redirect.RuleRef]redirect.Counters{
+		ref(redirect.IPv4, "nat", "OUTPUT", 0): {Packets: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svg := string(g.SVG())
+	sizes := regexp.MustCompile(`font-size(?:="|:)(\d+)`).FindAllStringSubmatch(svg, -1)
+	if len(sizes) == 0 {
+		t.Fatal("no font sizes in the SVG")
+	}
+	for _, m := range sizes {
+		if n, _ := strconv.Atoi(m[1]); n < 10 {
+			t.Errorf("font size %s px", m[1])
+		}
+	}
+	if !strings.Contains(svg, `font-size="12"`) {
+		t.Error("the SVG's text is not 12 px")
+	}
 }

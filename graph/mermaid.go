@@ -12,14 +12,17 @@ import (
 // Mermaid has no ports: an edge leaves the chain's node, not the rule's row.
 func (g *Graph) Mermaid() []byte {
 	var b bytes.Buffer
+	// Rules are long lines: no wrapping at Mermaid's 200 pixels.
+	b.WriteString("---\n")
 	if g.title != "" {
-		fmt.Fprintf(&b, "---\ntitle: %s\n---\n", mermaidTitle(g.title))
+		fmt.Fprintf(&b, "title: %s\n", mermaidTitle(g.title))
 	}
+	b.WriteString("config:\n  flowchart:\n    wrappingWidth: 900\n---\n")
 	b.WriteString("flowchart LR\n")
 	var styles []string
 	link := 0
 	for _, s := range g.sections {
-		fmt.Fprintf(&b, "  subgraph %s[\"%s\"]\n", s.id, mermaidEscape(s.title))
+		fmt.Fprintf(&b, "  subgraph %s[\"%s\"]\n    direction LR\n", s.id, mermaidEscape(s.title))
 		for _, n := range s.nodes {
 			id := mermaidID(n.id)
 			switch n.kind {
