@@ -48,7 +48,7 @@ func (g *Graph) DOT() []byte {
 	b.WriteString("digraph shunt {\n")
 	b.WriteString("\tgraph [rankdir=LR, fontname=\"monospace\", fontsize=12, nodesep=0.25, ranksep=0.9, newrank=true")
 	if g.title != "" {
-		fmt.Fprintf(&b, ", label=%s, labelloc=t, fontsize=16", dotQuote(g.title))
+		fmt.Fprintf(&b, ", label=%s, labelloc=t", dotQuote(g.title))
 	}
 	b.WriteString("];\n")
 	b.WriteString("\tnode [fontname=\"monospace\", fontsize=10];\n")
