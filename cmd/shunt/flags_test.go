@@ -43,6 +43,16 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
 		"dual-stack", "pod", "to", "stage", "network-namespace", "force-iptables-binary", "log_output_level", "log_as_json",
 	}, required: []string{"to"}},
+	// The settings of shunt iptables (--dry-run draws the same rules), where to read the rules and
+	// counters, and the drawing's own flags; -o stays --istio-local-outbound-ports-exclude.
+	"shunt graph": {flags: []string{
+		"envoy-port", "inbound-capture-port", "inbound-tunnel-port", "proxy-uid", "proxy-gid",
+		"istio-inbound-interception-mode", "istio-inbound-ports", "istio-local-exclude-ports", "istio-service-cidr",
+		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude",
+		"istio-exclude-interfaces", "kube-virt-interfaces", "istio-inbound-tproxy-mark",
+		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
+		"dual-stack", "pod", "network-namespace", "native-nftables", "force-iptables-binary", "format", "output", "highlight",
+	}},
 	"shunt cleanup": {flags: []string{"network-namespace", "native-nftables", "force-iptables-binary",
 		"log_output_level", "log_as_json"}},
 	// iptables/validate_linux.go listens on -p and -z, connects as -u/-g, probes IPv6 when the namespace has it.

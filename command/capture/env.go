@@ -32,7 +32,7 @@ func (e *ExitError) Unwrap() error { return e.Err }
 // (which changes nothing) the combinations that would ignore one, and acts in RunE.
 func Commands(env Env) []*cobra.Command {
 	ipt, _ := newIptablesCmd(env)
-	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env)}
+	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newGraphCmd(env), newProbeClientCmd(env)}
 }
 
 // Env is what commands reach of the process: standard streams and the environment, and what the
