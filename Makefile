@@ -64,13 +64,14 @@ compat: build
 # iptables-legacy, --native-nftables) vs a bare iptables-restore of the same rules (and Istio's
 # istio-iptables or pilot-agent with ISTIO=PATH), shunt-init's package initialisation and the init
 # image's size (after `make image`), the in-process nftables apply, the node agent's drift audit of 100
-# pods (CPU per audit), then CNI ADD latency on a node
+# pods (CPU per audit), the node agent's share of an ADD it runs for the shim, then CNI ADD latency on a node
 # namespace with a real kube-apiserver, then the data paths (root).
 ISTIO ?=
 bench: build
 	$(GO) run ./bench -shunt $(BIN) -shunt-init $(INIT_BIN) -init-image bin/shunt-init-image.tar $(if $(ISTIO),-istio $(ISTIO))
 	@$(GO) test -count=1 -run '^$$' -bench '^BenchmarkApply' -benchtime 500x ./nftables/ | grep -E '^(Benchmark|ok)'
 	@$(GO) test -count=1 -run '^$$' -bench '^BenchmarkAudit$$' -benchtime 5x ./cni/install/ | grep -E '^(Benchmark|ok)'
+	@$(GO) test -count=1 -run '^$$' -bench '^BenchmarkRunAdd$$' -benchtime 200x ./cni/ | grep -E '^(Benchmark|ok)'
 	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkCNIAdd$$' -benchtime 1x -args -shunt $(abspath $(BIN)) \
 		| grep -v '^\s*{"time"'
 	@cd e2e && $(GO) test -count=1 -run '^$$' -bench '^BenchmarkDataPath$$' -benchtime 1x -args -shunt $(abspath $(BIN))

@@ -31,7 +31,7 @@ import (
 const prevV4V6 = `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],
  "ips":[{"address":"10.1.0.5/24","interface":0},{"address":"fd00::5/64","interface":0}]}`
 
-func netConf(t *testing.T, extra string) []byte {
+func netConf(t testing.TB, extra string) []byte {
 	t.Helper()
 	dir := t.TempDir()
 	conf := `{"cniVersion":"1.0.0","name":"k8s","type":"shunt-cni","log_file":"` + filepath.Join(dir, "cni.log") +
@@ -39,7 +39,7 @@ func netConf(t *testing.T, extra string) []byte {
 	return []byte(conf)
 }
 
-func withPrev(t *testing.T, extra string) []byte {
+func withPrev(t testing.TB, extra string) []byte {
 	return netConf(t, `,"prevResult":`+prevV4V6+extra)
 }
 

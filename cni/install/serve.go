@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -51,9 +52,15 @@ func (in *Installer) serveCNI(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	p := cni.Plugin{InAgent: true, GetPod: in.podForPlugin}
-	resp := p.Run(&req)
+	out, err := json.Marshal(p.Run(&req))
+	if err != nil {
+		writeStatus(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	// A Content-Length, never chunked: the shim reads answers without net/http (see shim.Do).
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(resp)
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	_, _ = w.Write(out)
 }
 
 // podForPlugin is the plugin's pod lookup when the agent runs a command: its watch of the node's pods,

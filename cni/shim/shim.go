@@ -19,9 +19,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -128,40 +129,86 @@ var ErrNotServed = errors.New("the node agent does not run CNI commands")
 // Do asks the agent at socket to run req. Any error means the agent did not run it (or its answer was
 // lost) and the standalone plugin should: running a command twice is safe, as every command is
 // idempotent.
+//
+// The exchange is one HTTP/1.1 request on a connection closed after the answer, written and read
+// here rather than with net/http: linking net/http (and the crypto packages it brings) delays the
+// shim's main by about 4.5 ms at every start (GODEBUG=inittrace=1: 7.3 ms to main with it, 2.9 ms
+// without), which a runtime pays for every pod.
 func Do(ctx context.Context, socket string, req *Request) (*Response, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			d := net.Dialer{Timeout: dialTimeout}
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableKeepAlives: true,
-	}}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent"+Path, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	r, err := client.Do(hr)
+	d := net.Dialer{Timeout: dialTimeout}
+	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
 		return nil, fmt.Errorf("node agent at %s: %w", socket, err)
 	}
-	defer r.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", Path, len(body))
+	if _, err := conn.Write(append([]byte(head), body...)); err != nil {
+		return nil, fmt.Errorf("node agent at %s: %w", socket, err)
+	}
+	answer, err := io.ReadAll(io.LimitReader(conn, maxAnswer))
 	if err != nil {
 		return nil, fmt.Errorf("node agent at %s: %w", socket, err)
 	}
-	if r.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%w: %s answered %s: %s", ErrNotServed, socket, r.Status, bytes.TrimSpace(data))
+	code, data, err := parseAnswer(answer)
+	if err != nil {
+		return nil, fmt.Errorf("node agent at %s: %w", socket, err)
+	}
+	if code != 200 {
+		return nil, fmt.Errorf("%w: %s answered %d: %s", ErrNotServed, socket, code, bytes.TrimSpace(data))
 	}
 	var resp Response
 	if err := json.Unmarshal(data, &resp); err != nil {
 		return nil, fmt.Errorf("node agent at %s: decode answer: %w", socket, err)
 	}
 	return &resp, nil
+}
+
+// maxAnswer bounds the agent's answer: a CNI result with its headers.
+const maxAnswer = 16 << 20
+
+// parseAnswer splits an HTTP/1.1 answer read to the end of its connection into its status code and
+// body. The agent sends a Content-Length; an answer without one, or chunked, is refused.
+func parseAnswer(answer []byte) (code int, body []byte, err error) {
+	head, body, ok := bytes.Cut(answer, []byte("\r\n\r\n"))
+	if !ok {
+		return 0, nil, errors.New("truncated answer")
+	}
+	lines := strings.Split(string(head), "\r\n")
+	proto, status, _ := strings.Cut(lines[0], " ")
+	if !strings.HasPrefix(proto, "HTTP/1.") {
+		return 0, nil, fmt.Errorf("not an HTTP/1 answer: %q", lines[0])
+	}
+	codeText, _, _ := strings.Cut(status, " ")
+	code, err = strconv.Atoi(codeText)
+	if err != nil || code < 100 || code > 999 {
+		return 0, nil, fmt.Errorf("bad status line %q", lines[0])
+	}
+	length := -1
+	for _, l := range lines[1:] {
+		name, value, _ := strings.Cut(l, ":")
+		switch strings.ToLower(strings.TrimSpace(name)) {
+		case "content-length":
+			if length, err = strconv.Atoi(strings.TrimSpace(value)); err != nil || length < 0 {
+				return 0, nil, fmt.Errorf("bad Content-Length %q", value)
+			}
+		case "transfer-encoding":
+			return 0, nil, fmt.Errorf("unexpected Transfer-Encoding %q", strings.TrimSpace(value))
+		}
+	}
+	if length < 0 {
+		return 0, nil, errors.New("answer without Content-Length")
+	}
+	if len(body) < length {
+		return 0, nil, fmt.Errorf("answer body of %d bytes, want %d", len(body), length)
+	}
+	return code, body[:length], nil
 }
 
 // exitStandalone replaces the process with the standalone plugin, giving it stdin (already read, when

@@ -133,3 +133,39 @@ func TestShimBinary(t *testing.T) {
 		t.Errorf("ADD the agent failed: %q, %v; want its error and exit status 1", out, err)
 	}
 }
+
+func TestParseAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		answer string
+		code   int
+		body   string
+		bad    bool
+	}{
+		{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 200, "{}", false},
+		{"HTTP/1.1 404 Not Found\r\ncontent-length: 5\r\nX: y\r\n\r\nnope\n", 404, "nope\n", false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}trailing", 200, "{}", false},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 0, "", true},
+		{"HTTP/1.1 200 OK\r\n\r\n{}", 0, "", true},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", 0, "", true},
+		{"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n{}", 0, "", true},
+		{"SSH-2.0\r\n\r\n", 0, "", true},
+		{"HTTP/1.1 abc\r\nContent-Length: 0\r\n\r\n", 0, "", true},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 2", 0, "", true},
+	} {
+		code, body, err := parseAnswer([]byte(tc.answer))
+		if (err != nil) != tc.bad || code != tc.code || string(body) != tc.body {
+			t.Errorf("parseAnswer(%q) = %d, %q, %v", tc.answer, code, body, err)
+		}
+	}
+}
+
+func FuzzParseAnswer(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+	f.Add([]byte("HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nnope\n"))
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		code, body, err := parseAnswer(answer)
+		if err == nil && (code < 100 || code > 999 || len(body) > len(answer)) {
+			t.Errorf("parseAnswer(%q) = %d, %d bytes", answer, code, len(body))
+		}
+	})
+}
