@@ -932,8 +932,12 @@ func checkChart(t *testing.T, objs *chartObjects, release string, w chartWant) {
 		hostPath("cni-net-dir", w.netDir),
 		hostPath("shunt-run", chartRunDir),
 		hostPath("netns", "/var/run/netns"),
-		{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 	}
+	if w.agentArgs != nil { // the eBPF agent's pins, where the installer's agent registers eBPF pods
+		wantVolumes = append(wantVolumes, corev1.Volume{Name: "bpffs", VolumeSource: corev1.VolumeSource{
+			HostPath: &corev1.HostPathVolumeSource{Path: "/sys/fs/bpf", Type: ptr.To(corev1.HostPathDirectory)}}})
+	}
+	wantVolumes = append(wantVolumes, corev1.Volume{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 	if diff := cmp.Diff(wantVolumes, pod.Volumes, cmpopts.IgnoreFields(corev1.EmptyDirVolumeSource{}, "SizeLimit")); diff != "" {
 		t.Errorf("volumes (-want +got):\n%s", diff)
 	}
@@ -942,8 +946,11 @@ func checkChart(t *testing.T, objs *chartObjects, release string, w chartWant) {
 		{Name: "cni-net-dir", MountPath: chartContainerNet},
 		{Name: "shunt-run", MountPath: chartRunDir},
 		{Name: "netns", MountPath: "/var/run/netns", ReadOnly: true, MountPropagation: ptr.To(corev1.MountPropagationHostToContainer)},
-		{Name: "tmp", MountPath: "/tmp"},
 	}
+	if w.agentArgs != nil {
+		wantMounts = append(wantMounts, corev1.VolumeMount{Name: "bpffs", MountPath: "/sys/fs/bpf", MountPropagation: ptr.To(corev1.MountPropagationHostToContainer)})
+	}
+	wantMounts = append(wantMounts, corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"})
 	if diff := cmp.Diff(wantMounts, ctr.VolumeMounts); diff != "" {
 		t.Errorf("volume mounts (-want +got):\n%s", diff)
 	}
