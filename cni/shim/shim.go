@@ -25,8 +25,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // DefaultName is the shim's file name, in the CNI bin directory (the plugin's type) and beside the
@@ -228,27 +226,6 @@ func exitStandalone(stdin []byte, why error) {
 	path := filepath.Join(filepath.Dir(exe), StandaloneName)
 	err = syscall.Exec(path, append([]string{path}, os.Args[1:]...), os.Environ())
 	fail(fmt.Errorf("execute %s: %w", path, err))
-}
-
-// restoreStdin makes stdin a memory file holding data, read from its start, so that the standalone
-// plugin reads the configuration the runtime wrote.
-func restoreStdin(data []byte) error {
-	fd, err := unix.MemfdCreate("cni-stdin", 0)
-	if err != nil {
-		return fmt.Errorf("stdin for the standalone plugin: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "cni-stdin")
-	defer f.Close()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("stdin for the standalone plugin: %w", err)
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("stdin for the standalone plugin: %w", err)
-	}
-	if err := unix.Dup2(fd, 0); err != nil {
-		return fmt.Errorf("stdin for the standalone plugin: %w", err)
-	}
-	return nil
 }
 
 // fail prints a CNI error on stdout, as a plugin does, and exits 1.
