@@ -399,8 +399,8 @@ func steps(res trace.Result, counters map[redirect.RuleRef]redirect.Counters) []
 	return out
 }
 
-// watched compares the rules whose packet counters moved between before and after, in the plan's
-// order, with the traced path.
+// watched compares the rules whose packet counters moved between before and after with the traced
+// path.
 func watched(plan *redirect.Plan, path []redirect.RuleRef, before, after map[redirect.RuleRef]redirect.Counters, d time.Duration) *traceWatched {
 	w := &traceWatched{Duration: d.String(), Moved: []traceMoved{}}
 	onPath := map[redirect.RuleRef]bool{}
@@ -428,6 +428,23 @@ func watched(plan *redirect.Plan, path []redirect.RuleRef, before, after map[red
 			}
 		}
 	}
+	// The path's rules first, in the walk's order, then the others in the plan's.
+	pos := map[string]int{}
+	for i, r := range uniqueRefs(path) {
+		pos[r.String()] = i
+	}
+	slices.SortStableFunc(w.Moved, func(a, b traceMoved) int {
+		if a.OnPath && b.OnPath {
+			return pos[a.Ref] - pos[b.Ref]
+		}
+		switch {
+		case a.OnPath && !b.OnPath:
+			return -1
+		case !a.OnPath && b.OnPath:
+			return 1
+		}
+		return 0
+	})
 	for _, r := range uniqueRefs(path) {
 		if !moved[r] {
 			w.NotMoved = append(w.NotMoved, r.String())
