@@ -250,18 +250,24 @@ func (t *traceCmd) run(ctx context.Context) error {
 		}
 	}
 	res, err := trace.Walk(&plan, conn)
-	if err != nil {
+	switch {
+	case errors.Is(err, trace.ErrFamilyNotCovered):
+		return fmt.Errorf("--dst %s: the settings program no IPv6 rules (give --ipv6=true, or the namespace has no IPv6), so nothing captures it: %w",
+			conn.Dst, trace.ErrFamilyNotCovered)
+	case err != nil:
 		return fmt.Errorf("trace %s: %w", rep.Connection, err)
 	}
 	if t.watch > 0 {
 		if t.watching != nil {
 			t.watching()
 		}
+		ctx, stop := SignalContext(ctx)
+		defer stop()
 		timer := time.NewTimer(t.watch)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return ctx.Err()
+			return fmt.Errorf("--watch: interrupted: %w", ctx.Err())
 		case <-timer.C:
 		}
 		after, err := backend.RuleCounters(ctx, b, &plan)
