@@ -53,6 +53,17 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
 		"dual-stack", "pod", "network-namespace", "native-nftables", "force-iptables-binary", "format", "output", "highlight",
 	}},
+	// shunt graph's settings and where to read rules and counters, the connection to follow (no short
+	// flags: istio-iptables' -o -i -u -g -d ... are settings), and what to show.
+	"shunt trace": {flags: []string{
+		"envoy-port", "inbound-capture-port", "inbound-tunnel-port", "proxy-uid", "proxy-gid",
+		"istio-inbound-interception-mode", "istio-inbound-ports", "istio-local-exclude-ports", "istio-service-cidr",
+		"istio-service-exclude-cidr", "istio-outbound-ports", "istio-local-outbound-ports-exclude",
+		"istio-exclude-interfaces", "kube-virt-interfaces", "istio-inbound-tproxy-mark",
+		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
+		"dual-stack", "pod", "network-namespace", "native-nftables", "force-iptables-binary",
+		"direction", "proto", "src", "dst", "uid", "gid", "iface", "pod-ip", "ebpf", "json", "graph", "watch",
+	}, required: []string{"dst"}},
 	"shunt cleanup": {flags: []string{"network-namespace", "native-nftables", "force-iptables-binary",
 		"log_output_level", "log_as_json"}},
 	// iptables/validate_linux.go listens on -p and -z, connects as -u/-g, probes IPv6 when the namespace has it.

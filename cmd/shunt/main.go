@@ -7,13 +7,17 @@ package main
 import (
 	"context"
 	"io"
+	"net/netip"
 	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/shuntmesh/shunt/cni"
 	"github.com/shuntmesh/shunt/cni/meshpod"
 	"github.com/shuntmesh/shunt/command/capture"
 	"github.com/shuntmesh/shunt/command/node"
+	shuntebpf "github.com/shuntmesh/shunt/ebpf"
+	"github.com/shuntmesh/shunt/redirect"
 )
 
 func main() {
@@ -34,9 +38,32 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // newRootCmd returns the command tree: the capture commands, with --pod, and the node's.
 func newRootCmd(env capture.Env) *cobra.Command {
 	env.PodConfig = meshpod.ManifestConfig
+	env.PodEBPF = podEBPF
+	env.ConnectHook = connectHook
 	root := capture.NewRoot("shunt", "Transparent traffic interception for service-mesh sidecars")
 	root.AddCommand(capture.Commands(env)...)
 	root.AddCommand(capture.NewMigrateCmd(env))
 	root.AddCommand(node.Commands(env)...)
 	return root
+}
+
+// podEBPF says whether the pod of a Pod manifest is on the eBPF data path (shunt.io/mode: ebpf).
+func podEBPF(manifest []byte) (bool, error) {
+	pod, err := meshpod.Decode(manifest)
+	if err != nil {
+		return false, err
+	}
+	dp, err := cni.DataPathForPod(pod.Metadata.Annotations)
+	return dp.EBPF, err
+}
+
+// connectHook is the eBPF connect hook's decision for a connection of a pod captured with cfg, from
+// the Pod entry the agent would write for it.
+func connectHook(cfg *redirect.Config, podIPs []netip.Addr, c capture.HookConnect) (capture.HookDecision, error) {
+	pod, err := shuntebpf.PodFromConfig(1, cfg, podIPs)
+	if err != nil {
+		return capture.HookDecision{}, err
+	}
+	d := shuntebpf.DecideConnect(&pod, shuntebpf.Connect{Dst: c.Dst, Src: c.Src, UID: c.UID, GID: c.GID})
+	return capture.HookDecision{Verdict: d.Verdict.String(), Port: d.Port, Reason: d.Reason}, nil
 }

@@ -216,3 +216,41 @@ func TestEBPFBadInput(t *testing.T) {
 		t.Errorf("status with nothing loaded: %v, want exit code %d", err, node.ExitEBPFNotLoaded)
 	}
 }
+
+// TestTraceEBPFPod: shunt trace prints the eBPF connect hook's decision for a pod annotated
+// shunt.io/mode: ebpf (or with --ebpf), from the values the agent writes for it, and nothing of the
+// hook for an iptables pod.
+func TestTraceEBPFPod(t *testing.T) {
+	pod := `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"ns","annotations":{"shunt.io/mode":"ebpf",
+"sidecar.istio.io/status":"{}","traffic.sidecar.istio.io/excludeOutboundPorts":"5555"}},
+"spec":{"containers":[{"name":"app","image":"a"},{"name":"istio-proxy","image":"p"}]},
+"status":{"podIPs":[{"ip":"10.1.0.5"}]}}`
+	dir := t.TempDir()
+	ebpfPod, iptablesPod := filepath.Join(dir, "ebpf.json"), filepath.Join(dir, "iptables.json")
+	if err := os.WriteFile(ebpfPod, []byte(pod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(iptablesPod, []byte(strings.Replace(pod, `"shunt.io/mode":"ebpf",`, "", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--pod", ebpfPod, "--dst", "1.2.3.4:443"}, []string{"eBPF connect hook: proxy to loopback :15001", "then see a connection to 127.0.0.1:15001"}},
+		{[]string{"--pod", ebpfPod, "--dst", "1.2.3.4:5555"}, []string{"eBPF connect hook: pass", "port 5555 is excluded"}},
+		{[]string{"--pod", ebpfPod, "--dst", "10.1.0.5:8080", "--pod-ip", "10.1.0.5"}, []string{"eBPF connect hook: pass", "10.1.0.5 is local"}},
+		{[]string{"--ebpf", "--ipv6=false", "--dst", "1.2.3.4:443", "--uid", "1337"}, []string{"eBPF connect hook: pass", "uid 1337 is the proxy's"}},
+	} {
+		out, err := runShunt(t, nil, append([]string{"trace"}, tc.args...)...)
+		for _, w := range tc.want {
+			if err != nil || !strings.Contains(out, w) {
+				t.Errorf("%q: %v, want %q in:\n%s", tc.args, err, w, out)
+			}
+		}
+	}
+	out, err := runShunt(t, nil, "trace", "--pod", iptablesPod, "--dst", "1.2.3.4:443")
+	if err != nil || strings.Contains(out, "eBPF") || !strings.Contains(out, "captured by outbound :15001") {
+		t.Errorf("iptables pod: %v:\n%s", err, out)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -27,12 +28,12 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-// Commands are the capture commands: iptables (alias istio-iptables), cleanup, validate and the
-// validation's hidden probe client. Each registers only the flags it honours, refuses in PreRunE
+// Commands are the capture commands: iptables (alias istio-iptables), cleanup, validate, graph,
+// trace and the validation's hidden probe client. Each registers only the flags it honours, refuses in PreRunE
 // (which changes nothing) the combinations that would ignore one, and acts in RunE.
 func Commands(env Env) []*cobra.Command {
 	ipt, _ := newIptablesCmd(env)
-	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newGraphCmd(env), newProbeClientCmd(env)}
+	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newGraphCmd(env), newTraceCmd(env), newProbeClientCmd(env)}
 }
 
 // Env is what commands reach of the process: standard streams and the environment, and what the
@@ -44,6 +45,29 @@ type Env struct {
 	// (meshpod.ManifestConfig), and `iptables` offers --pod. The init container's binary leaves it out,
 	// and the YAML decoding with it: the injector never passes --pod.
 	PodConfig func(manifest []byte, warn func(string)) (redirect.Config, error)
+	// PodEBPF, when set, says whether the pod of a Pod manifest uses the eBPF data path (its
+	// shunt.io/mode annotation, cni.DataPathForPod). The init container's binary leaves it out.
+	PodEBPF func(manifest []byte) (bool, error)
+	// ConnectHook, when set, returns the decision the eBPF data path's connect hook takes for an
+	// outbound TCP connection of a pod captured with cfg whose addresses are podIPs
+	// (ebpf.DecideConnect), and `trace` offers --ebpf. The init container's binary leaves it out,
+	// and cilium/ebpf with it.
+	ConnectHook func(cfg *redirect.Config, podIPs []netip.Addr, c HookConnect) (HookDecision, error)
+}
+
+// HookConnect is a TCP connect(2) the eBPF connect hook decides on (ebpf.Connect).
+type HookConnect struct {
+	Dst      netip.AddrPort
+	Src      netip.Addr // the address the socket is bound to, zero when unbound
+	UID, GID uint32
+}
+
+// HookDecision is the eBPF connect hook's decision (ebpf.ConnectDecision).
+type HookDecision struct {
+	// Verdict is "pass" (left alone), "proxy" or "dns" (rewritten to loopback at Port).
+	Verdict string
+	Port    uint16
+	Reason  string
 }
 
 // podFlag is the --pod flag when the binary decodes Pod manifests.

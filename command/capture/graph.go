@@ -83,8 +83,8 @@ func (g *graphCmd) prepare() error {
 	if _, err := g.highlights(); err != nil {
 		errs = append(errs, err)
 	}
-	if g.f.fs.Changed("force-iptables-binary") && g.f.netns == "" {
-		errs = append(errs, errors.New("--force-iptables-binary only with --network-namespace: it chooses whose rules and counters are read"))
+	if err := checkLiveFlags(g.f); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -134,14 +134,8 @@ func (g *graphCmd) run(ctx context.Context) error {
 		if plan, err = b.Plan(cfg); err != nil {
 			return err
 		}
-		counters, err := backend.RuleCounters(ctx, b, &plan)
-		switch {
-		case errors.Is(err, backend.ErrNoRules):
-			return fmt.Errorf("--network-namespace %s: %w", g.f.netns, err)
-		case errors.Is(err, backend.ErrDrift):
-			// Drawn all the same: the rules held are counted, the others drawn without counters.
-			fmt.Fprintf(g.env.Stderr, "shunt: warning: %v; are these the settings the rules were programmed with?\n", err)
-		case err != nil:
+		counters, err := liveCounters(ctx, g.env, b, &plan, g.f.netns)
+		if err != nil {
 			return err
 		}
 		opts.Counters = counters
@@ -173,44 +167,13 @@ func (g *graphCmd) run(ctx context.Context) error {
 // config is the Config of the settings flags, or of the Pod given with --pod, with IPv6 detected in
 // the namespace (the current one without --network-namespace) when --ipv6 is not given.
 func (g *graphCmd) config() (redirect.Config, error) {
-	f := g.f
-	if f.pod != "" {
-		cfg, err := f.ruleConfig(g.env)
-		cfg.NativeNFTables = f.nativeNFT
-		return cfg, err
-	}
-	cfg, err := f.config(g.env.Getenv, os.ReadFile, func(dualStack bool) (bool, error) {
-		return g.detectIPv6(f.netns, dualStack)
-	})
-	cfg.NativeNFTables = f.nativeNFT
-	return cfg, err
+	return settingsConfig(g.env, g.f, g.detectIPv6)
 }
 
 // backend returns the backend whose rules are drawn: the one the flags name, else the one holding
 // shunt's rules in the namespace.
 func (g *graphCmd) backend(ctx context.Context) (backend.Backend, error) {
-	f := g.f
-	s := backend.Settings{NetNS: f.netns, NativeNFTables: f.nativeNFT, IptablesVariant: f.forceBinary}
-	if f.nativeNFT || f.forceBinary != "" {
-		b, _, err := backend.Select(s)
-		return b, err
-	}
-	found, err := g.installed(ctx, f.netns)
-	if err != nil {
-		return nil, fmt.Errorf("--network-namespace %s: %w", f.netns, err)
-	}
-	switch len(found) {
-	case 0:
-		return nil, fmt.Errorf("--network-namespace %s: no backend holds rules of shunt's (or istio-iptables') there", f.netns)
-	case 1:
-		return backend.Named(found[0].Backend, s)
-	}
-	names := make([]string, len(found))
-	for i, fd := range found {
-		names[i] = fd.Backend
-	}
-	return nil, fmt.Errorf("--network-namespace %s: %s all hold rules of shunt's (a migration under way?): choose one with --native-nftables or --force-iptables-binary",
-		f.netns, strings.Join(names, ", "))
+	return liveBackend(ctx, g.f, g.installed)
 }
 
 // title names what cfg captures, for the drawing's heading.

@@ -162,8 +162,17 @@ func (f *istioFlags) ruleConfig(env Env) (redirect.Config, error) {
 			return podroute.DetectIPv6(f.netns, dualStack)
 		})
 	}
+	data, err := f.readPod(env)
+	if err != nil {
+		return redirect.Config{}, err
+	}
+	return f.podConfig(env, data)
+}
+
+// readPod reads the Pod manifest --pod names: a file, or standard input for "-".
+func (f *istioFlags) readPod(env Env) ([]byte, error) {
 	if env.PodConfig == nil {
-		return redirect.Config{}, errors.New("--pod: this binary decodes no Pod manifests; use shunt")
+		return nil, errors.New("--pod: this binary decodes no Pod manifests; use shunt")
 	}
 	var data []byte
 	var err error
@@ -173,7 +182,15 @@ func (f *istioFlags) ruleConfig(env Env) (redirect.Config, error) {
 		data, err = os.ReadFile(f.pod)
 	}
 	if err != nil {
-		return redirect.Config{}, fmt.Errorf("--pod: %w", err)
+		return nil, fmt.Errorf("--pod: %w", err)
+	}
+	return data, nil
+}
+
+// podConfig returns the Config of the Pod manifest data, which --pod named.
+func (f *istioFlags) podConfig(env Env, data []byte) (redirect.Config, error) {
+	if env.PodConfig == nil {
+		return redirect.Config{}, errors.New("--pod: this binary decodes no Pod manifests; use shunt")
 	}
 	cfg, err := env.PodConfig(data, func(w string) { fmt.Fprintf(env.Stderr, "shunt: warning: %s\n", w) })
 	if err != nil {

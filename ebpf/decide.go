@@ -1,0 +1,131 @@
+package ebpf
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// ConnectVerdict is what the connect hook (shunt_connect4/6) does with a TCP connect(2).
+type ConnectVerdict int
+
+// Connect verdicts, the values of redirect.c's enum verdict.
+const (
+	// ConnectPass leaves the connection alone: it goes where the app asked, and the iptables
+	// rules, the safety net, see it as usual.
+	ConnectPass ConnectVerdict = 0
+	// ConnectProxy rewrites the destination to loopback at the pod's ProxyPort.
+	ConnectProxy ConnectVerdict = 1
+	// ConnectDNS rewrites the destination to loopback at the pod's DNSPort.
+	ConnectDNS ConnectVerdict = 2
+)
+
+func (v ConnectVerdict) String() string {
+	switch v {
+	case ConnectPass:
+		return "pass"
+	case ConnectProxy:
+		return "proxy"
+	case ConnectDNS:
+		return "dns"
+	}
+	return fmt.Sprintf("ConnectVerdict(%d)", int(v))
+}
+
+// Connect is one TCP connect(2) in a registered pod, as the connect hook sees it.
+type Connect struct {
+	// Dst is the address the app connects to; an IPv4-mapped one is taken as IPv4, as connect6 does.
+	Dst netip.AddrPort
+	// Src is the address the socket is bound to; zero when it is not bound.
+	Src netip.Addr
+	// UID and GID are the connecting process's.
+	UID, GID uint32
+}
+
+// ConnectDecision is the connect hook's decision and why.
+type ConnectDecision struct {
+	Verdict ConnectVerdict
+	// Port is the loopback port the destination is rewritten to (ConnectProxy, ConnectDNS), else 0.
+	Port uint16
+	// Reason says which test of decide the connection stopped at, in words.
+	Reason string
+}
+
+// DecideConnect returns what the connect hook decides for c in the pod p, from the values
+// Node.AddPod writes into the maps (shunt_pods, shunt_cidrs, shunt_sets): a mirror in Go of
+// redirect.c's decide(), test for test in the same order, for tools that explain a pod's data path
+// (shunt trace). It performs no I/O.
+func DecideConnect(p *Pod, c Connect) ConnectDecision {
+	dst := c.Dst.Addr().Unmap()
+	dport := c.Dst.Port()
+	src := c.Src.Unmap()
+	ids := func(list []uint32, id uint32) bool {
+		// Unused slots of the pod entry's uids and gids hold ^0 (see Pod.kernel).
+		return slices.Contains(list, id) || (len(list) < MaxProxyIDs && id == ^uint32(0))
+	}
+	dns := p.DNSPort != 0 && dport == 53
+	pass := func(format string, args ...any) ConnectDecision {
+		return ConnectDecision{Verdict: ConnectPass, Reason: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case dst.Is6() && !p.IPv6:
+		return pass("an IPv6 destination, and the pod's IPv6 is not captured")
+	case slices.Contains(p.PortsExclude, dport):
+		return pass("port %d is excluded (--istio-local-outbound-ports-exclude)", dport)
+	case isPassthrough(src):
+		return pass("the socket is bound to %s, the proxy's passthrough source", src)
+	case ids(p.ProxyUIDs, c.UID):
+		return pass("uid %d is the proxy's", c.UID)
+	case ids(p.ProxyGIDs, c.GID):
+		return pass("gid %d is the proxy's", c.GID)
+	case !p.CaptureLocal && !dns && (dst.IsLoopback() || isPassthrough(dst) || kernelContains(prefixesOf(p.IPs), dst)):
+		return pass("%s is local: the app calling its own pod goes over lo", dst)
+	case !p.OwnerGroups.All && !slices.Contains(p.OwnerGroups.Include, c.GID):
+		return pass("gid %d is not among the captured owner groups", c.GID)
+	case p.OwnerGroups.All && slices.Contains(p.OwnerGroups.Exclude, c.GID):
+		return pass("gid %d is an excluded owner group", c.GID)
+	case dns && (p.DNSAll || kernelContains(prefixesOf(p.DNSServers), dst)):
+		return ConnectDecision{Verdict: ConnectDNS, Port: p.DNSPort, Reason: fmt.Sprintf("DNS over TCP to %s goes to the DNS proxy", dst)}
+	case dst.Is4() && p.HostLoopback.Masked().Contains(dst):
+		return pass("%s is in the host loopback range %s", dst, p.HostLoopback.Masked())
+	case dst.Is6() && dst.IsLoopback():
+		return pass("%s is loopback", dst)
+	case kernelContains(p.Exclude, dst):
+		return pass("%s is in an excluded range (--istio-service-exclude-cidr)", dst)
+	case slices.Contains(p.Ports, dport):
+		return ConnectDecision{Verdict: ConnectProxy, Port: p.ProxyPort, Reason: fmt.Sprintf("port %d is always captured (--istio-outbound-ports)", dport)}
+	case p.IncludeAll:
+		return ConnectDecision{Verdict: ConnectProxy, Port: p.ProxyPort, Reason: "every destination nothing excludes is captured"}
+	case kernelContains(p.Include, dst):
+		return ConnectDecision{Verdict: ConnectProxy, Port: p.ProxyPort, Reason: fmt.Sprintf("%s is in a captured range (--istio-service-cidr)", dst)}
+	}
+	return pass("%s is in no captured range (--istio-service-cidr)", dst)
+}
+
+// isPassthrough reports whether a is 127.0.0.6 or ::6 (redirect.c's is_passthrough).
+func isPassthrough(a netip.Addr) bool {
+	return a == netip.AddrFrom4([4]byte{127, 0, 0, 6}) || a == netip.AddrFrom16([16]byte{15: 6})
+}
+
+func prefixesOf(addrs []netip.Addr) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(addrs))
+	for _, a := range addrs {
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}
+
+// kernelContains reports whether one of prefixes, as cidrKey stores it in the LPM trie, holds a.
+func kernelContains(prefixes []netip.Prefix, a netip.Addr) bool {
+	for _, pr := range prefixes {
+		pr = pr.Masked()
+		if pr.Addr().Is4In6() {
+			pr = netip.PrefixFrom(pr.Addr().Unmap(), max(pr.Bits()-96, 0))
+		}
+		if pr.IsValid() && pr.Addr().Is4() == a.Is4() && pr.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
