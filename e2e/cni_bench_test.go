@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -18,6 +22,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/shuntmesh/shunt/cni/shim"
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
@@ -149,9 +154,11 @@ func (r *benchReports) named(name string) (addReport, bool) {
 // whole ADD (bridge + host-local + shunt-cni, as libcni runs it) for meshed pods one at a time and
 // 100 at once, next to the same ADD without shunt-cni; shunt-cni reads each pod from the API server
 // (no agent), or from the node agent (`shunt install-cni --agent-socket`, which watches the node's
-// pods). From shunt-cni's own reports: the pod read apart from rule programming; from the API
-// server's audit log: the plugin's own API requests per ADD; and the agent's RSS holding the 100
-// pods. `make bench` runs it once (-benchtime 1x) and it prints p50 and p99 of each.
+// pods), or the shim hands the whole ADD to the node agent (shunt-cni as install-cni installs it).
+// From shunt-cni's own reports: the pod read apart from rule programming; from the API server's audit
+// log: the plugin's own API requests per ADD; the agent's RSS holding the 100 pods; and the CPU time
+// per ADD of the plugin processes and the agent together (a figure the machine's load hardly moves).
+// `make bench` runs it once (-benchtime 1x) and it prints p50 and p99 of each.
 func BenchmarkCNIAdd(b *testing.B) {
 	const serial, concurrent = 100, 100
 	n := newCNINode(b)
@@ -160,7 +167,15 @@ func BenchmarkCNIAdd(b *testing.B) {
 	sock := reports.socket
 	withShunt := n.conflist(b, `"kubeconfig":"`+n.cluster.Kubeconfig+`","report_socket":"`+sock+`","agent_socket":""`)
 	withAgent := n.conflist(b, `"kubeconfig":"`+n.cluster.Kubeconfig+`","report_socket":"`+sock+`","agent_socket":"`+agentSocket+`"`)
+	// The shim beside the standalone plugin, as install-cni installs them, under a type of its own.
+	copyFile(b, bins.Path(b, pkgShim), filepath.Join(n.binDir, "shunt-cni-shim"))
+	copyFile(b, bins.Path(b, pkgShunt), filepath.Join(n.binDir, shim.StandaloneName))
+	withShim, err := libcni.ConfListFromBytes(bytes.Replace(withAgent.Bytes, []byte(`"type": "shunt-cni"`), []byte(`"type": "shunt-cni-shim"`), 1))
+	if err != nil {
+		b.Fatal(err)
+	}
 	var agentRSS int64
+	cpu := map[string]time.Duration{} // per serial run: CPU of the plugins libcni ran and of the agent
 	plain, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"plain","plugins":[
 		{"type":"bridge","bridge":"cni1","isGateway":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.89.0.0/16"}]],"dataDir":%q}}]}`,
 		filepath.Join(n.dataDir, "ipam-plain"))))
@@ -175,6 +190,7 @@ func BenchmarkCNIAdd(b *testing.B) {
 		}
 		took := make([]time.Duration, count)
 		errs := make([]error, count)
+		cpuBefore := childrenCPU(b) + processCPU(b, agentPid)
 		one := func(i int) {
 			start := time.Now()
 			errs[i] = n.add(b, list, pods[i])
@@ -196,6 +212,7 @@ func BenchmarkCNIAdd(b *testing.B) {
 				b.Fatalf("ADD %s: %v", pods[i].name, err)
 			}
 		}
+		cpu[prefix] = childrenCPU(b) + processCPU(b, agentPid) - cpuBefore
 		if list == withAgent && parallel {
 			agentRSS = vmRSS(b, agentPid) // holding this round's pods
 		}
@@ -236,9 +253,12 @@ func BenchmarkCNIAdd(b *testing.B) {
 	plainSerial := run("plain-serial", plain, serial, false)
 	shuntSerial := run("serial", withShunt, serial, false)
 	agentSerial := run("agent-serial", withAgent, serial, false)
+	run("warm-shim", withShim, 5, false)
+	shimSerial := run("shim-serial", withShim, serial, false)
 	plainConc := run("plain-conc", plain, concurrent, true)
 	shuntConc := run("conc", withShunt, concurrent, true)
 	agentConc := run("agent-conc", withAgent, concurrent, true)
+	shimConc := run("shim-conc", withShim, concurrent, true)
 	b.StopTimer()
 
 	w := tabwriter.NewWriter(os.Stdout, 2, 0, 2, ' ', tabwriter.AlignRight)
@@ -250,7 +270,7 @@ func BenchmarkCNIAdd(b *testing.B) {
 	perADD := func(prefix string, count int) string {
 		return fmt.Sprintf("%.2f", float64(pluginRequests(b, n.cluster, prefix))/float64(count))
 	}
-	rows := func(what string, count int, plainD, apiD, agentD []time.Duration, prefix string) {
+	rows := func(what string, count int, plainD, apiD, agentD, shimD []time.Duration, prefix string) {
 		row("bridge+host-local, "+what, plainD)
 		row("bridge+host-local+shunt-cni, no agent, "+what, apiD)
 		api, prog, total := split(prefix, count)
@@ -264,11 +284,60 @@ func BenchmarkCNIAdd(b *testing.B) {
 		row("  shunt-cni: rule programming", prog)
 		row("  shunt-cni: whole command (in process)", total)
 		fmt.Fprintf(w, "  shunt-cni: its API requests per ADD\t%d\t%s\t\t\n", count, perADD("agent-"+prefix, count))
+		row("bridge+host-local+shim, the agent runs ADD, "+what, shimD)
+		api, prog, total = split("shim-"+prefix, count)
+		row("  in the agent: pod read (its watch)", api)
+		row("  in the agent: rule programming", prog)
+		row("  in the agent: whole command", total)
+		fmt.Fprintf(w, "  shunt-cni: its API requests per ADD\t%d\t%s\t\t\n", count, perADD("shim-"+prefix, count))
 	}
-	rows("1 at a time", serial, plainSerial, shuntSerial, agentSerial, "serial")
-	rows(fmt.Sprintf("%d at once", concurrent), concurrent, plainConc, shuntConc, agentConc, "conc")
+	rows("1 at a time", serial, plainSerial, shuntSerial, agentSerial, shimSerial, "serial")
+	rows(fmt.Sprintf("%d at once", concurrent), concurrent, plainConc, shuntConc, agentConc, shimConc, "conc")
+	// CPU per ADD, whatever the machine's load: the plugins' processes (libcni's children: bridge,
+	// host-local, and shunt-cni's shim or standalone plugin) and the node agent's.
+	fmt.Fprintln(w, "CPU per ADD, 1 at a time (plugin processes + node agent)\t\tCPU\tshunt's share\t")
+	plainCPU := cpu["plain-serial"] / serial
+	for _, c := range []struct{ what, prefix string }{
+		{"bridge+host-local", "plain-serial"},
+		{"+ standalone plugin, pod from the API server", "serial"},
+		{"+ standalone plugin, pod from the agent", "agent-serial"},
+		{"+ shim, the agent runs ADD", "shim-serial"},
+	} {
+		per := cpu[c.prefix] / serial
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t\n", c.what, serial, msf(per), msf(per-plainCPU))
+	}
 	fmt.Fprintf(w, "node agent RSS holding %d pods\t\t%.1f MiB\t\t\n", concurrent, float64(agentRSS)/(1<<20))
 	w.Flush()
+}
+
+// childrenCPU is the CPU time of this process's children that have been waited for (libcni waits for
+// every plugin it runs).
+func childrenCPU(b testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// processCPU is the CPU time process pid has used, all threads, from /proc/PID/stat (clock ticks of
+// 10 ms: read it over many operations).
+func processCPU(b testing.TB, pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The command name may hold spaces: the fields after it start past the last ')'.
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	var ticks int64
+	for _, f := range fields[11:13] { // utime, stime: fields 14 and 15 of proc(5)
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/%d/stat: %v", pid, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
