@@ -57,10 +57,12 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "install-cni",
 		Short: "Install the CNI plugin on this node and keep it installed (the CNI DaemonSet's container)",
-		Long: "Copy this binary into the host's CNI bin directory as shunt-cni, append its entry to the primary\n" +
-			"network's conflist, write its kubeconfig, and keep all three in place until SIGTERM, when they are\n" +
-			"removed and the conflist restored. Serves /healthz, /readyz and /metrics, removes the node's startup\n" +
-			"taint once ready, and repairs pods that started without capture rules.\n\n" +
+		Long: "Copy the plugin's shim into the host's CNI bin directory as shunt-cni and this binary beside it as\n" +
+			"shunt-cni-standalone (without a shim, this binary as shunt-cni), append the plugin's entry to the\n" +
+			"primary network's conflist, write its kubeconfig, and keep them in place until SIGTERM, when they are\n" +
+			"removed and the conflist restored. Runs the shim's ADD, CHECK and DEL for the node's pods (the pods\n" +
+			"from one watch of the node), serves /healthz, /readyz and /metrics, removes the node's startup taint\n" +
+			"once ready, audits the pods' rules and repairs pods that started without capture rules.\n\n" +
 			"Every flag can be set by its environment variable instead: upper case, dashes as underscores\n" +
 			"(--cni-net-dir: CNI_NET_DIR, --node-name: NODE_NAME).",
 		Args: cobra.NoArgs,
