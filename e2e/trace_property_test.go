@@ -30,7 +30,7 @@ var (
 	traceSeed    = flag.Uint64("trace.seed", 0, "TestTraceProperty: seed of the random configurations and connections (0: from the clock)")
 	traceConfigs = flag.Int("trace.configs", 8, "TestTraceProperty: random configurations per variant and mode")
 	traceConns   = flag.Int("trace.conns", 24, "TestTraceProperty: random connections per configuration")
-	traceDebug   = flag.Bool("trace.debug", false, "TestTraceProperty: with a failure, show the pod's and the remote's ip6tables-nft rules, neighbours, addresses, sockets and counters")
+	traceDebug   = flag.Bool("trace.debug", false, "TestTraceProperty: with a failure, show the pod's rules, and the pod's and the remote's neighbours, addresses, sockets and counters")
 )
 
 // TestTraceProperty is the property test of package trace: for random configurations (randconfig)
@@ -394,6 +394,7 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 	if out, err := p.shuntErr(t, env, append([]string{"iptables"}, args...)...); err != nil {
 		t.Fatalf("seed %d config %d: shunt iptables %s (env %q): %v\n%s", seed, i, strings.Join(args, " "), env, err, out)
 	}
+	p.waitLoopbackAddrs(t, &plan)
 	// Connections of earlier configurations must not decide the NAT of these.
 	if err := p.nl.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
 		t.Fatalf("flush conntrack: %v", err)
@@ -419,6 +420,9 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 			fam = "ipv6"
 		}
 		count(fmt.Sprintf("%s/%s/%s/%s", p.variant, cfg.Mode, fam, tc.conn.Dir))
+		if cfg.NativeNFTables && !cfg.IPv6 && fam == "ipv6" {
+			count("native nftables with --ipv6=false, IPv6 " + res.Verdict.Kind.String())
+		}
 		listener, _, _ := strings.Cut(res.Verdict.Listener, " ")
 		count(strings.TrimSpace("verdict " + res.Verdict.Kind.String() + " " + listener))
 		if want.accepts(got) {
@@ -431,7 +435,13 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 		walk := trace.Format(&plan, res)
 		if *traceDebug {
 			for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
-				for _, argv := range [][]string{{"ip6tables-nft-save", "-c"}, {"conntrack", "-L", "-f", "ipv6"}, {"ip", "-6", "neigh"}, {"ip", "-6", "addr"}, {"ss", "-tanp"}, {"nstat", "-a"}} {
+				argvs := [][]string{{"ip", "neigh"}, {"ip", "addr"}, {"ss", "-tuanp"}, {"nstat", "-a"}}
+				if ns == p.ns {
+					for _, l := range p.variant.listings(true) {
+						argvs = append(argvs, l.argv)
+					}
+				}
+				for _, argv := range argvs {
 					out, err := ns.Exec(nil, nil, argv...)
 					walk += fmt.Sprintf("\n$ %s (%s)\n%s%v", argv, ns.Name, out, err)
 				}
@@ -439,6 +449,47 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 		}
 		t.Errorf("seed %d, config %d: shunt iptables %s %s (env %q)\n%s:\n kernel: %s\n  trace: %s\n%s",
 			seed, i, strings.Join(p.variant.args(), " "), strings.Join(args, " "), env, &tc, got, want, walk)
+	}
+}
+
+// waitLoopbackAddrs waits until lo holds the addresses the plan adds (::6), usable: shunt adds them
+// without IFA_F_NODAD, and an address is tentative, refusing bind(2), until the kernel's DAD work has
+// run, even on lo where it skips the probing.
+func (p *tracePod) waitLoopbackAddrs(t *testing.T, plan *redirect.Plan) {
+	t.Helper()
+	var want []netip.Prefix
+	for _, fp := range plan.Families {
+		want = append(want, fp.LoopbackAddrs...)
+	}
+	if len(want) == 0 {
+		return
+	}
+	lo, err := p.nl.LinkByName("lo")
+	if err != nil {
+		t.Fatalf("lo: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		addrs, err := p.nl.AddrList(lo, netlink.FAMILY_ALL)
+		if err != nil {
+			t.Fatalf("addresses of lo: %v", err)
+		}
+		ready := 0
+		for _, w := range want {
+			for _, a := range addrs {
+				if pa, ok := netip.AddrFromSlice(a.IP); ok && pa.Unmap() == w.Addr() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+					ready++
+					break
+				}
+			}
+		}
+		if ready == len(want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lo lacks a usable %v after 5s: %v", want, addrs)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

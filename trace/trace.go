@@ -114,8 +114,8 @@ type Verdict struct {
 	// SO_ORIGINAL_DST (or, TPROXYed, as its local address).
 	OrigDst netip.AddrPort
 	// Dst is where the packet goes after NAT (Captured, Delivered, PassedThrough). After a REDIRECT at
-	// PREROUTING it is the first of PodAddrs of the family, standing for the address of the arriving
-	// interface the kernel picks.
+	// PREROUTING the kernel picks the arriving interface's first address; the walk takes the original
+	// destination when it is one of PodAddrs, else the first of PodAddrs in the family.
 	Dst netip.AddrPort
 	// Iface is the interface an Out packet leaves by (PassedThrough), or the one it arrived on.
 	Iface string
@@ -660,14 +660,15 @@ func (w *walker) chain(t *redirect.Table, name, hook string, depth int) (chainVe
 }
 
 // doRedirect rewrites the destination as REDIRECT does: to localhost for a locally generated packet,
-// to the arriving interface's address otherwise, and the port to the rule's.
+// to the arriving interface's (first) address otherwise, and the port to the rule's. The walk does not
+// know the interfaces' addresses: it takes the destination when it is the pod's, else the first of
+// PodAddrs in the family.
 func (w *walker) doRedirect(r *redirect.Rule, step *Step) {
 	a := w.loopback()
 	if w.pkt.in != "" {
-		if pa, ok := w.podAddr(); ok {
+		a = w.pkt.dst.Addr()
+		if pa, ok := w.podAddr(); ok && !w.local(a) {
 			a = pa
-		} else {
-			a = w.pkt.dst.Addr()
 		}
 	}
 	port := r.Target.Port
