@@ -340,6 +340,9 @@ func (p *tracePod) randomCases(r *rand.Rand, cfg redirect.Config, plan *redirect
 		var src netip.Addr
 		iface := "eth0"
 		cred := traceCreds[r.IntN(len(traceCreds))]
+		if r.IntN(2) == 0 {
+			cred = appUser // what is captured, unless excluded
+		}
 		pt := port()
 		transparent := false
 		switch k := r.IntN(12); {
@@ -419,11 +422,14 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 		if tc.conn.Dst.Addr().Is6() {
 			fam = "ipv6"
 		}
+		listener, _, _ := strings.Cut(res.Verdict.Listener, " ")
 		count(fmt.Sprintf("%s/%s/%s/%s", p.variant, cfg.Mode, fam, tc.conn.Dir))
+		if tc.conn.InIface == "kv0" && slices.Contains(cfg.KubeVirtInterfaces, "kv0") {
+			count("in on a kube-virt interface, " + res.Verdict.Kind.String() + " " + listener)
+		}
 		if cfg.NativeNFTables && !cfg.IPv6 && fam == "ipv6" {
 			count("native nftables with --ipv6=false, IPv6 " + res.Verdict.Kind.String())
 		}
-		listener, _, _ := strings.Cut(res.Verdict.Listener, " ")
 		count(strings.TrimSpace("verdict " + res.Verdict.Kind.String() + " " + listener))
 		if want.accepts(got) {
 			continue
