@@ -68,7 +68,7 @@ func TestTraceProperty(t *testing.T) {
 		for _, k := range keys {
 			fmt.Fprintf(&b, "  %-36s %d\n", k, counts[k])
 		}
-		t.Logf("connections checked (variant/mode/family/direction):\n%s", b.String())
+		t.Logf("connections checked: by variant/mode/family/direction, by trace verdict, and the cases of the quirks the kernel showed:\n%s", b.String())
 	})
 	for vi, v := range variants {
 		t.Run(string(v), func(t *testing.T) {
@@ -96,7 +96,7 @@ func TestTraceProperty(t *testing.T) {
 
 // tracePod is a pod for the property test: newPod's, plus two more links to the remote, veth7 (an
 // interface the random configurations' "veth+" names) and kv0 (a virtual machine's interface: the
-// remote routes traceVMNet through it), and more addresses on the remote's lo, in the ranges the
+// remote routes traceVM's network through it), and more addresses on the remote's lo, in the ranges the
 // random configurations include and exclude.
 type tracePod struct {
 	*pod
@@ -300,7 +300,11 @@ func (p *tracePod) randomCases(r *rand.Rand, cfg redirect.Config, plan *redirect
 			continue
 		}
 		for _, f := range fp.Covers {
-			tproxyMark[familyIndex(map[redirect.Family]netip.Addr{redirect.IPv4: ipv4.pod, redirect.IPv6: ipv6.pod}[f])] = fp.TProxy.Mark
+			if f == redirect.IPv6 {
+				tproxyMark[1] = fp.TProxy.Mark
+			} else {
+				tproxyMark[0] = fp.TProxy.Mark
+			}
 		}
 	}
 	hasLoopback := func(a netip.Addr) bool {
