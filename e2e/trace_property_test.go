@@ -145,15 +145,25 @@ func newTracePod(t *testing.T, v variant) *tracePod {
 			ns.WaitLinkUp(t, l.name)
 		}
 	}
-	kv := traceLinks[3]
-	// Neighbour discovery for the replies to the virtual machine: they leave from its destination
-	// (de-NATed, or a transparent socket's), not an address of the pod, so the kernel would solicit from
-	// kv0's link-local address, which the topology leaves out: the remote's address is made permanent.
-	link, err := p.remote.Netlink(t).LinkByName(kv.name)
-	if err != nil {
-		t.Fatalf("remote %s: %v", kv.name, err)
+	// IPv6 neighbour discovery for packets from an address that is not on the link (the replies of
+	// the remote's lo addresses; the replies to the virtual machine, from its destination, de-NATed or
+	// a transparent socket's) solicits from the link's link-local address, which the topology leaves
+	// out: each end's IPv6 neighbour on every link is made permanent.
+	podNL, remoteNL := p.ns.Netlink(t), p.remote.Netlink(t)
+	for _, l := range traceLinks {
+		for _, end := range []struct {
+			ns   *testutil.NetNS
+			peer *netlink.Handle
+			addr netip.Addr
+		}{{p.ns, remoteNL, l.remote[1]}, {p.remote, podNL, l.pod[1]}} {
+			link, err := end.peer.LinkByName(l.name)
+			if err != nil {
+				t.Fatalf("%s: %v", l.name, err)
+			}
+			end.ns.Run(t, "ip", "-6", "neigh", "replace", end.addr.String(), "lladdr", link.Attrs().HardwareAddr.String(), "dev", l.name, "nud", "permanent")
+		}
 	}
-	p.ns.Run(t, "ip", "-6", "neigh", "replace", kv.remote[1].String(), "lladdr", link.Attrs().HardwareAddr.String(), "dev", kv.name, "nud", "permanent")
+	kv := traceLinks[3]
 	for fi, f := range families {
 		p.remote.Run(t, "ip", familyFlag(f), "route", "add", netip.PrefixFrom(traceVM[fi], f.bits).Masked().String(), "via", kv.pod[fi].String(), "dev", kv.name)
 		for _, a := range traceRemoteAddrs[fi] {
@@ -162,7 +172,7 @@ func newTracePod(t *testing.T, v variant) *tracePod {
 			}
 		}
 	}
-	p.nl = p.ns.Netlink(t)
+	p.nl = podNL
 	return p
 }
 
