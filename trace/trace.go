@@ -192,7 +192,7 @@ func Walk(plan *redirect.Plan, c Conn) (Result, error) {
 	if c.Dst.Addr().Is6() {
 		fam = redirect.IPv6
 	}
-	w := &walker{plan: plan, c: c, fam: fam}
+	w := &walker{c: c, fam: fam}
 	if fp := plan.Family(fam); fp != nil {
 		w.fp = fp
 	} else if fp := plan.Family(redirect.Inet); fp != nil {
@@ -304,16 +304,14 @@ type packet struct {
 
 // conntrack is the connection's conntrack entry.
 type conntrack struct {
-	exists     bool // created (after raw)
-	zoneSet    bool // a template (CT zone) is attached
-	zone       uint16
-	mark       uint32
-	natted     bool // the destination NAT was decided
-	redirected bool
+	exists  bool // created (after raw)
+	zoneSet bool // a template (CT zone) is attached
+	zone    uint16
+	mark    uint32
+	natted  bool // the destination NAT was decided
 }
 
 type walker struct {
-	plan *redirect.Plan
 	fp   *redirect.FamilyPlan
 	inet bool
 	fam  redirect.Family // the packet's
@@ -676,7 +674,7 @@ func (w *walker) doRedirect(r *redirect.Rule, step *Step) {
 		port = w.pkt.dst.Port()
 	}
 	w.pkt.dst = netip.AddrPortFrom(a, port)
-	w.ct.natted, w.ct.redirected = true, true
+	w.ct.natted = true
 	w.redirect = r
 	step.Note = "destination rewritten to " + w.pkt.dst.String()
 }
