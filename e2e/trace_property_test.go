@@ -7,8 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -29,7 +29,8 @@ import (
 var (
 	traceSeed    = flag.Uint64("trace.seed", 0, "TestTraceProperty: seed of the random configurations and connections (0: from the clock)")
 	traceConfigs = flag.Int("trace.configs", 8, "TestTraceProperty: random configurations per variant and mode")
-	traceConns   = flag.Int("trace.conns", 16, "TestTraceProperty: random connections per configuration")
+	traceConns   = flag.Int("trace.conns", 24, "TestTraceProperty: random connections per configuration")
+	traceDebug   = flag.Bool("trace.debug", false, "TestTraceProperty: with a failure, show the pod's rules, and the pod's and the remote's neighbours, addresses, sockets and counters")
 )
 
 // TestTraceProperty is the property test of package trace: for random configurations (randconfig)
@@ -67,7 +68,7 @@ func TestTraceProperty(t *testing.T) {
 		for _, k := range keys {
 			fmt.Fprintf(&b, "  %-36s %d\n", k, counts[k])
 		}
-		t.Logf("connections checked (variant/mode/family/direction):\n%s", b.String())
+		t.Logf("connections checked: by variant/mode/family/direction, by trace verdict, and the cases of the quirks the kernel showed:\n%s", b.String())
 	})
 	for vi, v := range variants {
 		t.Run(string(v), func(t *testing.T) {
@@ -95,7 +96,7 @@ func TestTraceProperty(t *testing.T) {
 
 // tracePod is a pod for the property test: newPod's, plus two more links to the remote, veth7 (an
 // interface the random configurations' "veth+" names) and kv0 (a virtual machine's interface: the
-// remote routes traceVMNet through it), and more addresses on the remote's lo, in the ranges the
+// remote routes traceVM's network through it), and more addresses on the remote's lo, in the ranges the
 // random configurations include and exclude.
 type tracePod struct {
 	*pod
@@ -144,15 +145,25 @@ func newTracePod(t *testing.T, v variant) *tracePod {
 			ns.WaitLinkUp(t, l.name)
 		}
 	}
-	kv := traceLinks[3]
-	// Neighbour discovery for the replies to the virtual machine: they leave from its destination
-	// (de-NATed, or a transparent socket's), not an address of the pod, so the kernel would solicit from
-	// kv0's link-local address, which the topology leaves out: the remote's address is made permanent.
-	link, err := p.remote.Netlink(t).LinkByName(kv.name)
-	if err != nil {
-		t.Fatalf("remote %s: %v", kv.name, err)
+	// IPv6 neighbour discovery for packets from an address that is not on the link (the replies of
+	// the remote's lo addresses; the replies to the virtual machine, from its destination, de-NATed or
+	// a transparent socket's) solicits from the link's link-local address, which the topology leaves
+	// out: each end's IPv6 neighbour on every link is made permanent.
+	podNL, remoteNL := p.ns.Netlink(t), p.remote.Netlink(t)
+	for _, l := range traceLinks {
+		for _, end := range []struct {
+			ns   *testutil.NetNS
+			peer *netlink.Handle
+			addr netip.Addr
+		}{{p.ns, remoteNL, l.remote[1]}, {p.remote, podNL, l.pod[1]}} {
+			link, err := end.peer.LinkByName(l.name)
+			if err != nil {
+				t.Fatalf("%s: %v", l.name, err)
+			}
+			end.ns.Run(t, "ip", "-6", "neigh", "replace", end.addr.String(), "lladdr", link.Attrs().HardwareAddr.String(), "dev", l.name, "nud", "permanent")
+		}
 	}
-	p.ns.Run(t, "ip", "-6", "neigh", "replace", kv.remote[1].String(), "lladdr", link.Attrs().HardwareAddr.String(), "dev", kv.name, "nud", "permanent")
+	kv := traceLinks[3]
 	for fi, f := range families {
 		p.remote.Run(t, "ip", familyFlag(f), "route", "add", netip.PrefixFrom(traceVM[fi], f.bits).Masked().String(), "via", kv.pod[fi].String(), "dev", kv.name)
 		for _, a := range traceRemoteAddrs[fi] {
@@ -161,7 +172,7 @@ func newTracePod(t *testing.T, v variant) *tracePod {
 			}
 		}
 	}
-	p.nl = p.ns.Netlink(t)
+	p.nl = podNL
 	return p
 }
 
@@ -238,11 +249,13 @@ func shuntArgs(cfg redirect.Config) (args, env []string) {
 	return args, env
 }
 
-// traceCreds are the identities the pod's connections are made as: the app, the proxy in both modes,
-// the proxy's uid or gid alone, the other proxy ids and owner groups of the random configurations.
+// traceCreds are the identities the pod's connections are made as: the app (most often), the proxy in
+// both modes, the proxy's uid or gid alone, the other proxy ids and owner groups of the random
+// configurations.
 var traceCreds = []testutil.Cred{
-	appUser, appUser, proxyUser, tproxyUser, proxyUID, proxyGID, otherGroup, root,
-	{UID: 3, GID: 2}, {UID: 4, GID: 1}, {UID: 1000, GID: 4242}, {UID: 1000, GID: 202}, {UID: 1000, GID: 888},
+	appUser, appUser, appUser, proxyUser, tproxyUser, proxyUID, proxyGID, otherGroup, root,
+	{UID: 3, GID: 2}, {UID: 4, GID: 1}, {UID: 1000, GID: 4242}, {UID: 1000, GID: 4242}, {UID: 1000, GID: 202},
+	{UID: 1000, GID: 202}, {UID: 1000, GID: 888},
 }
 
 // traceCase is one connection to make and walk.
@@ -250,6 +263,11 @@ type traceCase struct {
 	conn trace.Conn
 	from *testutil.NetNS
 	cred testutil.Cred
+	// transparent: the socket is bound to conn.Src with IP_TRANSPARENT and marked conn.Mark, as the
+	// proxy's upstream connections to the app are in TPROXY mode.
+	transparent bool
+	// localPort is the port the connection was made from.
+	localPort uint16
 }
 
 func (tc *traceCase) String() string {
@@ -257,11 +275,18 @@ func (tc *traceCase) String() string {
 	if c.Dir == trace.In {
 		return fmt.Sprintf("in %s %s -> %s on %s", c.Proto, c.Src, c.Dst, c.InIface)
 	}
-	return fmt.Sprintf("out %s -> %s (via %s) as %v", c.Proto, c.Dst, c.OutIface, tc.cred)
+	s := fmt.Sprintf("out %s -> %s (via %s) as %v", c.Proto, c.Dst, c.OutIface, tc.cred)
+	if c.Src.Addr().IsValid() {
+		s += " from " + c.Src.Addr().String()
+	}
+	if tc.transparent {
+		s += fmt.Sprintf(", transparent, mark %d", c.Mark)
+	}
+	return s
 }
 
-// randomCases draws n connections for cfg.
-func (p *tracePod) randomCases(r *rand.Rand, cfg redirect.Config, n int) []traceCase {
+// randomCases draws n connections for cfg, whose plan is plan.
+func (p *tracePod) randomCases(r *rand.Rand, cfg redirect.Config, plan *redirect.Plan, n int) []traceCase {
 	// Ports: the apps', the agent's and the tunnel's, DNS, and those the configuration lists.
 	ports := []uint16{appPort, appPort, otherPort, 8081, dnsPort, 15008, 15020, 15021, 15090}
 	cfgPorts := slices.Concat(cfg.InboundPorts.Ports, cfg.InboundPortsExclude, cfg.OutboundPorts, cfg.OutboundPortsExclude)
@@ -278,51 +303,99 @@ func (p *tracePod) randomCases(r *rand.Rand, cfg redirect.Config, n int) []trace
 		return "tcp"
 	}
 	pods := p.podAddrs()
+	// The TPROXY mark of each family, if its plan routes it.
+	var tproxyMark [2]uint32
+	for _, fp := range plan.Families {
+		if fp.TProxy == nil {
+			continue
+		}
+		for _, f := range fp.Covers {
+			if f == redirect.IPv6 {
+				tproxyMark[1] = fp.TProxy.Mark
+			} else {
+				tproxyMark[0] = fp.TProxy.Mark
+			}
+		}
+	}
+	hasLoopback := func(a netip.Addr) bool {
+		for _, fp := range plan.Families {
+			for _, l := range fp.LoopbackAddrs {
+				if l.Contains(a) {
+					return true
+				}
+			}
+		}
+		return a.Is4()
+	}
 	var cases []traceCase
 	for range n {
 		fi := r.IntN(2)
-		if r.IntN(3) > 0 {
-			// Out: to a remote address over each link or the default route, to the pod's own
-			// addresses, to loopback addresses.
-			var dst netip.Addr
-			iface := "eth0"
-			switch k := r.IntN(10); {
-			case k < 3:
-				l := traceLinks[r.IntN(3)] // not kv0: nothing answers there for the pod
-				dst, iface = l.remote[fi], l.name
-			case k < 5:
-				dst = traceRemoteAddrs[fi][r.IntN(len(traceRemoteAddrs[fi]))]
-			case k < 7:
-				dst = traceLinks[r.IntN(len(traceLinks))].pod[fi]
-			default:
-				loop := [2][]netip.Addr{{ip("127.0.0.1"), ip("127.1.2.3"), ip("127.0.0.53")}, {ip("::1")}}
-				dst = loop[fi][r.IntN(len(loop[fi]))]
+		if r.IntN(3) == 0 {
+			// In: from the remote end of a link to the pod's address on it, or through kv0 beyond.
+			l := traceLinks[r.IntN(len(traceLinks))]
+			dst := l.pod[fi]
+			if l.name == "kv0" && r.IntN(2) == 0 {
+				dst = traceVM[fi]
 			}
 			pt := port()
-			cred := traceCreds[r.IntN(len(traceCreds))]
 			cases = append(cases, traceCase{
-				conn: trace.Conn{Dir: trace.Out, Proto: proto(pt), Dst: netip.AddrPortFrom(dst, pt), OutIface: iface,
-					UID: uint32(cred.UID), GID: uint32(cred.GID), PodAddrs: pods},
-				from: p.ns,
-				cred: cred,
+				// The source port is the client's ephemeral one; no rule of a plan matches it but
+				// DNS's source ports 53 and 15053.
+				conn: trace.Conn{Dir: trace.In, Proto: proto(pt), Src: netip.AddrPortFrom(l.remote[fi], 40000),
+					Dst: netip.AddrPortFrom(dst, pt), InIface: l.name, PodAddrs: pods},
+				from: p.remote,
+				cred: root,
 			})
 			continue
 		}
-		// In: from the remote end of a link to the pod's address on it, or through kv0 to beyond.
-		l := traceLinks[r.IntN(len(traceLinks))]
-		dst := l.pod[fi]
-		if l.name == "kv0" && r.IntN(2) == 0 {
-			dst = traceVM[fi]
+		// Out: to a remote address over each link or the default route, to the pod's own addresses,
+		// to loopback addresses, to DNS servers.
+		var dst netip.Addr
+		var src netip.Addr
+		iface := "eth0"
+		cred := traceCreds[r.IntN(len(traceCreds))]
+		if r.IntN(2) == 0 {
+			cred = appUser // what is captured, unless excluded
 		}
 		pt := port()
-		cases = append(cases, traceCase{
-			// The source port is the client's ephemeral one; no rule of a plan matches it but DNS's
-			// source port 53 and 15053.
-			conn: trace.Conn{Dir: trace.In, Proto: proto(pt), Src: netip.AddrPortFrom(l.remote[fi], 40000),
-				Dst: netip.AddrPortFrom(dst, pt), InIface: l.name, PodAddrs: pods},
-			from: p.remote,
-			cred: root,
-		})
+		transparent := false
+		switch k := r.IntN(12); {
+		case k < 3:
+			l := traceLinks[r.IntN(3)] // not kv0: nothing answers there for the pod
+			dst, iface = l.remote[fi], l.name
+		case k < 5:
+			dst = traceRemoteAddrs[fi][r.IntN(len(traceRemoteAddrs[fi]))]
+		case k < 7:
+			dst = traceLinks[r.IntN(len(traceLinks))].pod[fi]
+			switch {
+			case r.IntN(3) == 0 && hasLoopback(families[fi].passthrough):
+				// The proxy's inbound passthrough to the app (F1).
+				src = families[fi].passthrough
+			case r.IntN(3) == 0 && tproxyMark[fi] != 0:
+				// The proxy's transparent upstream to the app in TPROXY mode (F1), from the client: one
+				// on eth0 or eth1, which no configuration excludes (the replies to a client behind an
+				// excluded interface leave by it, "-o veth+ -j RETURN" coming before the mark's
+				// restore in mangle OUTPUT; but then no inbound connection from it is TPROXYed).
+				src, transparent, cred = traceLinks[r.IntN(2)].remote[fi], true, tproxyUser
+			}
+		case k < 9:
+			loop := [2][]netip.Addr{{ip("127.0.0.1"), ip("127.1.2.3"), ip("127.0.0.53")}, {ip("::1")}}
+			dst = loop[fi][r.IntN(len(loop[fi]))]
+		default:
+			// DNS (F9): to the configured servers, to others.
+			servers := []netip.Addr{ipv4.remote, ip("10.96.0.10"), ip("127.0.0.53"), ipv6.remote, ip("::127.0.0.53")}
+			servers = slices.DeleteFunc(append(servers, cfg.DNSServers...), func(a netip.Addr) bool { return a.Is4() != (fi == 0) })
+			dst, pt = servers[r.IntN(len(servers))], dnsPort
+		}
+		c := trace.Conn{Dir: trace.Out, Proto: proto(pt), Dst: netip.AddrPortFrom(dst, pt), OutIface: iface,
+			UID: uint32(cred.UID), GID: uint32(cred.GID), PodAddrs: pods}
+		if src.IsValid() {
+			c.Src = netip.AddrPortFrom(src, 0)
+		}
+		if transparent {
+			c.Proto, c.Mark = "tcp", tproxyMark[fi]
+		}
+		cases = append(cases, traceCase{conn: c, from: p.ns, cred: cred, transparent: transparent})
 	}
 	return cases
 }
@@ -338,12 +411,13 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 	if out, err := p.shuntErr(t, env, append([]string{"iptables"}, args...)...); err != nil {
 		t.Fatalf("seed %d config %d: shunt iptables %s (env %q): %v\n%s", seed, i, strings.Join(args, " "), env, err, out)
 	}
+	p.waitLoopbackAddrs(t, &plan)
 	// Connections of earlier configurations must not decide the NAT of these.
 	if err := p.nl.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
 		t.Fatalf("flush conntrack: %v", err)
 	}
 	failures := 0
-	for _, tc := range p.randomCases(r, cfg, *traceConns) {
+	for _, tc := range p.randomCases(r, cfg, &plan, *traceConns) {
 		res, werr := trace.Walk(&plan, tc.conn)
 		if errors.Is(werr, trace.ErrFamilyNotCovered) {
 			res, werr = uncaptured(tc.conn)
@@ -351,14 +425,25 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 		if werr != nil {
 			t.Fatalf("seed %d config %d: %s: Walk: %v", seed, i, &tc, werr)
 		}
-		want := expect(tc.conn, res.Verdict)
-		got := exchange(tc.from, tc.cred, tc.conn.Proto, tc.conn.Dst)
+		want := expect(tc.conn, res.Verdict, cfg.DropInvalid)
+		got := exchange(tc.from, &tc)
+		if got.timeout && tc.transparent {
+			if p.natOf(t, &tc, &got) {
+				count("transparent upstream REDIRECTed, SYN-ACK unroutable")
+			}
+		}
 		fam := "ipv4"
 		if tc.conn.Dst.Addr().Is6() {
 			fam = "ipv6"
 		}
-		count(fmt.Sprintf("%s/%s/%s/%s", p.variant, cfg.Mode, fam, tc.conn.Dir))
 		listener, _, _ := strings.Cut(res.Verdict.Listener, " ")
+		count(fmt.Sprintf("%s/%s/%s/%s", p.variant, cfg.Mode, fam, tc.conn.Dir))
+		if tc.conn.InIface == "kv0" && slices.Contains(cfg.KubeVirtInterfaces, "kv0") {
+			count("in on a kube-virt interface, " + res.Verdict.Kind.String() + " " + listener)
+		}
+		if cfg.NativeNFTables && !cfg.IPv6 && fam == "ipv6" {
+			count("native nftables with --ipv6=false, IPv6 " + res.Verdict.Kind.String())
+		}
 		count(strings.TrimSpace("verdict " + res.Verdict.Kind.String() + " " + listener))
 		if want.accepts(got) {
 			continue
@@ -368,9 +453,15 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 			continue
 		}
 		walk := trace.Format(&plan, res)
-		if os.Getenv("TRACE_DEBUG") != "" {
+		if *traceDebug {
 			for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
-				for _, argv := range [][]string{{"ip6tables-nft-save", "-c"}, {"conntrack", "-L", "-f", "ipv6"}, {"ip", "-6", "neigh"}, {"ip", "-6", "addr"}, {"ss", "-tanp"}, {"nstat", "-a"}} {
+				argvs := [][]string{{"ip", "neigh"}, {"ip", "addr"}, {"ss", "-tuanp"}, {"nstat", "-a"}}
+				if ns == p.ns {
+					for _, l := range p.variant.listings(true) {
+						argvs = append(argvs, l.argv)
+					}
+				}
+				for _, argv := range argvs {
 					out, err := ns.Exec(nil, nil, argv...)
 					walk += fmt.Sprintf("\n$ %s (%s)\n%s%v", argv, ns.Name, out, err)
 				}
@@ -379,6 +470,74 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, c
 		t.Errorf("seed %d, config %d: shunt iptables %s %s (env %q)\n%s:\n kernel: %s\n  trace: %s\n%s",
 			seed, i, strings.Join(p.variant.args(), " "), strings.Join(args, " "), env, &tc, got, want, walk)
 	}
+}
+
+// waitLoopbackAddrs waits until lo holds the addresses the plan adds (::6), usable: shunt adds them
+// without IFA_F_NODAD, and an address is tentative, refusing bind(2), until the kernel's DAD work has
+// run, even on lo where it skips the probing.
+func (p *tracePod) waitLoopbackAddrs(t *testing.T, plan *redirect.Plan) {
+	t.Helper()
+	var want []netip.Prefix
+	for _, fp := range plan.Families {
+		want = append(want, fp.LoopbackAddrs...)
+	}
+	if len(want) == 0 {
+		return
+	}
+	lo, err := p.nl.LinkByName("lo")
+	if err != nil {
+		t.Fatalf("lo: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		addrs, err := p.nl.AddrList(lo, netlink.FAMILY_ALL)
+		if err != nil {
+			t.Fatalf("addresses of lo: %v", err)
+		}
+		ready := 0
+		for _, w := range want {
+			for _, a := range addrs {
+				if pa, ok := netip.AddrFromSlice(a.IP); ok && pa.Unmap() == w.Addr() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+					ready++
+					break
+				}
+			}
+		}
+		if ready == len(want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lo lacks a usable %v after 5s: %v", want, addrs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// natOf fills o from conntrack for a transparent connection that timed out: a REDIRECT of it (the
+// proxy's transparent upstream caught by a hairpin rule) leaves its SYN-ACK, from 127.0.0.1 or ::1 to
+// the client's address, without a route, but conntrack shows where its first packet went.
+func (p *tracePod) natOf(t *testing.T, tc *traceCase, o *outcome) bool {
+	fam := netlink.InetFamily(netlink.FAMILY_V4)
+	if tc.conn.Dst.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	flows, err := p.nl.ConntrackTableList(netlink.ConntrackTable, fam)
+	if err != nil {
+		t.Fatalf("list conntrack: %v", err)
+	}
+	for _, f := range flows {
+		fwd, rev := f.Forward, f.Reverse
+		if fwd.Protocol != unix.IPPROTO_TCP || fwd.SrcPort != tc.localPort || fwd.DstPort != tc.conn.Dst.Port() ||
+			!fwd.SrcIP.Equal(tc.conn.Src.Addr().AsSlice()) || !fwd.DstIP.Equal(tc.conn.Dst.Addr().AsSlice()) {
+			continue
+		}
+		if l, ok := listenerOf[rev.SrcPort]; ok && rev.SrcIP.IsLoopback() {
+			o.listener, o.orig = l, tc.conn.Dst
+			o.reply += fmt.Sprintf(" (conntrack: REDIRECTed to %s, its SYN-ACK unroutable)", net.JoinHostPort(rev.SrcIP.String(), strconv.Itoa(int(rev.SrcPort))))
+			return true
+		}
+	}
+	return false
 }
 
 // outcome is what happened to a real connection.
@@ -403,18 +562,20 @@ func (o outcome) String() string {
 	return fmt.Sprintf("%q", o.reply)
 }
 
-// exchange connects from ns as cred to dst, sends a line and reads the first tag of the reply.
-func exchange(ns *testutil.NetNS, cred testutil.Cred, proto string, dst netip.AddrPort) outcome {
+// exchange makes tc's connection from ns, sends a line and reads the first tag of the reply.
+func exchange(ns *testutil.NetNS, tc *traceCase) outcome {
 	var o outcome
 	err := ns.Do(func() error {
-		reply, err := exchangeAs(cred, proto, dst)
+		reply, err := exchangeAs(tc)
 		o.reply = reply
 		return err
 	})
 	switch {
 	case errors.Is(err, unix.ECONNREFUSED):
 		o.refused = true
-	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINPROGRESS), errors.Is(err, unix.ETIMEDOUT):
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINPROGRESS), errors.Is(err, unix.ETIMEDOUT),
+		errors.Is(err, unix.EHOSTUNREACH), errors.Is(err, unix.ENETUNREACH):
+		// Nobody answered (or a router said nobody is there).
 		o.timeout = true
 	case err != nil:
 		o.err = err
@@ -464,7 +625,8 @@ func (o *outcome) parse() {
 // exchangeAs runs on a locked thread of the namespace: it takes on cred for this thread only (the
 // socket's owner is who creates it), which then never runs anything else, and makes the exchange with
 // blocking system calls bounded by timeouts.
-func exchangeAs(cred testutil.Cred, proto string, dst netip.AddrPort) (string, error) {
+func exchangeAs(tc *traceCase) (string, error) {
+	cred, proto, dst := tc.cred, tc.conn.Proto, tc.conn.Dst
 	// Never unlocked: the thread ends with this goroutine (netns.Do runs it in its own), so that no
 	// other goroutine ever runs with its credentials.
 	runtime.LockOSThread()
@@ -489,6 +651,27 @@ func exchangeAs(cred testutil.Cred, proto string, dst netip.AddrPort) (string, e
 		return "", fmt.Errorf("socket: %w", err)
 	}
 	defer unix.Close(fd)
+	if tc.transparent {
+		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if dst.Addr().Is6() {
+			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+			return "", fmt.Errorf("transparent: %w", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(tc.conn.Mark)); err != nil {
+			return "", fmt.Errorf("SO_MARK: %w", err)
+		}
+	}
+	if src := tc.conn.Src.Addr(); tc.conn.Dir == trace.Out && src.IsValid() {
+		var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: src.As16()}
+		if src.Is4() {
+			sa = &unix.SockaddrInet4{Addr: src.As4()}
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			return "", fmt.Errorf("bind %s: %w", src, err)
+		}
+	}
 	connectTimeout := unix.NsecToTimeval((1500 * time.Millisecond).Nanoseconds())
 	readTimeout := unix.NsecToTimeval((4 * time.Second).Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &connectTimeout); err != nil {
@@ -498,7 +681,16 @@ func exchangeAs(cred testutil.Cred, proto string, dst netip.AddrPort) (string, e
 	if dst.Addr().Is4() {
 		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
 	}
-	if err := unix.Connect(fd, sa); err != nil {
+	err = unix.Connect(fd, sa)
+	if local, gerr := unix.Getsockname(fd); gerr == nil {
+		switch a := local.(type) {
+		case *unix.SockaddrInet4:
+			tc.localPort = uint16(a.Port)
+		case *unix.SockaddrInet6:
+			tc.localPort = uint16(a.Port)
+		}
+	}
+	if err != nil {
 		return "", fmt.Errorf("connect %s: %w", dst, err)
 	}
 	if _, err := unix.Write(fd, []byte("hello\n")); err != nil {
@@ -548,8 +740,11 @@ func (e expectation) String() string { return e.verdict }
 // listenerOf names the reference sidecar's listener on a port.
 var listenerOf = map[uint16]string{redirect.DefaultProxyPort: "outbound", redirect.DefaultInboundPort: "inbound", redirect.DNSProxyPort: "dns"}
 
-func expect(c trace.Conn, v trace.Verdict) expectation {
+func expect(c trace.Conn, v trace.Verdict, dropInvalid bool) expectation {
 	e := expectation{verdict: v.String()}
+	// The port unreachable error for a UDP flow in a conntrack zone is looked up in zone 0, found
+	// INVALID, and dropped by --drop-invalid: no refusal comes back.
+	lostRefusal := c.Proto == "udp" && v.Zone != 0 && dropInvalid
 	switch v.Kind {
 	case trace.Captured, trace.TProxied:
 		e.listener, e.orig = listenerOf[v.Port], v.OrigDst
@@ -557,16 +752,28 @@ func expect(c trace.Conn, v trace.Verdict) expectation {
 			e.listener = "port " + strconv.Itoa(int(v.Port))
 		}
 	case trace.Delivered:
-		e.servers, e.local = []string{"pod"}, v.Dst
+		e.servers, e.local, e.mute = []string{"pod"}, v.Dst, lostRefusal
 	case trace.PassedThrough:
 		e.servers, e.local = []string{"remote"}, v.Dst
 		// The remote's DNS server listens on the wildcard address: it answers a query to an address
 		// of its lo from the address of its interface, which the client's connected socket ignores.
-		e.mute = c.Proto == "udp" && slices.Contains(traceRemoteAddrs[familyIndex(v.Dst.Addr())], v.Dst.Addr())
+		// Nothing answers for an address the remote does not have.
+		e.mute = c.Proto == "udp" && slices.Contains(traceRemoteAddrs[familyIndex(v.Dst.Addr())], v.Dst.Addr()) ||
+			!remoteHas(v.Dst.Addr()) || lostRefusal
 	case trace.Dropped:
 		e.timeout = true
 	}
 	return e
+}
+
+// remoteHas reports whether a is one of the remote's addresses.
+func remoteHas(a netip.Addr) bool {
+	for _, l := range traceLinks {
+		if slices.Contains(l.remote[:], a) {
+			return true
+		}
+	}
+	return slices.Contains(traceRemoteAddrs[familyIndex(a)], a)
 }
 
 func familyIndex(a netip.Addr) int {

@@ -114,8 +114,8 @@ type Verdict struct {
 	// SO_ORIGINAL_DST (or, TPROXYed, as its local address).
 	OrigDst netip.AddrPort
 	// Dst is where the packet goes after NAT (Captured, Delivered, PassedThrough). After a REDIRECT at
-	// PREROUTING it is the first of PodAddrs of the family, standing for the address of the arriving
-	// interface the kernel picks.
+	// PREROUTING the kernel picks the arriving interface's first address; the walk takes the original
+	// destination when it is one of PodAddrs, else the first of PodAddrs in the family.
 	Dst netip.AddrPort
 	// Iface is the interface an Out packet leaves by (PassedThrough), or the one it arrived on.
 	Iface string
@@ -192,7 +192,7 @@ func Walk(plan *redirect.Plan, c Conn) (Result, error) {
 	if c.Dst.Addr().Is6() {
 		fam = redirect.IPv6
 	}
-	w := &walker{plan: plan, c: c, fam: fam}
+	w := &walker{c: c, fam: fam}
 	if fp := plan.Family(fam); fp != nil {
 		w.fp = fp
 	} else if fp := plan.Family(redirect.Inet); fp != nil {
@@ -304,16 +304,14 @@ type packet struct {
 
 // conntrack is the connection's conntrack entry.
 type conntrack struct {
-	exists     bool // created (after raw)
-	zoneSet    bool // a template (CT zone) is attached
-	zone       uint16
-	mark       uint32
-	natted     bool // the destination NAT was decided
-	redirected bool
+	exists  bool // created (after raw)
+	zoneSet bool // a template (CT zone) is attached
+	zone    uint16
+	mark    uint32
+	natted  bool // the destination NAT was decided
 }
 
 type walker struct {
-	plan *redirect.Plan
 	fp   *redirect.FamilyPlan
 	inet bool
 	fam  redirect.Family // the packet's
@@ -660,14 +658,15 @@ func (w *walker) chain(t *redirect.Table, name, hook string, depth int) (chainVe
 }
 
 // doRedirect rewrites the destination as REDIRECT does: to localhost for a locally generated packet,
-// to the arriving interface's address otherwise, and the port to the rule's.
+// to the arriving interface's (first) address otherwise, and the port to the rule's. The walk does not
+// know the interfaces' addresses: it takes the destination when it is the pod's, else the first of
+// PodAddrs in the family.
 func (w *walker) doRedirect(r *redirect.Rule, step *Step) {
 	a := w.loopback()
 	if w.pkt.in != "" {
-		if pa, ok := w.podAddr(); ok {
+		a = w.pkt.dst.Addr()
+		if pa, ok := w.podAddr(); ok && !w.local(a) {
 			a = pa
-		} else {
-			a = w.pkt.dst.Addr()
 		}
 	}
 	port := r.Target.Port
@@ -675,7 +674,7 @@ func (w *walker) doRedirect(r *redirect.Rule, step *Step) {
 		port = w.pkt.dst.Port()
 	}
 	w.pkt.dst = netip.AddrPortFrom(a, port)
-	w.ct.natted, w.ct.redirected = true, true
+	w.ct.natted = true
 	w.redirect = r
 	step.Note = "destination rewritten to " + w.pkt.dst.String()
 }

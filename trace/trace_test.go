@@ -281,3 +281,47 @@ func TestWalkErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestInetWithoutIPv6: native nftables' inet tables without IPv6 still capture IPv6 with their rules
+// that match no address (the kernel agrees: e2e TestTraceProperty); per-family plans have no IPv6
+// rules at all.
+func TestInetWithoutIPv6(t *testing.T) {
+	c := redirect.DefaultConfig()
+	c.NativeNFTables = true
+	res, err := Walk(mustBuild(t, c), out("tcp", ap(remote6, 80), 1000, 1000))
+	if err != nil || res.Verdict.Kind != Captured || res.Verdict.Listener != outbound {
+		t.Errorf("inet plan without IPv6: Walk = %v, %v; want captured by %s", res.Verdict, err, outbound)
+	}
+	c.NativeNFTables = false
+	if _, err := Walk(mustBuild(t, c), out("tcp", ap(remote6, 80), 1000, 1000)); !errors.Is(err, ErrFamilyNotCovered) {
+		t.Errorf("IPv4-only plan: Walk = %v, want ErrFamilyNotCovered", err)
+	}
+}
+
+// TestTransparentUpstreamHairpin: in TPROXY mode with an included loopback range (which leaves out the
+// "-o lo ! --uid-owner" RETURNs), the proxy's transparent upstream to the app (uid 0, gid 1337, mark
+// 1337, from the client's address) meets the gid hairpin rule and is REDIRECTed to the inbound
+// listener. The kernel agrees (its SYN-ACK, from ::1/127.0.0.1 to the client, then has no route).
+func TestTransparentUpstreamHairpin(t *testing.T) {
+	for _, sh := range shapes {
+		c := redirect.DefaultConfig()
+		c.Mode, c.NativeNFTables = redirect.ModeTProxy, sh.native
+		c.OutboundIPRanges = redirect.PrefixList{Prefixes: []netip.Prefix{netip.MustParsePrefix("127.1.2.3/32")}}
+		conn := out("tcp", ap(pod4, 8080), 0, 1337)
+		conn.Src, conn.Mark = ap(remote4, 0), 1337
+		expect(t, mustBuild(t, c), conn, want{kind: Captured, listener: inbound, mark: 1337})
+	}
+}
+
+// TestKubeVirtTProxy: in TPROXY mode a virtual machine's connection through the pod meets mangle's
+// TPROXY before nat's capture as outbound: it lands on the inbound listener.
+func TestKubeVirtTProxy(t *testing.T) {
+	for _, sh := range shapes {
+		c := redirect.DefaultConfig()
+		c.Mode, c.NativeNFTables = redirect.ModeTProxy, sh.native
+		c.KubeVirtInterfaces = []string{"kv0"}
+		vm := in(ap(netip.MustParseAddr("10.219.0.9"), 80))
+		vm.InIface = "kv0"
+		expect(t, mustBuild(t, c), vm, want{kind: TProxied, listener: inbound, mark: 1337})
+	}
+}
