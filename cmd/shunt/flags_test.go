@@ -63,7 +63,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"token-file", "ca-file", "api-server", "kubeconfig", "node-name", "taint-key", "cni-log-level", "cni-log-file",
 		"exclude-namespaces", "cni-api-timeout", "backend", "iptables-variant", "report-socket", "host-report-socket",
 		"ebpf-pin-dir", "pod-name", "pod-namespace", "health-addr", "monitoring-port", "repair-mode", "repair-label-key", "repair-init-container",
-		"repair-exit-code", "fight-threshold", "fight-window", "fight-backoff", "fight-backoff-max", "resync-interval",
+		"repair-exit-code", "repair-grace", "fight-threshold", "fight-window", "fight-backoff", "fight-backoff-max", "resync-interval",
 		"log-format", "log-level", "state-dir", "migrate-pods", "audit-interval", "drift-repair", "agent-socket"},
 		required: []string{"node-name"}},
 	"shunt ebpf":        {flags: []string{"pin-dir"}},

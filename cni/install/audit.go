@@ -56,6 +56,11 @@ type auditor struct {
 	mu       sync.Mutex
 	last     []podstate.Status
 	reported map[string]string // container ID → the drift last reported in an Event
+	// captured is the PodsCaptured condition last patched (nil: none yet).
+	captured *nodeCondition
+	// notCaptured, when set, names the pods known to be without rules besides the audited ones (the
+	// meshed pods that started without the plugin).
+	notCaptured func() []string
 }
 
 // audit checks every recorded pod once, repairs the drifted ones as configured, and returns what it
@@ -109,6 +114,9 @@ func (a *auditor) audit(ctx context.Context) []podstate.Status {
 	a.metrics.podsDrifted.Set(float64(drifted))
 	a.metrics.auditSeconds.Set(time.Since(start).Seconds())
 	a.metrics.auditTime.SetToCurrentTime()
+	if ctx.Err() == nil {
+		a.publishCaptured(ctx, statuses)
+	}
 	return statuses
 }
 
@@ -181,10 +189,13 @@ func (a *auditor) handOver(ctx context.Context, r podstate.Record, drift string)
 }
 
 // loop audits at start — after a reboot or a restart the pods whose namespaces still exist are
-// checked first of all — and then every Interval, until ctx is done.
+// checked first of all — and then every Interval, until ctx is done, when it sets the PodsCaptured
+// condition Unknown.
 func (a *auditor) loop(ctx context.Context) {
+	defer a.stopped()
 	a.audit(ctx)
 	if a.cfg.Interval <= 0 {
+		<-ctx.Done()
 		return
 	}
 	t := time.NewTicker(a.cfg.Interval)

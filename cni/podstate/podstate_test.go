@@ -146,3 +146,25 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestMarkRecording: the first mark holds, a second keeps the first time, List skips the marker.
+func TestMarkRecording(t *testing.T) {
+	s := Store{Dir: filepath.Join(t.TempDir(), "pods")}
+	if _, ok, err := s.RecordingSince(); ok || err != nil {
+		t.Fatalf("no marker yet: ok %v, err %v", ok, err)
+	}
+	first := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	got, err := s.MarkRecording(first)
+	if err != nil || !got.Equal(first) {
+		t.Fatalf("MarkRecording = %v, %v; want %v", got, err, first)
+	}
+	if got, err := s.MarkRecording(first.Add(time.Hour)); err != nil || !got.Equal(first) {
+		t.Errorf("second MarkRecording = %v, %v; want the first time %v", got, err, first)
+	}
+	if since, ok, err := s.RecordingSince(); !ok || err != nil || !since.Equal(first) {
+		t.Errorf("RecordingSince = %v, %v, %v", since, ok, err)
+	}
+	if recs, err := s.List(); len(recs) != 0 || err != nil {
+		t.Errorf("List = %v, %v; want the marker skipped", recs, err)
+	}
+}

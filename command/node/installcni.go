@@ -47,6 +47,7 @@ type installCNIFlags struct {
 	monitoringPort                      int
 	repairMode, repairLabel, repairInit string
 	repairExitCode                      int64
+	repairGrace                         time.Duration
 	fightThreshold                      int
 	fightWindow, fightBackoff, fightMax time.Duration
 	resync                              time.Duration
@@ -60,7 +61,8 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 		Long: "Copy this binary into the host's CNI bin directory as shunt-cni, append its entry to the primary\n" +
 			"network's conflist, write its kubeconfig, and keep all three in place until SIGTERM, when they are\n" +
 			"removed and the conflist restored. Serves /healthz, /readyz and /metrics, removes the node's startup\n" +
-			"taint once ready, and repairs pods that started without capture rules.\n\n" +
+			"taint once ready, and repairs pods that started without capture rules: those whose validation init\n" +
+			"container says so, and the meshed pods that started, without the plugin, before it was ready.\n\n" +
 			"Every flag can be set by its environment variable instead: upper case, dashes as underscores\n" +
 			"(--cni-net-dir: CNI_NET_DIR, --node-name: NODE_NAME).",
 		Args: cobra.NoArgs,
@@ -102,6 +104,7 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	fs.StringVar(&f.repairLabel, "repair-label-key", install.DefaultRepairLabelKey, "label set to \"needed\" in label mode")
 	fs.StringVar(&f.repairInit, "repair-init-container", install.DefaultRepairInitContainer, "validation init container whose exit code marks a pod without rules")
 	fs.Int64Var(&f.repairExitCode, "repair-exit-code", install.DefaultRepairExitCode, "that init container's exit code when capture does not work")
+	fs.DurationVar(&f.repairGrace, "repair-grace", install.DefaultRepairGrace, "once the plugin is ready, wait this long before repairing the meshed pods that started without it (no record of the plugin's, started after the state directory's marker)")
 	fs.IntVar(&f.fightThreshold, "fight-threshold", install.DefaultFightThreshold, "losses of our conflist entry in a row before backing off")
 	fs.DurationVar(&f.fightWindow, "fight-window", install.DefaultFightWindow, "a loss within this time of putting the entry back continues a row")
 	fs.DurationVar(&f.fightBackoff, "fight-backoff", install.DefaultFightBackoff, "first wait before putting the entry back, doubling per loss")
@@ -166,10 +169,13 @@ func (f *installCNIFlags) prepare(getenv func(string) string) error {
 	if f.fs.Changed("repair-label-key") && f.repairMode != install.RepairLabel {
 		bad("--repair-label-key", f.repairLabel, "only with --repair-mode=label")
 	}
-	for _, name := range []string{"repair-init-container", "repair-exit-code"} {
+	for _, name := range []string{"repair-init-container", "repair-exit-code", "repair-grace"} {
 		if f.fs.Changed(name) && f.repairMode == install.RepairOff {
 			bad("--"+name, f.fs.Lookup(name).Value.String(), "not with --repair-mode=off: nothing is repaired")
 		}
+	}
+	if f.repairGrace < 0 {
+		bad("--repair-grace", f.repairGrace.String(), "must not be negative")
 	}
 	if f.fs.Changed("host-report-socket") && f.reportSocket == "" {
 		bad("--host-report-socket", f.hostReportSocket, "only with a --report-socket: no reports are read without one")
@@ -301,6 +307,7 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 			LabelKey:      f.repairLabel,
 			InitContainer: f.repairInit,
 			ExitCode:      f.repairExitCode,
+			Grace:         f.repairGrace,
 		},
 		Resync:          f.resync,
 		FightWindow:     f.fightWindow,
