@@ -80,7 +80,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 	"shunt ebpf leave":   {flags: []string{"pin-dir", "netns"}, required: []string{"netns"}},
 	"shunt doctor":       {flags: []string{"network-namespace", "json", "istio-inbound-interception-mode"}},
 	"shunt migrate-pods": {flags: []string{"to", "iptables-variant", "state-dir", "json"}, required: []string{"to"}},
-	"shunt status":       {flags: []string{"state-dir", "json"}},
+	"shunt status":       {flags: []string{"state-dir", "json", "cluster", "kubeconfig", "since"}},
 }
 
 // TestCommandFlags: every command registers exactly the flags it honours, and marks the required ones.
@@ -356,6 +356,16 @@ func TestConditionalFlags(t *testing.T) {
 			accepted: []line{l("install-cni", "--node-name", "n", "--api-server", "k", "--repair-init-container", "init")},
 			refused:  l("install-cni", "--node-name", "n", "--api-server", "k", "--repair-mode=off", "--repair-init-container", "init"),
 			want:     []string{"--repair-init-container", "--repair-mode=off"}},
+		{rule: "install-cni --repair-grace not with --repair-mode=off",
+			accepted: []line{l("install-cni", "--node-name", "n", "--api-server", "k", "--repair-grace", "1s")},
+			refused:  l("install-cni", "--node-name", "n", "--api-server", "k", "--repair-mode=off", "--repair-grace", "1s"),
+			want:     []string{"--repair-grace", "--repair-mode=off"}},
+		{rule: "status --kubeconfig and --since only with --cluster",
+			accepted: []line{l("status", "--cluster", "--kubeconfig", "/k", "--since", "5m")},
+			refused:  l("status", "--kubeconfig", "/k"), want: []string{"--kubeconfig", "only with --cluster"}},
+		{rule: "status --state-dir not with --cluster",
+			accepted: []line{l("status", "--state-dir", "/run/pods")},
+			refused:  l("status", "--cluster", "--state-dir", "/run/pods"), want: []string{"--state-dir", "not with --cluster"}},
 		{rule: "install-cni --host-report-socket only with --report-socket",
 			accepted: []line{l("install-cni", "--node-name", "n", "--api-server", "k", "--host-report-socket", "/run/x.sock")},
 			refused:  l("install-cni", "--node-name", "n", "--api-server", "k", "--report-socket=", "--host-report-socket", "/run/x.sock"),
