@@ -37,8 +37,8 @@ func driftEvent(ns, pod, name, node, reason string, at time.Time) *unstructured.
 		"metadata":       map[string]any{"namespace": ns, "name": name},
 		"involvedObject": map[string]any{"kind": "Pod", "namespace": ns, "name": pod},
 		"reason":         reason, "message": "rules differ", "type": "Warning", "count": int64(1),
-		"source":         map[string]any{"component": "shunt-install-cni", "host": node},
-		"lastTimestamp":  at.UTC().Format(time.RFC3339)}}
+		"source":        map[string]any{"component": "shunt-install-cni", "host": node},
+		"lastTimestamp": at.UTC().Format(time.RFC3339)}}
 }
 
 // TestClusterStatus reads the cluster view from the nodes' conditions and the drift Events: a node
