@@ -180,6 +180,16 @@ func (cs *ClusterStatus) notCaptured() (notReady, podsNotCaptured int) {
 	return notReady, podsNotCaptured
 }
 
+// maxEventMessage bounds an Event's message in the table (--json has it whole).
+const maxEventMessage = 160
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
 // write prints cs as JSON or as tables: one line per node, then the events.
 func (cs *ClusterStatus) write(w io.Writer, asJSON bool, since time.Duration) error {
 	if asJSON {
@@ -219,7 +229,7 @@ func (cs *ClusterStatus) write(w io.Writer, asJSON bool, since time.Duration) er
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LAST SEEN\tPOD\tNODE\tMESSAGE")
 	for _, e := range cs.Events {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.LastSeen.Format(time.RFC3339), e.Pod, e.Node, oneLine(e.Message))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.LastSeen.Format(time.RFC3339), e.Pod, e.Node, truncate(oneLine(e.Message), maxEventMessage))
 	}
 	return tw.Flush()
 }
