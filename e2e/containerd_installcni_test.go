@@ -17,7 +17,9 @@ import (
 // TestContainerdInstallCNI runs `shunt install-cni` on a containerd node as the DaemonSet does: the
 // conflist it writes into containerd's conf dir is the one containerd loads (its verbose Status shows
 // shunt-cni chained after bridge), and a meshed pod's sandbox then gets Istio's rules through it;
-// after SIGTERM containerd loads the primary network alone again and a new pod gets none.
+// `shunt status` on the node lists the pods captured and `shunt migrate-pods --to nftables` moves them
+// to native nftables, still captured; after SIGTERM containerd loads the primary network alone again
+// and a new pod gets none.
 func TestContainerdInstallCNI(t *testing.T) {
 	n := newCRINode(t)
 	token, tokenFile, caFile := installerAccess(t, n.cni)
@@ -32,7 +34,10 @@ func TestContainerdInstallCNI(t *testing.T) {
 	}
 
 	health := "127.0.0.1:19102"
-	inst := startInstallCNI(t, n.cni, installCNIArgs(t, n.cni, n.binDir, n.confDir, token, tokenFile, caFile, health))
+	// No periodic audit: `shunt migrate-pods` moves the pods behind the agent's back, which an audit
+	// running at that moment would take for drift.
+	inst := startInstallCNI(t, n.cni, append(installCNIArgs(t, n.cni, n.binDir, n.confDir, token, tokenFile, caFile, health),
+		"--audit-interval", "0"))
 	web := n.cni.nodeHTTP()
 	waitFor(t, "/readyz 200", func() bool {
 		resp, err := web.Get("http://" + health + "/readyz")
@@ -58,6 +63,9 @@ func TestContainerdInstallCNI(t *testing.T) {
 	if err != nil || !strings.Contains(string(log), meshed.ID) {
 		t.Errorf("shunt-cni's log does not name sandbox %s: %v\n%s", meshed.ID, err, tail(string(log), 20))
 	}
+
+	excludes := n.runPod(t, injectedPod(t, "native-sidecar-excludes.yaml", "installed"))
+	testNodeStatusAndMigration(t, filepath.Join(n.cni.dataDir, "pods"), meshed, excludes)
 
 	if err := inst.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
