@@ -68,6 +68,16 @@ type auditor struct {
 func (a *auditor) audit(ctx context.Context) []podstate.Status {
 	a.run.Lock()
 	defer a.run.Unlock()
+	// A migration of the node's pods (`shunt migrate-pods`) holds the store's lock: a pod it moved
+	// half-way would look drifted, and a reconcile would undo the move.
+	unlock, err := a.store.Lock(ctx)
+	if err != nil {
+		a.log.Warn("audit: lock the pod records", "state_dir", a.store.Dir, "error", err)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.last
+	}
+	defer unlock()
 	start := time.Now()
 	recs, err := a.store.List()
 	if err != nil {

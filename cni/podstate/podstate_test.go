@@ -1,6 +1,7 @@
 package podstate
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"math/rand/v2"
@@ -166,5 +167,40 @@ func TestMarkRecording(t *testing.T) {
 	}
 	if recs, err := s.List(); len(recs) != 0 || err != nil {
 		t.Errorf("List = %v, %v; want the marker skipped", recs, err)
+	}
+}
+
+// TestLock: a second Lock waits for the first's unlock, or gives up with its context.
+func TestLock(t *testing.T) {
+	s := Store{Dir: filepath.Join(t.TempDir(), "pods")}
+	unlock, err := s.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.Lock(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Lock while held: %v, want the context's deadline", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		u, err := s.Lock(context.Background())
+		if err == nil {
+			u()
+		}
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Lock did not get the lock once released")
+	}
+	if recs, err := s.List(); len(recs) != 0 || err != nil {
+		t.Errorf("List = %v, %v; want the lock file skipped", recs, err)
 	}
 }
