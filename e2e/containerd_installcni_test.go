@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestContainerdInstallCNI runs `shunt install-cni` on a containerd node as the DaemonSet does: the
@@ -34,10 +36,10 @@ func TestContainerdInstallCNI(t *testing.T) {
 	}
 
 	health := "127.0.0.1:19102"
-	// No periodic audit: `shunt migrate-pods` moves the pods behind the agent's back, which an audit
-	// running at that moment would take for drift.
+	// An audit every 100 ms: `shunt migrate-pods` moves the pods behind the agent's back, holding the
+	// records' lock, which the audit waits for: it never finds a pod moved half-way drifted.
 	inst := startInstallCNI(t, n.cni, append(installCNIArgs(t, n.cni, n.binDir, n.confDir, token, tokenFile, caFile, health),
-		"--audit-interval", "0"))
+		"--audit-interval", "100ms"))
 	web := n.cni.nodeHTTP()
 	waitFor(t, "/readyz 200", func() bool {
 		resp, err := web.Get("http://" + health + "/readyz")
@@ -66,6 +68,16 @@ func TestContainerdInstallCNI(t *testing.T) {
 
 	excludes := n.runPod(t, injectedPod(t, "native-sidecar-excludes.yaml", "installed"))
 	testNodeStatusAndMigration(t, filepath.Join(n.cni.dataDir, "pods"), meshed, excludes)
+	time.Sleep(300 * time.Millisecond) // audits of the migrated pods
+	if resp, err := web.Get("http://" + health + "/metrics"); err != nil {
+		t.Error(err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if m := string(b); !strings.Contains(m, "shunt_cni_pods_audited 2") || strings.Contains(m, "shunt_cni_drift_repairs_total{") {
+			t.Errorf("the audit during and after the migration: %s; %s", grepLines(m, "shunt_cni_pods_audited"), grepLines(m, "shunt_cni_drift_repairs_total{"))
+		}
+	}
 
 	if err := inst.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
