@@ -120,8 +120,8 @@ func TestClusterView(t *testing.T) {
 		Nodes []struct {
 			Node         string
 			Ready        struct{ Status string }
-			PodsCaptured struct{ Status, Reason string }
-			NotCaptured  []string
+			PodsCaptured struct{ Status, Reason string } `json:"pods_captured"`
+			NotCaptured  []string                        `json:"not_captured"`
 		}
 		Events []struct{ Pod, Node, Message string }
 	}

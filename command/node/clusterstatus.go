@@ -43,10 +43,10 @@ type NodeStatus struct {
 	Ready *Condition `json:"ready,omitempty"`
 	// PodsCaptured is the cni.shunt.io/PodsCaptured condition; nil when the node has none (no drift
 	// audit, or an agent of a release that does not write it).
-	PodsCaptured *Condition `json:"podsCaptured,omitempty"`
+	PodsCaptured *Condition `json:"pods_captured,omitempty"`
 	// NotCaptured are the pods (namespace/name) PodsCaptured names as meshed but not captured; More
 	// counts those its message does not name.
-	NotCaptured []string `json:"notCaptured,omitempty"`
+	NotCaptured []string `json:"not_captured,omitempty"`
 	More        int      `json:"more,omitempty"`
 }
 
@@ -55,7 +55,7 @@ type Condition struct {
 	Status             string `json:"status"`
 	Reason             string `json:"reason,omitempty"`
 	Message            string `json:"message,omitempty"`
-	LastTransitionTime string `json:"lastTransitionTime,omitempty"`
+	LastTransitionTime string `json:"last_transition_time,omitempty"`
 }
 
 // DriftEvent is an agent's ShuntDrift Event on a pod.
@@ -64,7 +64,7 @@ type DriftEvent struct {
 	Node     string    `json:"node,omitempty"`
 	Message  string    `json:"message"`
 	Count    int64     `json:"count,omitempty"`
-	LastSeen time.Time `json:"lastSeen"`
+	LastSeen time.Time `json:"last_seen"`
 }
 
 // agentNotReady says whether the node's agent reports itself not ready; a node without the condition
@@ -100,8 +100,11 @@ func clusterStatus(ctx context.Context, client dynamic.Interface, since time.Tim
 		var obj struct {
 			Status struct {
 				Conditions []struct {
-					Type string `json:"type"`
-					Condition
+					Type               string `json:"type"`
+					Status             string `json:"status"`
+					Reason             string `json:"reason"`
+					Message            string `json:"message"`
+					LastTransitionTime string `json:"lastTransitionTime"`
 				} `json:"conditions"`
 			} `json:"status"`
 		}
@@ -110,11 +113,12 @@ func clusterStatus(ctx context.Context, client dynamic.Interface, since time.Tim
 		}
 		ns := NodeStatus{Node: n.GetName()}
 		for _, c := range obj.Status.Conditions {
+			cond := &Condition{Status: c.Status, Reason: c.Reason, Message: c.Message, LastTransitionTime: c.LastTransitionTime}
 			switch c.Type {
 			case install.NodeConditionType:
-				ns.Ready = &c.Condition
+				ns.Ready = cond
 			case install.PodsCapturedConditionType:
-				ns.PodsCaptured = &c.Condition
+				ns.PodsCaptured = cond
 				if c.Status == "False" {
 					ns.NotCaptured, ns.More = install.ParseNotCaptured(c.Message)
 				}
