@@ -79,9 +79,9 @@ func (a *auditor) audit(ctx context.Context) []podstate.Status {
 	}
 	defer unlock()
 	start := time.Now()
-	recs, err := a.store.List()
-	if err != nil {
-		a.log.Error("audit: read the pod records", "state_dir", a.store.Dir, "error", err)
+	recs, listErr := a.store.List()
+	if listErr != nil {
+		a.log.Error("audit: read the pod records", "state_dir", a.store.Dir, "error", listErr)
 	}
 	statuses := make([]podstate.Status, 0, len(recs))
 	drifted := 0
@@ -124,7 +124,8 @@ func (a *auditor) audit(ctx context.Context) []podstate.Status {
 	a.metrics.podsDrifted.Set(float64(drifted))
 	a.metrics.auditSeconds.Set(time.Since(start).Seconds())
 	a.metrics.auditTime.SetToCurrentTime()
-	if ctx.Err() == nil {
+	if ctx.Err() == nil && listErr == nil {
+		// A record that could not be read leaves the condition as it was: its pod is not known.
 		a.publishCaptured(ctx, statuses)
 	}
 	return statuses
