@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,12 +13,15 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestContainerdInstallCNI runs `shunt install-cni` on a containerd node as the DaemonSet does: the
 // conflist it writes into containerd's conf dir is the one containerd loads (its verbose Status shows
 // shunt-cni chained after bridge), and a meshed pod's sandbox then gets Istio's rules through it;
-// after SIGTERM containerd loads the primary network alone again and a new pod gets none.
+// `shunt status` on the node lists the pods captured and `shunt migrate-pods --to nftables` moves them
+// to native nftables, still captured; after SIGTERM containerd loads the primary network alone again
+// and a new pod gets none.
 func TestContainerdInstallCNI(t *testing.T) {
 	n := newCRINode(t)
 	token, tokenFile, caFile := installerAccess(t, n.cni)
@@ -32,7 +36,10 @@ func TestContainerdInstallCNI(t *testing.T) {
 	}
 
 	health := "127.0.0.1:19102"
-	inst := startInstallCNI(t, n.cni, installCNIArgs(t, n.cni, n.binDir, n.confDir, token, tokenFile, caFile, health))
+	// An audit every 100 ms: `shunt migrate-pods` moves the pods behind the agent's back, holding the
+	// records' lock, which the audit waits for: it never finds a pod moved half-way drifted.
+	inst := startInstallCNI(t, n.cni, append(installCNIArgs(t, n.cni, n.binDir, n.confDir, token, tokenFile, caFile, health),
+		"--audit-interval", "100ms"))
 	web := n.cni.nodeHTTP()
 	waitFor(t, "/readyz 200", func() bool {
 		resp, err := web.Get("http://" + health + "/readyz")
@@ -57,6 +64,19 @@ func TestContainerdInstallCNI(t *testing.T) {
 	log, err := os.ReadFile(n.cni.logFile)
 	if err != nil || !strings.Contains(string(log), meshed.ID) {
 		t.Errorf("shunt-cni's log does not name sandbox %s: %v\n%s", meshed.ID, err, tail(string(log), 20))
+	}
+
+	excludes := n.runPod(t, injectedPod(t, "native-sidecar-excludes.yaml", "installed"))
+	testNodeStatusAndMigration(t, filepath.Join(n.cni.dataDir, "pods"), meshed, excludes)
+	time.Sleep(300 * time.Millisecond) // audits of the migrated pods
+	if resp, err := web.Get("http://" + health + "/metrics"); err != nil {
+		t.Error(err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if m := string(b); !strings.Contains(m, "shunt_cni_pods_audited 2") || strings.Contains(m, "shunt_cni_drift_repairs_total{") {
+			t.Errorf("the audit during and after the migration: %s; %s", grepLines(m, "shunt_cni_pods_audited"), grepLines(m, "shunt_cni_drift_repairs_total{"))
+		}
 	}
 
 	if err := inst.cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -56,6 +56,11 @@ type auditor struct {
 	mu       sync.Mutex
 	last     []podstate.Status
 	reported map[string]string // container ID → the drift last reported in an Event
+	// captured is the PodsCaptured condition last patched (nil: none yet).
+	captured *nodeCondition
+	// notCaptured, when set, names the pods known to be without rules besides the audited ones (the
+	// meshed pods that started without the plugin).
+	notCaptured func() []string
 }
 
 // audit checks every recorded pod once, repairs the drifted ones as configured, and returns what it
@@ -63,10 +68,20 @@ type auditor struct {
 func (a *auditor) audit(ctx context.Context) []podstate.Status {
 	a.run.Lock()
 	defer a.run.Unlock()
-	start := time.Now()
-	recs, err := a.store.List()
+	// A migration of the node's pods (`shunt migrate-pods`) holds the store's lock: a pod it moved
+	// half-way would look drifted, and a reconcile would undo the move.
+	unlock, err := a.store.Lock(ctx)
 	if err != nil {
-		a.log.Error("audit: read the pod records", "state_dir", a.store.Dir, "error", err)
+		a.log.Warn("audit: lock the pod records", "state_dir", a.store.Dir, "error", err)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.last
+	}
+	defer unlock()
+	start := time.Now()
+	recs, listErr := a.store.List()
+	if listErr != nil {
+		a.log.Error("audit: read the pod records", "state_dir", a.store.Dir, "error", listErr)
 	}
 	statuses := make([]podstate.Status, 0, len(recs))
 	drifted := 0
@@ -109,6 +124,10 @@ func (a *auditor) audit(ctx context.Context) []podstate.Status {
 	a.metrics.podsDrifted.Set(float64(drifted))
 	a.metrics.auditSeconds.Set(time.Since(start).Seconds())
 	a.metrics.auditTime.SetToCurrentTime()
+	if ctx.Err() == nil && listErr == nil {
+		// A record that could not be read leaves the condition as it was: its pod is not known.
+		a.publishCaptured(ctx, statuses)
+	}
 	return statuses
 }
 
@@ -181,10 +200,13 @@ func (a *auditor) handOver(ctx context.Context, r podstate.Record, drift string)
 }
 
 // loop audits at start — after a reboot or a restart the pods whose namespaces still exist are
-// checked first of all — and then every Interval, until ctx is done.
+// checked first of all — and then every Interval, until ctx is done, when it sets the PodsCaptured
+// condition Unknown.
 func (a *auditor) loop(ctx context.Context) {
+	defer a.stopped()
 	a.audit(ctx)
 	if a.cfg.Interval <= 0 {
+		<-ctx.Done()
 		return
 	}
 	t := time.NewTicker(a.cfg.Interval)

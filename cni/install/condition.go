@@ -8,6 +8,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 )
 
 // NodeConditionType is the Node condition the agent keeps: True while the plugin is installed and
@@ -94,28 +95,44 @@ func (in *Installer) keepCondition(ctx context.Context, states <-chan readyState
 // conditions merge by type: other conditions are untouched). The transition time moves only when the
 // status changes.
 func (in *Installer) patchCondition(ctx context.Context, st readyState, last *readyState) error {
-	now := time.Now().UTC().Format(time.RFC3339)
-	status := "False"
-	if st.ok {
-		status = "True"
+	c := nodeCondition{Type: NodeConditionType, Status: conditionStatus(st.ok), Reason: st.reason, Message: st.msg}
+	return patchNodeCondition(ctx, in.cfg.Client, in.cfg.NodeName, c, last == nil || last.ok != st.ok)
+}
+
+// nodeCondition is one of the Node conditions the agent keeps.
+type nodeCondition struct {
+	Type, Status, Reason, Message string
+}
+
+func conditionStatus(ok bool) string {
+	if ok {
+		return "True"
 	}
+	return "False"
+}
+
+// patchNodeCondition sets the condition c on node with a strategic-merge patch of the Node's status:
+// the conditions merge by type, other conditions are untouched. transition moves the condition's
+// lastTransitionTime (its status changed).
+func patchNodeCondition(ctx context.Context, client dynamic.Interface, node string, c nodeCondition, transition bool) error {
+	now := time.Now().UTC().Format(time.RFC3339)
 	cond := map[string]any{
-		"type":              NodeConditionType,
-		"status":            status,
-		"reason":            st.reason,
-		"message":           st.msg,
+		"type":              c.Type,
+		"status":            c.Status,
+		"reason":            c.Reason,
+		"message":           c.Message,
 		"lastHeartbeatTime": now,
 	}
-	if last == nil || last.ok != st.ok {
+	if transition {
 		cond["lastTransitionTime"] = now
 	}
 	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []any{cond}}})
 	if err != nil {
 		return err
 	}
-	_, err = in.cfg.Client.Resource(nodesResource).Patch(ctx, in.cfg.NodeName, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
+	_, err = client.Resource(nodesResource).Patch(ctx, node, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
 	if err != nil {
-		return fmt.Errorf("patch node %s status: %w", in.cfg.NodeName, err)
+		return fmt.Errorf("patch node %s status: %w", node, err)
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/shuntmesh/shunt/backend"
@@ -129,8 +130,11 @@ type Installer struct {
 	repair     *repairer
 	pods       *nodePods // the one watch of the node's pods, for the agent's socket and the repair loop
 	audit      *auditor  // nil: no drift audit
-	// firstReady is closed when the plugin is first installed and verified.
+	// unrecorded repairs the meshed pods that started without the plugin; nil: not done.
+	unrecorded *unrecorded
+	// firstReady is closed when the plugin is first installed and verified, at readyAt.
 	firstReady chan struct{}
+	readyAt    time.Time
 
 	// Owned by Run's goroutine.
 	binVerified bool
@@ -183,6 +187,7 @@ func New(cfg Config) (*Installer, error) {
 	def(&cfg.Repair.Mode, RepairDelete)
 	def(&cfg.Repair.LabelKey, DefaultRepairLabelKey)
 	def(&cfg.Repair.InitContainer, DefaultRepairInitContainer)
+	defDur(&cfg.Repair.Grace, DefaultRepairGrace)
 	if cfg.Repair.ExitCode == 0 {
 		cfg.Repair.ExitCode = DefaultRepairExitCode
 	}
@@ -265,6 +270,12 @@ func New(cfg Config) (*Installer, error) {
 	if cfg.Client != nil && cfg.Repair.Mode != RepairOff {
 		in.repair = newRepairer(cfg.Client, cfg.NodeName, cfg.Repair, log, in.metrics)
 		in.repair.pods = in.pods
+		if cfg.Entry.StateDir != "" {
+			in.unrecorded = &unrecorded{store: podstate.Store{Dir: cfg.Entry.StateDir}, exclude: cfg.Entry.ExcludeNamespaces,
+				repair: in.repair, log: log, metrics: in.metrics,
+				unknown: make(map[types.UID]bool), notCaptured: make(map[types.UID]string)}
+			in.repair.unrecorded = in.unrecorded
+		}
 	}
 	if cfg.Audit.Interval > 0 {
 		in.audit = &auditor{store: podstate.Store{Dir: cfg.Entry.StateDir}, cfg: cfg.Audit, client: cfg.Client, node: cfg.NodeName,
@@ -273,6 +284,9 @@ func New(cfg Config) (*Installer, error) {
 			rc := cfg.Repair
 			rc.Mode = cfg.Audit.Repair
 			in.audit.repair = newRepairer(cfg.Client, cfg.NodeName, rc, log, in.metrics)
+		}
+		if in.unrecorded != nil {
+			in.audit.notCaptured = in.unrecorded.pods
 		}
 	}
 	return in, nil
@@ -360,6 +374,9 @@ func (in *Installer) Run(ctx context.Context) error {
 		in.log.Info("listening for plugin reports", "socket", in.cfg.ReportSocket)
 	}
 	in.wg.Go(func() { in.podsLoop(ctx) })
+	if in.cfg.Entry.StateDir != "" {
+		in.wg.Go(func() { in.afterReady(ctx) })
+	}
 	if in.repair != nil {
 		in.wg.Go(func() { in.repair.run(ctx) })
 		in.log.Info("repairing pods started without capture rules", "node", in.cfg.NodeName, "mode", in.cfg.Repair.Mode)
@@ -384,6 +401,26 @@ func (in *Installer) Run(ctx context.Context) error {
 	}
 	in.log.Info("uninstalled shunt-cni")
 	return nil
+}
+
+// afterReady, once the plugin is first ready, marks the state directory (the plugin records every pod
+// it captures from now on) and repairs the meshed pods that started without it.
+func (in *Installer) afterReady(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-in.firstReady:
+	}
+	if in.unrecorded == nil {
+		store := podstate.Store{Dir: in.cfg.Entry.StateDir}
+		if _, err := store.MarkRecording(in.readyAt); err != nil {
+			in.log.Warn("mark the state directory", "state_dir", store.Dir, "error", err)
+		}
+		return
+	}
+	in.log.Info("repairing meshed pods that started without the plugin", "node", in.cfg.NodeName,
+		"mode", in.cfg.Repair.Mode, "grace", in.cfg.Repair.Grace)
+	in.unrecorded.start(ctx, in.readyAt, in.cfg.Repair.Grace, in.pods)
 }
 
 func shutdown(srv *http.Server) error {

@@ -28,6 +28,9 @@ type metrics struct {
 	driftRepairs  *prometheus.CounterVec
 	auditSeconds  prometheus.Gauge
 	auditTime     prometheus.Gauge
+	// captureUnknown counts the meshed pods without a record that started before the plugin recorded
+	// pods on the node.
+	captureUnknown prometheus.Gauge
 	// The node agent's answers to the plugin.
 	agentRequests     *prometheus.CounterVec
 	agentFetchSeconds prometheus.Histogram
@@ -94,6 +97,8 @@ func newMetrics() *metrics {
 		}, []string{"action", "outcome"}),
 		auditSeconds: gauge("shunt_cni_audit_duration_seconds", "Wall time of the last drift audit."),
 		auditTime:    gauge("shunt_cni_audit_last_timestamp_seconds", "When the last drift audit ended (Unix time)."),
+		captureUnknown: gauge("shunt_cni_pods_capture_unknown",
+			"Running meshed pods without a record that started before the plugin recorded pods on the node (an upgrade from a release that wrote none): their capture state is unknown; they are not repaired."),
 		agentRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shunt_cni_agent_pod_requests_total",
 			Help: "Pods the plugin asked the node agent for, by source of the answer (cache: the agent's watch; api: read from the API server, for a pod the watch has not brought yet) and outcome (found, not_found, error).",
@@ -114,7 +119,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.programmed, m.skipped, m.addFailures, m.checkFailures, m.reports, m.addDuration,
 		m.repairs, m.rewrites, m.ready, m.backend, m.migrations,
-		m.podsAudited, m.podsDrifted, m.podDrifted, m.driftRepairs, m.auditSeconds, m.auditTime,
+		m.podsAudited, m.podsDrifted, m.podDrifted, m.driftRepairs, m.auditSeconds, m.auditTime, m.captureUnknown,
 		m.agentRequests, m.agentFetchSeconds, m.podReads, m.runners,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -84,12 +84,13 @@ func newNodePods(client dynamic.Interface, node string, log *slog.Logger, m *met
 func (p *nodePods) run(ctx context.Context) { p.informer.RunWithContext(ctx) }
 
 // podFields are the fields kept of a pod: what cni.Pod reads, and the repair loop (labels, deletion,
-// the validation container's exit codes) and its Events (uid, resourceVersion).
+// the validation container's exit codes, the phase and start time) and its Events (uid,
+// resourceVersion).
 var (
 	metadataFields  = []string{"name", "namespace", "uid", "resourceVersion", "labels", "annotations", "deletionTimestamp"}
 	specFields      = []string{"hostNetwork"}
 	containerFields = []string{"name", "args", "env", "securityContext"}
-	statusFields    = []string{"podIPs"}
+	statusFields    = []string{"podIPs", "phase", "startTime"}
 )
 
 // prunePod is the informer's transform: it keeps of a pod only the fields the agent reads, so that the

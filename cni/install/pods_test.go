@@ -71,7 +71,7 @@ func TestPrunePod(t *testing.T) {
 			},
 			"initContainers": []any{},
 		},
-		"status": map[string]any{"podIPs": []any{map[string]any{"ip": "10.1.0.5"}}, "initContainerStatuses": []any{}},
+		"status": map[string]any{"podIPs": []any{map[string]any{"ip": "10.1.0.5"}}, "initContainerStatuses": []any{}, "phase": "Pending"},
 	}
 	if diff := cmp.Diff(want, got.(*unstructured.Unstructured).Object); diff != "" {
 		t.Errorf("pruned pod (-want +got):\n%s", diff)

@@ -3,6 +3,7 @@ package install
 import (
 	"context"
 	"os"
+	"time"
 )
 
 // status is what readiness is made of.
@@ -81,6 +82,7 @@ func (in *Installer) updateReady(ctx context.Context) {
 		if in.cfg.Client != nil {
 			in.wg.Go(func() { in.untaint(ctx) })
 		}
+		in.readyAt = time.Now()
 		close(in.firstReady)
 	}
 }

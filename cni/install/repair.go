@@ -45,6 +45,9 @@ type RepairConfig struct {
 	// traffic is not captured.
 	InitContainer string
 	ExitCode      int64
+	// Grace is how long after the plugin is first ready the agent waits before it repairs the meshed
+	// pods that started without it (no record); 0 means DefaultRepairGrace.
+	Grace time.Duration
 }
 
 // repairer watches the pods of its node and repairs those that started without capture rules: their
@@ -59,6 +62,8 @@ type repairer struct {
 	checks  chan cni.Report
 	// pods is the agent's watch of the node's pods; nil: run watches them itself.
 	pods *nodePods
+	// unrecorded, when set, also checks each pod for having started without the plugin.
+	unrecorded *unrecorded
 
 	mu   sync.Mutex
 	done map[types.UID]bool
@@ -141,6 +146,9 @@ func (r *repairer) watch(ctx context.Context, pods *nodePods) {
 				r.mu.Lock()
 				delete(r.done, pod.GetUID())
 				r.mu.Unlock()
+				if r.unrecorded != nil {
+					r.unrecorded.forget(pod.GetUID())
+				}
 			}
 		},
 	})
@@ -152,8 +160,12 @@ func (r *repairer) watch(ctx context.Context, pods *nodePods) {
 	_ = pods.informer.RemoveEventHandler(reg)
 }
 
-// check repairs pod if its validation init container says its traffic is not captured.
+// check repairs pod if its validation init container says its traffic is not captured, or if it
+// started without the plugin (see unrecorded).
 func (r *repairer) check(ctx context.Context, pod *unstructured.Unstructured) {
+	if r.unrecorded != nil {
+		r.unrecorded.check(ctx, pod)
+	}
 	if pod.GetDeletionTimestamp() != nil {
 		return
 	}

@@ -41,7 +41,8 @@ const maxPasses = 3
 // MigrateAll moves every recorded pod to the backend called target ("nftables", "iptables-nft" or
 // "iptables-legacy") with backend.Migrate — the target's rules first, then the others removed, so no
 // connection escapes the proxy, in TPROXY mode too — and records the new backend. Records whose
-// namespace is gone are removed. One pod's failure does not stop the others. It returns one Result per pod and the error of listing the records, if any.
+// namespace is gone are removed. One pod's failure does not stop the others. It holds the store's
+// Lock throughout. It returns one Result per pod and the error of listing the records, if any.
 func MigrateAll(ctx context.Context, s Store, target string, log *slog.Logger) ([]Result, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -49,6 +50,12 @@ func MigrateAll(ctx context.Context, s Store, target string, log *slog.Logger) (
 	if _, err := backend.Named(target, backend.Settings{}); err != nil {
 		return nil, err
 	}
+	// The node agent's drift audit must not check a pod half-way.
+	unlock, err := s.Lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	var results []Result
 	seen := map[string]bool{}
 	var listErr error

@@ -5,7 +5,9 @@
 // backends, the drift audit).
 //
 // Records live in a directory on the node's tmpfs (/var/run/shunt/pods by default), one JSON file per
-// sandbox, named by its container ID: a reboot empties it, as it empties the pods' namespaces.
+// sandbox, named by its container ID: a reboot empties it, as it empties the pods' namespaces. Beside
+// them, dot files List skips: the node agent's marker of since when the installed plugin records pods
+// (MarkRecording), and the lock that a migration and the drift audit hold (Lock).
 package podstate
 
 import (

@@ -1,6 +1,7 @@
 package podstate
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"math/rand/v2"
@@ -145,4 +146,61 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("a record Parse accepts does not plan: %v", err)
 		}
 	})
+}
+
+// TestMarkRecording: the first mark holds, a second keeps the first time, List skips the marker.
+func TestMarkRecording(t *testing.T) {
+	s := Store{Dir: filepath.Join(t.TempDir(), "pods")}
+	if _, ok, err := s.RecordingSince(); ok || err != nil {
+		t.Fatalf("no marker yet: ok %v, err %v", ok, err)
+	}
+	first := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	got, err := s.MarkRecording(first)
+	if err != nil || !got.Equal(first) {
+		t.Fatalf("MarkRecording = %v, %v; want %v", got, err, first)
+	}
+	if got, err := s.MarkRecording(first.Add(time.Hour)); err != nil || !got.Equal(first) {
+		t.Errorf("second MarkRecording = %v, %v; want the first time %v", got, err, first)
+	}
+	if since, ok, err := s.RecordingSince(); !ok || err != nil || !since.Equal(first) {
+		t.Errorf("RecordingSince = %v, %v, %v", since, ok, err)
+	}
+	if recs, err := s.List(); len(recs) != 0 || err != nil {
+		t.Errorf("List = %v, %v; want the marker skipped", recs, err)
+	}
+}
+
+// TestLock: a second Lock waits for the first's unlock, or gives up with its context.
+func TestLock(t *testing.T) {
+	s := Store{Dir: filepath.Join(t.TempDir(), "pods")}
+	unlock, err := s.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.Lock(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Lock while held: %v, want the context's deadline", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		u, err := s.Lock(context.Background())
+		if err == nil {
+			u()
+		}
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Lock did not get the lock once released")
+	}
+	if recs, err := s.List(); len(recs) != 0 || err != nil {
+		t.Errorf("List = %v, %v; want the lock file skipped", recs, err)
+	}
 }

@@ -47,6 +47,7 @@ type installCNIFlags struct {
 	monitoringPort                      int
 	repairMode, repairLabel, repairInit string
 	repairExitCode                      int64
+	repairGrace                         time.Duration
 	fightThreshold                      int
 	fightWindow, fightBackoff, fightMax time.Duration
 	resync                              time.Duration
@@ -62,7 +63,9 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 			"primary network's conflist, write its kubeconfig, and keep them in place until SIGTERM, when they are\n" +
 			"removed and the conflist restored. Runs the shim's ADD, CHECK and DEL for the node's pods (the pods\n" +
 			"from one watch of the node), serves /healthz, /readyz and /metrics, removes the node's startup taint\n" +
-			"once ready, audits the pods' rules and repairs pods that started without capture rules.\n\n" +
+			"once ready, audits the pods' rules, and repairs pods that started without capture rules: those whose\n" +
+			"validation init container says so, and the meshed pods that started, without the plugin, before it\n" +
+			"was ready.\n\n" +
 			"Every flag can be set by its environment variable instead: upper case, dashes as underscores\n" +
 			"(--cni-net-dir: CNI_NET_DIR, --node-name: NODE_NAME).",
 		Args: cobra.NoArgs,
@@ -104,6 +107,7 @@ func newInstallCNICmd(env capture.Env) *cobra.Command {
 	fs.StringVar(&f.repairLabel, "repair-label-key", install.DefaultRepairLabelKey, "label set to \"needed\" in label mode")
 	fs.StringVar(&f.repairInit, "repair-init-container", install.DefaultRepairInitContainer, "validation init container whose exit code marks a pod without rules")
 	fs.Int64Var(&f.repairExitCode, "repair-exit-code", install.DefaultRepairExitCode, "that init container's exit code when capture does not work")
+	fs.DurationVar(&f.repairGrace, "repair-grace", install.DefaultRepairGrace, "once the plugin is ready, wait this long before repairing the meshed pods that started without it (no record of the plugin's, started after the state directory's marker)")
 	fs.IntVar(&f.fightThreshold, "fight-threshold", install.DefaultFightThreshold, "losses of our conflist entry in a row before backing off")
 	fs.DurationVar(&f.fightWindow, "fight-window", install.DefaultFightWindow, "a loss within this time of putting the entry back continues a row")
 	fs.DurationVar(&f.fightBackoff, "fight-backoff", install.DefaultFightBackoff, "first wait before putting the entry back, doubling per loss")
@@ -168,10 +172,13 @@ func (f *installCNIFlags) prepare(getenv func(string) string) error {
 	if f.fs.Changed("repair-label-key") && f.repairMode != install.RepairLabel {
 		bad("--repair-label-key", f.repairLabel, "only with --repair-mode=label")
 	}
-	for _, name := range []string{"repair-init-container", "repair-exit-code"} {
+	for _, name := range []string{"repair-init-container", "repair-exit-code", "repair-grace"} {
 		if f.fs.Changed(name) && f.repairMode == install.RepairOff {
 			bad("--"+name, f.fs.Lookup(name).Value.String(), "not with --repair-mode=off: nothing is repaired")
 		}
+	}
+	if f.repairGrace < 0 {
+		bad("--repair-grace", f.repairGrace.String(), "must not be negative")
 	}
 	if f.fs.Changed("host-report-socket") && f.reportSocket == "" {
 		bad("--host-report-socket", f.hostReportSocket, "only with a --report-socket: no reports are read without one")
@@ -303,6 +310,7 @@ func runInstallCNI(cmd *cobra.Command, env capture.Env, f *installCNIFlags) erro
 			LabelKey:      f.repairLabel,
 			InitContainer: f.repairInit,
 			ExitCode:      f.repairExitCode,
+			Grace:         f.repairGrace,
 		},
 		Resync:          f.resync,
 		FightWindow:     f.fightWindow,
