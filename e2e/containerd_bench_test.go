@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,6 +25,8 @@ import (
 	"github.com/shuntmesh/shunt/internal/testutil/kube"
 )
 
+var criRounds = flag.Int("cri-rounds", 6, "BenchmarkContainerdRunPodSandbox: timed rounds of each configuration")
+
 // BenchmarkContainerdRunPodSandbox measures issue 14's runtime target: on one containerd node, 20
 // meshed pods (native-sidecar.yaml, as Istio's injector writes it, created in a real API server)
 // started at once, the latency of each RunPodSandbox with the primary network alone (bridge +
@@ -38,7 +41,8 @@ import (
 // median of the rounds' ratios), and shunt's own split of its ADD (pod read, rule programming, whole
 // command) from its reports, by what ran it. `make bench` runs it once (-benchtime 1x).
 func BenchmarkContainerdRunPodSandbox(b *testing.B) {
-	const pods, rounds = 20, 6 // rounds of each configuration, after one untimed warm-up each
+	const pods = 20
+	rounds := *criRounds // of each configuration, after one untimed warm-up each
 	n := newBenchCRINode(b)
 	agentSocket, _ := startBenchAgent(b, n.cni)
 	reports := listenReports(b)
