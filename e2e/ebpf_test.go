@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -427,6 +428,55 @@ func testEBPFFlows(t *testing.T) {
 	if s := m.status(t); s.Counters.RedirectMisses != 0 {
 		t.Errorf("redirect_misses = %d after the flows, want 0", s.Counters.RedirectMisses)
 	}
+
+	// shunt trace on the live pod: the connect hook's decision, the data path's state, and with
+	// --watch the hook's counters moving for one connection.
+	t.Run("trace_watch", func(t *testing.T) {
+		remote := addr(families[0].remote, ppPort)
+		cmd := exec.Command(bins.Path(t, pkgShunt), append(append([]string{"trace", "--network-namespace", m.ns.Path(),
+			"--ebpf", "--ebpf-pin-dir", m.pins, "--dst", remote.String(), "--uid", fmt.Sprint(appUser.UID),
+			"--gid", fmt.Sprint(appUser.GID), "--watch", "3s", "--json"}, defaultCapture...), capture...)...)
+		var stdout strings.Builder
+		cmd.Stdout = &stdout
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(stderr).ReadString('\n')
+		if !strings.Contains(line, "make the connection now") {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("shunt trace said %q (%v), want it watching", line, err)
+		}
+		if r, err := m.pingpong(t, appUser, remote, "-mode", "echo", "-bytes", "1"); err != nil {
+			t.Errorf("connection during the watch: %v (%+v)", err, r)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("shunt trace: %v\n%s", err, stdout.String())
+		}
+		var rep struct {
+			Verdict struct{ Kind string }
+			EBPF    struct {
+				Verdict string
+				Port    uint16
+				Live    struct {
+					Loaded, Registered bool
+					Moved              map[string]uint64
+				}
+			}
+		}
+		if err := json.Unmarshal([]byte(stdout.String()), &rep); err != nil {
+			t.Fatalf("shunt trace --json: %v\n%s", err, stdout.String())
+		}
+		e := rep.EBPF
+		if e.Verdict != "proxy" || e.Port != 15001 || !e.Live.Loaded || !e.Live.Registered || e.Live.Moved["connects_redirected"] < 1 {
+			t.Errorf("trace of the app's connection to %s: eBPF %+v; want the hook proxying to :15001, the pod registered and connects_redirected moving", remote, e)
+		}
+		t.Logf("eBPF counters that moved during the watch: %v", e.Live.Moved)
+	})
 
 	// leave: eBPF no longer redirects the pod; the nat rules still do.
 	m.mustEBPF(t, "leave", "--netns", m.ns.Path(), "--pin-dir", m.pins)

@@ -6,9 +6,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/shuntmesh/shunt/command/capture"
 	"github.com/shuntmesh/shunt/command/node"
 	shuntebpf "github.com/shuntmesh/shunt/ebpf"
+	"github.com/shuntmesh/shunt/ebpf/agent"
 	"github.com/shuntmesh/shunt/redirect"
 )
 
@@ -40,6 +43,7 @@ func newRootCmd(env capture.Env) *cobra.Command {
 	env.PodConfig = meshpod.ManifestConfig
 	env.PodEBPF = podEBPF
 	env.ConnectHook = connectHook
+	env.EBPFState = ebpfState
 	root := capture.NewRoot("shunt", "Transparent traffic interception for service-mesh sidecars")
 	root.AddCommand(capture.Commands(env)...)
 	root.AddCommand(capture.NewMigrateCmd(env))
@@ -66,4 +70,29 @@ func connectHook(cfg *redirect.Config, podIPs []netip.Addr, c capture.HookConnec
 	}
 	d := shuntebpf.DecideConnect(&pod, shuntebpf.Connect{Dst: c.Dst, Src: c.Src, UID: c.UID, GID: c.GID})
 	return capture.HookDecision{Verdict: d.Verdict.String(), Port: d.Port, Reason: d.Reason}, nil
+}
+
+// ebpfState reads the node's eBPF data path pinned in pinDir for the namespace at netns.
+func ebpfState(pinDir, netns string) (capture.EBPFLive, error) {
+	node, err := shuntebpf.Open(pinDir)
+	if errors.Is(err, shuntebpf.ErrNotLoaded) {
+		return capture.EBPFLive{}, nil
+	}
+	if err != nil {
+		return capture.EBPFLive{}, err
+	}
+	defer node.Close()
+	st, err := node.Stats()
+	if err != nil {
+		return capture.EBPFLive{}, err
+	}
+	cookies, err := node.Pods()
+	if err != nil {
+		return capture.EBPFLive{}, err
+	}
+	cookie, err := shuntebpf.NetNSCookie(netns)
+	if err != nil {
+		return capture.EBPFLive{}, err
+	}
+	return capture.EBPFLive{Loaded: true, Registered: slices.Contains(cookies, cookie), Counters: agent.Counters(st)}, nil
 }

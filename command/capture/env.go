@@ -53,6 +53,17 @@ type Env struct {
 	// (ebpf.DecideConnect), and `trace` offers --ebpf. The init container's binary leaves it out,
 	// and cilium/ebpf with it.
 	ConnectHook func(cfg *redirect.Config, podIPs []netip.Addr, c HookConnect) (HookDecision, error)
+	// EBPFState, when set, reads the node's eBPF data path pinned in pinDir: whether it is loaded,
+	// whether the namespace at netns is registered with it, and its counters (`trace --ebpf` with
+	// --network-namespace shows them and, with --watch, which moved).
+	EBPFState func(pinDir, netns string) (EBPFLive, error)
+}
+
+// EBPFLive is the node's eBPF data path as `shunt ebpf status` shows it, for one pod's namespace.
+type EBPFLive struct {
+	Loaded     bool              `json:"loaded"`
+	Registered bool              `json:"registered"`
+	Counters   map[string]uint64 `json:"counters,omitempty"`
 }
 
 // HookConnect is a TCP connect(2) the eBPF connect hook decides on (ebpf.Connect).

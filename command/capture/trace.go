@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -35,6 +36,7 @@ type traceCmd struct {
 	jsonOut bool
 	graph   string
 	watch   time.Duration
+	pinDir  string
 	flags   *pflag.FlagSet // the command's flags
 
 	// detectIPv6 says whether the namespace at path has IPv6 when --ipv6 is not given; tests replace it.
@@ -100,6 +102,9 @@ func traceCommand(t *traceCmd) *cobra.Command {
 	if env.ConnectHook != nil {
 		fl.BoolVar(&t.ebpf, "ebpf", false, "the pod is on the eBPF data path (shunt.io/mode: ebpf): show the connect hook's decision too")
 	}
+	if env.EBPFState != nil {
+		fl.StringVar(&t.pinDir, "ebpf-pin-dir", defaultEBPFPinDir, "with an eBPF pod and --network-namespace: the eBPF agent's pins, whose state and counters are shown")
+	}
 	if err := cmd.MarkFlagRequired("dst"); err != nil {
 		panic(err)
 	}
@@ -126,6 +131,9 @@ func (t *traceCmd) prepare() error {
 		errs = append(errs, errors.New("--watch only with --network-namespace: it watches the counters of the rules held there"))
 	case given("watch") && t.watch <= 0:
 		errs = append(errs, fmt.Errorf("--watch %s: want a duration above 0, such as 5s", t.watch))
+	}
+	if t.flags.Changed("ebpf-pin-dir") && t.f.netns == "" {
+		errs = append(errs, errors.New("--ebpf-pin-dir only with --network-namespace: the eBPF agent's state is read for a live pod"))
 	}
 	if t.ebpf && t.f.pod != "" {
 		errs = append(errs, errors.New("--ebpf with --pod: the Pod's shunt.io/mode annotation says whether it is on the eBPF data path; drop --ebpf"))
@@ -196,6 +204,14 @@ type traceEBPF struct {
 	Reason  string `json:"reason"`
 	// Then is the verdict of the rules for the connection as the hook rewrote it.
 	Then string `json:"then,omitempty"`
+	// Live is the node's eBPF data path for the pod's namespace (--network-namespace), and with
+	// --watch the counters that moved meanwhile.
+	Live *traceEBPFLive `json:"live,omitempty"`
+}
+
+type traceEBPFLive struct {
+	EBPFLive
+	Moved map[string]uint64 `json:"moved,omitempty"`
 }
 
 type traceWatched struct {
@@ -257,7 +273,16 @@ func (t *traceCmd) run(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("trace %s: %w", rep.Connection, err)
 	}
+	var ebpfBefore *EBPFLive
+	if onEBPF && t.f.netns != "" && t.env.EBPFState != nil {
+		st, err := t.env.EBPFState(t.pinDir, t.f.netns)
+		if err != nil {
+			return fmt.Errorf("eBPF data path in %s: %w", t.pinDir, err)
+		}
+		ebpfBefore = &st
+	}
 	if t.watch > 0 {
+		fmt.Fprintf(t.env.Stderr, "shunt trace: counters read; watching for %s: make the connection now\n", t.watch)
 		if t.watching != nil {
 			t.watching()
 		}
@@ -293,6 +318,11 @@ func (t *traceCmd) run(ctx context.Context) error {
 	if onEBPF {
 		if rep.EBPF, err = t.hook(&cfg, &plan, conn); err != nil {
 			return err
+		}
+		if ebpfBefore != nil {
+			if rep.EBPF.Live, err = t.ebpfLive(*ebpfBefore); err != nil {
+				return err
+			}
 		}
 	}
 	if t.graph != "" {
@@ -331,6 +361,29 @@ func (t *traceCmd) config() (redirect.Config, bool, error) {
 		return cfg, false, fmt.Errorf("--pod %s: %w", t.f.pod, err)
 	}
 	return cfg, onEBPF, nil
+}
+
+// defaultEBPFPinDir is where the node's eBPF agent pins its maps (cni.DefaultEBPFPinDir; this package
+// stays clear of the CNI plugin's).
+const defaultEBPFPinDir = "/sys/fs/bpf/shunt"
+
+// ebpfLive is the eBPF data path's state now and, with --watch, the counters that moved since before.
+func (t *traceCmd) ebpfLive(before EBPFLive) (*traceEBPFLive, error) {
+	live := &traceEBPFLive{EBPFLive: before}
+	if t.watch <= 0 {
+		return live, nil
+	}
+	after, err := t.env.EBPFState(t.pinDir, t.f.netns)
+	if err != nil {
+		return nil, fmt.Errorf("eBPF data path in %s: %w", t.pinDir, err)
+	}
+	live.EBPFLive, live.Moved = after, map[string]uint64{}
+	for name, v := range after.Counters {
+		if d := v - before.Counters[name]; v > before.Counters[name] {
+			live.Moved[name] = d
+		}
+	}
+	return live, nil
 }
 
 // hook returns the eBPF connect hook's decision for conn, and the verdict of the rules for the
@@ -531,6 +584,9 @@ func (r *traceReport) text() string {
 				fmt.Fprintf(&b, "  %s\n", e.Then)
 			}
 		}
+		if l := e.Live; l != nil {
+			b.WriteString(l.text())
+		}
 	}
 	if w := r.Watch; w != nil {
 		fmt.Fprintf(&b, "watch %s: counters moved on %d rules\n", w.Duration, len(w.Moved))
@@ -554,6 +610,34 @@ func (r *traceReport) text() string {
 			b.WriteString(" (another connection meanwhile? another one than traced? other settings?)\n")
 		}
 	}
+	return b.String()
+}
+
+// text is the eBPF data path's live state as trace prints it.
+func (l *traceEBPFLive) text() string {
+	var b strings.Builder
+	switch {
+	case !l.Loaded:
+		b.WriteString("  eBPF data path: not loaded on this node: the rules alone capture the pod\n")
+		return b.String()
+	case !l.Registered:
+		b.WriteString("  eBPF data path: loaded, but this namespace is not registered: the rules alone capture the pod\n")
+	default:
+		b.WriteString("  eBPF data path: loaded, this namespace registered\n")
+	}
+	if l.Moved == nil {
+		return b.String()
+	}
+	if len(l.Moved) == 0 {
+		b.WriteString("  eBPF counters: none moved\n")
+		return b.String()
+	}
+	names := slices.Sorted(maps.Keys(l.Moved))
+	b.WriteString("  eBPF counters moved (node-wide):")
+	for _, n := range names {
+		fmt.Fprintf(&b, " %s +%d", n, l.Moved[n])
+	}
+	b.WriteString("\n")
 	return b.String()
 }
 

@@ -84,8 +84,8 @@ func TestTraceWatchLive(t *testing.T) {
 			tt := traceTest{installed: backend.Installed, podAddrs: namespaceAddrs, watching: connect}
 			out, stderr, err := tt.run(t, "--network-namespace", n.Path(), "--ipv6=false", "--dst", "10.0.0.99:80",
 				"--watch", "500ms", "--json")
-			if err != nil || stderr != "" {
-				t.Fatalf("%v; stderr %q", err, stderr)
+			if want := "shunt trace: counters read; watching for 500ms: make the connection now\n"; err != nil || stderr != want {
+				t.Fatalf("%v; stderr %q, want %q", err, stderr, want)
 			}
 			if dialErr != nil {
 				t.Fatalf("the connection the rules capture: %v", dialErr)

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"errors"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +29,7 @@ type traceTest struct {
 	podConfig func([]byte, func(string)) (redirect.Config, error)
 	podEBPF   func([]byte) (bool, error)
 	hook      func(*redirect.Config, []netip.Addr, HookConnect) (HookDecision, error)
+	ebpfState func(pinDir, netns string) (EBPFLive, error)
 	installed func(context.Context, string) ([]backend.Found, error)
 	podAddrs  func(string) ([]netip.Addr, error)
 	watching  func()
@@ -35,14 +38,15 @@ type traceTest struct {
 func (tt traceTest) run(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
 	clearSettingsEnv(t)
-	for _, n := range []string{"DIRECTION", "PROTO", "SRC", "DST", "UID", "GID", "IFACE", "POD_IP", "JSON", "GRAPH", "WATCH", "EBPF"} {
+	for _, n := range []string{"DIRECTION", "PROTO", "SRC", "DST", "UID", "GID", "IFACE", "POD_IP", "JSON", "GRAPH", "WATCH", "EBPF", "EBPF_PIN_DIR"} {
 		t.Setenv(n, "")
 	}
 	for k, v := range tt.env {
 		t.Setenv(k, v)
 	}
 	var stdout, stderr bytes.Buffer
-	env := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, PodConfig: tt.podConfig, PodEBPF: tt.podEBPF, ConnectHook: tt.hook}
+	env := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, PodConfig: tt.podConfig, PodEBPF: tt.podEBPF, ConnectHook: tt.hook,
+		EBPFState: tt.ebpfState}
 	if env.PodConfig == nil {
 		env.PodConfig = func([]byte, func(string)) (redirect.Config, error) { return redirect.DefaultConfig(), nil }
 	}
@@ -295,4 +299,64 @@ func FuzzParseConn(f *testing.F) {
 			_ = (&traceReport{Steps: steps(res, nil)}).text()
 		}
 	})
+}
+
+// With a live namespace, an eBPF pod's trace shows the data path's state and, with --watch, the
+// counters that moved.
+func TestTraceEBPFLive(t *testing.T) {
+	reads := []EBPFLive{
+		{Loaded: true, Registered: true, Counters: map[string]uint64{"connects_redirected": 4, "sockets_paired": 8, "redirect_misses": 0}},
+		{Loaded: true, Registered: true, Counters: map[string]uint64{"connects_redirected": 5, "sockets_paired": 10, "redirect_misses": 0}},
+	}
+	var asked []string
+	tc := &traceCmd{f: &istioFlags{netns: "/run/netns/pod"}, pinDir: "/sys/fs/bpf/shunt", watch: time.Second,
+		env: Env{EBPFState: func(pinDir, netns string) (EBPFLive, error) {
+			asked = append(asked, pinDir+" "+netns)
+			st := reads[0]
+			reads = reads[1:]
+			return st, nil
+		}}}
+	before, err := tc.env.EBPFState(tc.pinDir, tc.f.netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := tc.ebpfLive(before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]uint64{"connects_redirected": 1, "sockets_paired": 2}; !maps.Equal(live.Moved, want) {
+		t.Errorf("moved %v, want %v", live.Moved, want)
+	}
+	if got, want := live.text(), "  eBPF data path: loaded, this namespace registered\n"+
+		"  eBPF counters moved (node-wide): connects_redirected +1 sockets_paired +2\n"; got != want {
+		t.Errorf("text:\n%s\nwant:\n%s", got, want)
+	}
+	if len(asked) != 2 || asked[0] != "/sys/fs/bpf/shunt /run/netns/pod" {
+		t.Errorf("state read %v", asked)
+	}
+	for _, tc := range []struct {
+		live traceEBPFLive
+		want string
+	}{
+		{traceEBPFLive{}, "not loaded on this node"},
+		{traceEBPFLive{EBPFLive: EBPFLive{Loaded: true}}, "this namespace is not registered"},
+		{traceEBPFLive{EBPFLive: EBPFLive{Loaded: true, Registered: true}, Moved: map[string]uint64{}}, "none moved"},
+	} {
+		if got := tc.live.text(); !strings.Contains(got, tc.want) {
+			t.Errorf("%+v: %q, want %q in it", tc.live, got, tc.want)
+		}
+	}
+}
+
+func TestTraceEBPFPinDir(t *testing.T) {
+	noState := func(string, string) (EBPFLive, error) { t.Error("eBPF state read"); return EBPFLive{}, nil }
+	_, _, err := traceTest{hook: fakeHook, ebpfState: noState}.run(t, "--dst", "1.2.3.4:80", "--ebpf", "--ebpf-pin-dir", "/x")
+	if err == nil || !strings.Contains(err.Error(), "--ebpf-pin-dir only with --network-namespace") {
+		t.Errorf("--ebpf-pin-dir without a namespace: %v", err)
+	}
+	// Not offered without the eBPF state (the init container's binary).
+	_, _, err = traceTest{hook: fakeHook}.run(t, "--dst", "1.2.3.4:80", "--ebpf", "--ebpf-pin-dir", "/x")
+	if err == nil || !strings.Contains(err.Error(), "unknown flag") {
+		t.Errorf("--ebpf-pin-dir without EBPFState: %v", err)
+	}
 }
