@@ -495,7 +495,7 @@ func (p *tracePod) traceAll(t *testing.T, s *randconfig.Settings, cases []traceC
 func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, s randconfig.Settings, count func(string)) {
 	t.Helper()
 	if out, err := p.shuntErr(t, s.Env, slices.Concat([]string{"iptables"}, s.Args, []string{"--reconcile"})...); err != nil {
-		t.Fatalf("seed %d config %d: shunt iptables %s --reconcile (env %q): %v\n%s", seed, i, strings.Join(s.Args, " "), s.Env, err, out)
+		t.Fatalf("seed %d config %d: %s shunt iptables %s --reconcile: %v\n%s", seed, i, strings.Join(s.Env, " "), shellQuote(s.Args), err, out)
 	}
 	loopback := p.waitLoopbackAddrs(t)
 	// Connections of earlier configurations must not decide the NAT of these.
@@ -551,7 +551,7 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, s
 		cmd := exec.Command(bins.Path(t, pkgShunt), args...)
 		cmd.Env = append(os.Environ(), s.Env...)
 		walk, err := cmd.CombinedOutput()
-		report := fmt.Sprintf("$ shunt %s (env %q)\n%s", strings.Join(args, " "), s.Env, walk)
+		report := fmt.Sprintf("$ %s shunt %s\n%s", strings.Join(s.Env, " "), shellQuote(args), walk)
 		if err != nil {
 			report += err.Error() + "\n"
 		}
@@ -569,8 +569,8 @@ func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, s
 				}
 			}
 		}
-		t.Errorf("seed %d, config %d: shunt iptables %s %s --reconcile (env %q)\n%s:\n kernel: %s\n  trace: %s\n%s",
-			seed, i, strings.Join(p.variant.args(), " "), strings.Join(s.Args, " "), s.Env, tc, got, want, report)
+		t.Errorf("seed %d, config %d: %s shunt iptables %s --reconcile\n%s:\n kernel: %s\n  trace: %s\n%s",
+			seed, i, strings.Join(s.Env, " "), shellQuote(slices.Concat(p.variant.args(), s.Args)), tc, got, want, report)
 	}
 }
 
@@ -593,7 +593,7 @@ func (p *tracePod) crossCheck(t *testing.T, seed uint64, i int, s *randconfig.Se
 	if want := reps[ci]; live.Verdict != want.Verdict || !slices.Equal(live.Path, want.Path) {
 		t.Errorf("seed %d config %d: %s: shunt trace --network-namespace %s (the rules the pod holds) disagrees with the trace of the settings %s (env %q):\n"+
 			"  live: %s, path %s\n  settings: %s, path %s",
-			seed, i, &cases[ci], p.ns.Path(), strings.Join(s.Args, " "), s.Env, live.Verdict.Text, live.Path, want.Verdict.Text, want.Path)
+			seed, i, &cases[ci], p.ns.Path(), shellQuote(s.Args), s.Env, live.Verdict.Text, live.Path, want.Verdict.Text, want.Path)
 		return
 	}
 	count("live trace agrees (--network-namespace)")
