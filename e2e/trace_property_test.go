@@ -3,12 +3,15 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -22,8 +25,6 @@ import (
 
 	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/internal/testutil/randconfig"
-	"github.com/shuntmesh/shunt/redirect"
-	"github.com/shuntmesh/shunt/trace"
 )
 
 var (
@@ -33,13 +34,15 @@ var (
 	traceDebug   = flag.Bool("trace.debug", false, "TestTraceProperty: with a failure, show the pod's rules, and the pod's and the remote's neighbours, addresses, sockets and counters")
 )
 
-// TestTraceProperty is the property test of package trace: for random configurations (randconfig)
-// applied with shunt, and random connections from the pod (as the app, the proxy, other uids and
-// groups; to remote, local, loopback, excluded and included addresses and ports) and from the remote
-// (to the app's, excluded, agent and tunnel ports, over every interface), the kernel does with the
-// real connection what trace.Walk says it does with its first packet: the listener of the reference
-// sidecar that gets it with its original destination, or the server (the pod's app or the remote's)
-// that answers at the original destination, or nothing (dropped). For each variant (iptables-nft,
+// TestTraceProperty is the property test of `shunt trace`: for random configurations (randconfig)
+// applied with `shunt iptables --reconcile`, and random connections from the pod (as the app, the
+// proxy, other uids and groups; to remote, local, loopback, excluded and included addresses and
+// ports) and from the remote (to the app's, excluded, agent and tunnel ports, over every interface),
+// the kernel does with the real connection what `shunt trace --json` of the same settings says it
+// does with its first packet: the listener of the reference sidecar that gets it with its original
+// destination, or the server (the pod's app or the remote's) that answers at the original
+// destination, or nothing (dropped). Once per configuration, `shunt trace --network-namespace` of the
+// rules the pod holds must agree with the trace of the settings. For each variant (iptables-nft,
 // iptables-legacy, native nftables) and mode (REDIRECT, TPROXY), IPv4 and IPv6. The namespaces of a
 // variant serve all its configurations: each is applied with --reconcile over the last one.
 //
@@ -58,6 +61,7 @@ func TestTraceProperty(t *testing.T) {
 		counts[key]++
 		mu.Unlock()
 	}
+	start := time.Now()
 	t.Cleanup(func() {
 		keys := make([]string, 0, len(counts))
 		for k := range counts {
@@ -69,6 +73,7 @@ func TestTraceProperty(t *testing.T) {
 			fmt.Fprintf(&b, "  %-36s %d\n", k, counts[k])
 		}
 		t.Logf("connections checked: by variant/mode/family/direction, by trace verdict, and the cases of the quirks the kernel showed:\n%s", b.String())
+		t.Logf("in %s, with %d runs of shunt trace", time.Since(start).Round(time.Second), counts["runs of shunt trace"])
 	})
 	for vi, v := range variants {
 		t.Run(string(v), func(t *testing.T) {
@@ -79,10 +84,7 @@ func TestTraceProperty(t *testing.T) {
 					p.startProxy(t, mode)
 					r := rand.New(rand.NewPCG(seed, uint64(vi*len(modes)+mi)))
 					for i := range *traceConfigs {
-						cfg := randconfig.Config(r, redirect.DefaultConfig())
-						cfg.Mode = redirect.Mode(mode)
-						cfg.NativeNFTables = v == native
-						p.checkConfig(t, r, seed, i, cfg, count)
+						p.checkConfig(t, r, seed, i, randconfig.Draw(r, mode), count)
 						if t.Failed() {
 							return
 						}
@@ -185,70 +187,6 @@ func (p *tracePod) podAddrs() []netip.Addr {
 	return out
 }
 
-// shuntArgs returns the flags and environment that make `shunt iptables` program cfg.
-func shuntArgs(cfg redirect.Config) (args, env []string) {
-	ports := func(ps []uint16) string {
-		s := make([]string, len(ps))
-		for i, p := range ps {
-			s[i] = strconv.Itoa(int(p))
-		}
-		return strings.Join(s, ",")
-	}
-	ids := func(ids []uint32) string {
-		s := make([]string, len(ids))
-		for i, id := range ids {
-			s[i] = strconv.FormatUint(uint64(id), 10)
-		}
-		return strings.Join(s, ",")
-	}
-	list := func(xs []string) string { return strings.Join(xs, ",") }
-	inbound := ports(cfg.InboundPorts.Ports)
-	if cfg.InboundPorts.All {
-		inbound = "*"
-	}
-	var include []string
-	for _, p := range cfg.OutboundIPRanges.Prefixes {
-		include = append(include, p.String())
-	}
-	if cfg.OutboundIPRanges.All {
-		include = []string{"*"}
-	}
-	var exclude, servers []string
-	for _, p := range cfg.OutboundIPRangesExclude {
-		exclude = append(exclude, p.String())
-	}
-	for _, s := range cfg.DNSServers {
-		servers = append(servers, s.String())
-	}
-	args = []string{
-		"-p", strconv.Itoa(int(cfg.ProxyPort)), "-z", strconv.Itoa(int(cfg.InboundCapturePort)),
-		"-e", strconv.Itoa(int(cfg.InboundTunnelPort)), "-u", ids(cfg.ProxyUIDs), "-g", ids(cfg.ProxyGIDs),
-		"-m", string(cfg.Mode), "-b", inbound, "-d", ports(cfg.InboundPortsExclude),
-		"-i", list(include), "-x", list(exclude), "-q", ports(cfg.OutboundPorts), "-o", ports(cfg.OutboundPortsExclude),
-		"-c", list(cfg.ExcludeInterfaces), "-k", list(cfg.KubeVirtInterfaces),
-		"-t", strconv.FormatUint(uint64(cfg.TProxyMark), 10), "-r", strconv.FormatUint(uint64(cfg.TProxyRouteTable), 10),
-		"--ipv6=" + strconv.FormatBool(cfg.IPv6), "--dns-servers=" + list(servers), "--reconcile",
-	}
-	for _, b := range []struct {
-		set  bool
-		flag string
-	}{{cfg.RedirectDNS, "--redirect-dns"}, {cfg.CaptureAllDNS, "--capture-all-dns"}, {cfg.DropInvalid, "--drop-invalid"}} {
-		if b.set {
-			args = append(args, b.flag)
-		}
-	}
-	switch g := cfg.OwnerGroups; {
-	case !g.All:
-		env = append(env, "ISTIO_OUTBOUND_OWNER_GROUPS="+ids(g.Include))
-	case len(g.Exclude) > 0:
-		env = append(env, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE="+ids(g.Exclude))
-	}
-	if l := cfg.HostIPv4LoopbackCIDR; l != netip.MustParsePrefix("127.0.0.1/32") {
-		env = append(env, "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR="+l.String())
-	}
-	return args, env
-}
-
 // traceCreds are the identities the pod's connections are made as: the app (most often), the proxy in
 // both modes, the proxy's uid or gid alone, the other proxy ids and owner groups of the random
 // configurations.
@@ -256,288 +194,6 @@ var traceCreds = []testutil.Cred{
 	appUser, appUser, appUser, proxyUser, tproxyUser, proxyUID, proxyGID, otherGroup, root,
 	{UID: 3, GID: 2}, {UID: 4, GID: 1}, {UID: 1000, GID: 4242}, {UID: 1000, GID: 4242}, {UID: 1000, GID: 202},
 	{UID: 1000, GID: 202}, {UID: 1000, GID: 888},
-}
-
-// traceCase is one connection to make and walk.
-type traceCase struct {
-	conn trace.Conn
-	from *testutil.NetNS
-	cred testutil.Cred
-	// transparent: the socket is bound to conn.Src with IP_TRANSPARENT and marked conn.Mark, as the
-	// proxy's upstream connections to the app are in TPROXY mode.
-	transparent bool
-	// localPort is the port the connection was made from.
-	localPort uint16
-}
-
-func (tc *traceCase) String() string {
-	c := &tc.conn
-	if c.Dir == trace.In {
-		return fmt.Sprintf("in %s %s -> %s on %s", c.Proto, c.Src, c.Dst, c.InIface)
-	}
-	s := fmt.Sprintf("out %s -> %s (via %s) as %v", c.Proto, c.Dst, c.OutIface, tc.cred)
-	if c.Src.Addr().IsValid() {
-		s += " from " + c.Src.Addr().String()
-	}
-	if tc.transparent {
-		s += fmt.Sprintf(", transparent, mark %d", c.Mark)
-	}
-	return s
-}
-
-// randomCases draws n connections for cfg, whose plan is plan.
-func (p *tracePod) randomCases(r *rand.Rand, cfg redirect.Config, plan *redirect.Plan, n int) []traceCase {
-	// Ports: the apps', the agent's and the tunnel's, DNS, and those the configuration lists.
-	ports := []uint16{appPort, appPort, otherPort, 8081, dnsPort, 15008, 15020, 15021, 15090}
-	cfgPorts := slices.Concat(cfg.InboundPorts.Ports, cfg.InboundPortsExclude, cfg.OutboundPorts, cfg.OutboundPortsExclude)
-	port := func() uint16 {
-		if len(cfgPorts) > 0 && r.IntN(3) == 0 {
-			return cfgPorts[r.IntN(len(cfgPorts))]
-		}
-		return ports[r.IntN(len(ports))]
-	}
-	proto := func(port uint16) string {
-		if port == dnsPort && r.IntN(2) == 0 || r.IntN(12) == 0 {
-			return "udp"
-		}
-		return "tcp"
-	}
-	pods := p.podAddrs()
-	// The TPROXY mark of each family, if its plan routes it.
-	var tproxyMark [2]uint32
-	for _, fp := range plan.Families {
-		if fp.TProxy == nil {
-			continue
-		}
-		for _, f := range fp.Covers {
-			if f == redirect.IPv6 {
-				tproxyMark[1] = fp.TProxy.Mark
-			} else {
-				tproxyMark[0] = fp.TProxy.Mark
-			}
-		}
-	}
-	hasLoopback := func(a netip.Addr) bool {
-		for _, fp := range plan.Families {
-			for _, l := range fp.LoopbackAddrs {
-				if l.Contains(a) {
-					return true
-				}
-			}
-		}
-		return a.Is4()
-	}
-	var cases []traceCase
-	for range n {
-		fi := r.IntN(2)
-		if r.IntN(3) == 0 {
-			// In: from the remote end of a link to the pod's address on it, or through kv0 beyond.
-			l := traceLinks[r.IntN(len(traceLinks))]
-			dst := l.pod[fi]
-			if l.name == "kv0" && r.IntN(2) == 0 {
-				dst = traceVM[fi]
-			}
-			pt := port()
-			cases = append(cases, traceCase{
-				// The source port is the client's ephemeral one; no rule of a plan matches it but
-				// DNS's source ports 53 and 15053.
-				conn: trace.Conn{Dir: trace.In, Proto: proto(pt), Src: netip.AddrPortFrom(l.remote[fi], 40000),
-					Dst: netip.AddrPortFrom(dst, pt), InIface: l.name, PodAddrs: pods},
-				from: p.remote,
-				cred: root,
-			})
-			continue
-		}
-		// Out: to a remote address over each link or the default route, to the pod's own addresses,
-		// to loopback addresses, to DNS servers.
-		var dst netip.Addr
-		var src netip.Addr
-		iface := "eth0"
-		cred := traceCreds[r.IntN(len(traceCreds))]
-		if r.IntN(2) == 0 {
-			cred = appUser // what is captured, unless excluded
-		}
-		pt := port()
-		transparent := false
-		switch k := r.IntN(12); {
-		case k < 3:
-			l := traceLinks[r.IntN(3)] // not kv0: nothing answers there for the pod
-			dst, iface = l.remote[fi], l.name
-		case k < 5:
-			dst = traceRemoteAddrs[fi][r.IntN(len(traceRemoteAddrs[fi]))]
-		case k < 7:
-			dst = traceLinks[r.IntN(len(traceLinks))].pod[fi]
-			switch {
-			case r.IntN(3) == 0 && hasLoopback(families[fi].passthrough):
-				// The proxy's inbound passthrough to the app (F1).
-				src = families[fi].passthrough
-			case r.IntN(3) == 0 && tproxyMark[fi] != 0:
-				// The proxy's transparent upstream to the app in TPROXY mode (F1), from the client: one
-				// on eth0 or eth1, which no configuration excludes (the replies to a client behind an
-				// excluded interface leave by it, "-o veth+ -j RETURN" coming before the mark's
-				// restore in mangle OUTPUT; but then no inbound connection from it is TPROXYed).
-				src, transparent, cred = traceLinks[r.IntN(2)].remote[fi], true, tproxyUser
-			}
-		case k < 9:
-			loop := [2][]netip.Addr{{ip("127.0.0.1"), ip("127.1.2.3"), ip("127.0.0.53")}, {ip("::1")}}
-			dst = loop[fi][r.IntN(len(loop[fi]))]
-		default:
-			// DNS (F9): to the configured servers, to others.
-			servers := []netip.Addr{ipv4.remote, ip("10.96.0.10"), ip("127.0.0.53"), ipv6.remote, ip("::127.0.0.53")}
-			servers = slices.DeleteFunc(append(servers, cfg.DNSServers...), func(a netip.Addr) bool { return a.Is4() != (fi == 0) })
-			dst, pt = servers[r.IntN(len(servers))], dnsPort
-		}
-		c := trace.Conn{Dir: trace.Out, Proto: proto(pt), Dst: netip.AddrPortFrom(dst, pt), OutIface: iface,
-			UID: uint32(cred.UID), GID: uint32(cred.GID), PodAddrs: pods}
-		if src.IsValid() {
-			c.Src = netip.AddrPortFrom(src, 0)
-		}
-		if transparent {
-			c.Proto, c.Mark = "tcp", tproxyMark[fi]
-		}
-		cases = append(cases, traceCase{conn: c, from: p.ns, cred: cred, transparent: transparent})
-	}
-	return cases
-}
-
-// checkConfig applies cfg and checks random connections against trace.Walk.
-func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, cfg redirect.Config, count func(string)) {
-	t.Helper()
-	plan, err := redirect.Build(cfg)
-	if err != nil {
-		t.Fatalf("randconfig: %v", err)
-	}
-	args, env := shuntArgs(cfg)
-	if out, err := p.shuntErr(t, env, append([]string{"iptables"}, args...)...); err != nil {
-		t.Fatalf("seed %d config %d: shunt iptables %s (env %q): %v\n%s", seed, i, strings.Join(args, " "), env, err, out)
-	}
-	p.waitLoopbackAddrs(t, &plan)
-	// Connections of earlier configurations must not decide the NAT of these.
-	if err := p.nl.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
-		t.Fatalf("flush conntrack: %v", err)
-	}
-	failures := 0
-	for _, tc := range p.randomCases(r, cfg, &plan, *traceConns) {
-		res, werr := trace.Walk(&plan, tc.conn)
-		if errors.Is(werr, trace.ErrFamilyNotCovered) {
-			res, werr = uncaptured(tc.conn)
-		}
-		if werr != nil {
-			t.Fatalf("seed %d config %d: %s: Walk: %v", seed, i, &tc, werr)
-		}
-		want := expect(tc.conn, res.Verdict, cfg.DropInvalid)
-		got := exchange(tc.from, &tc)
-		if got.timeout && tc.transparent {
-			if p.natOf(t, &tc, &got) {
-				count("transparent upstream REDIRECTed, SYN-ACK unroutable")
-			}
-		}
-		fam := "ipv4"
-		if tc.conn.Dst.Addr().Is6() {
-			fam = "ipv6"
-		}
-		listener, _, _ := strings.Cut(res.Verdict.Listener, " ")
-		count(fmt.Sprintf("%s/%s/%s/%s", p.variant, cfg.Mode, fam, tc.conn.Dir))
-		if tc.conn.InIface == "kv0" && slices.Contains(cfg.KubeVirtInterfaces, "kv0") {
-			count("in on a kube-virt interface, " + res.Verdict.Kind.String() + " " + listener)
-		}
-		if cfg.NativeNFTables && !cfg.IPv6 && fam == "ipv6" {
-			count("native nftables with --ipv6=false, IPv6 " + res.Verdict.Kind.String())
-		}
-		count(strings.TrimSpace("verdict " + res.Verdict.Kind.String() + " " + listener))
-		if want.accepts(got) {
-			continue
-		}
-		failures++
-		if failures > 3 {
-			continue
-		}
-		walk := trace.Format(&plan, res)
-		if *traceDebug {
-			for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
-				argvs := [][]string{{"ip", "neigh"}, {"ip", "addr"}, {"ss", "-tuanp"}, {"nstat", "-a"}}
-				if ns == p.ns {
-					for _, l := range p.variant.listings(true) {
-						argvs = append(argvs, l.argv)
-					}
-				}
-				for _, argv := range argvs {
-					out, err := ns.Exec(nil, nil, argv...)
-					walk += fmt.Sprintf("\n$ %s (%s)\n%s%v", argv, ns.Name, out, err)
-				}
-			}
-		}
-		t.Errorf("seed %d, config %d: shunt iptables %s %s (env %q)\n%s:\n kernel: %s\n  trace: %s\n%s",
-			seed, i, strings.Join(p.variant.args(), " "), strings.Join(args, " "), env, &tc, got, want, walk)
-	}
-}
-
-// waitLoopbackAddrs waits until lo holds the addresses the plan adds (::6), usable: shunt adds them
-// without IFA_F_NODAD, and an address is tentative, refusing bind(2), until the kernel's DAD work has
-// run, even on lo where it skips the probing.
-func (p *tracePod) waitLoopbackAddrs(t *testing.T, plan *redirect.Plan) {
-	t.Helper()
-	var want []netip.Prefix
-	for _, fp := range plan.Families {
-		want = append(want, fp.LoopbackAddrs...)
-	}
-	if len(want) == 0 {
-		return
-	}
-	lo, err := p.nl.LinkByName("lo")
-	if err != nil {
-		t.Fatalf("lo: %v", err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		addrs, err := p.nl.AddrList(lo, netlink.FAMILY_ALL)
-		if err != nil {
-			t.Fatalf("addresses of lo: %v", err)
-		}
-		ready := 0
-		for _, w := range want {
-			for _, a := range addrs {
-				if pa, ok := netip.AddrFromSlice(a.IP); ok && pa.Unmap() == w.Addr() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
-					ready++
-					break
-				}
-			}
-		}
-		if ready == len(want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lo lacks a usable %v after 5s: %v", want, addrs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// natOf fills o from conntrack for a transparent connection that timed out: a REDIRECT of it (the
-// proxy's transparent upstream caught by a hairpin rule) leaves its SYN-ACK, from 127.0.0.1 or ::1 to
-// the client's address, without a route, but conntrack shows where its first packet went.
-func (p *tracePod) natOf(t *testing.T, tc *traceCase, o *outcome) bool {
-	fam := netlink.InetFamily(netlink.FAMILY_V4)
-	if tc.conn.Dst.Addr().Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	flows, err := p.nl.ConntrackTableList(netlink.ConntrackTable, fam)
-	if err != nil {
-		t.Fatalf("list conntrack: %v", err)
-	}
-	for _, f := range flows {
-		fwd, rev := f.Forward, f.Reverse
-		if fwd.Protocol != unix.IPPROTO_TCP || fwd.SrcPort != tc.localPort || fwd.DstPort != tc.conn.Dst.Port() ||
-			!fwd.SrcIP.Equal(tc.conn.Src.Addr().AsSlice()) || !fwd.DstIP.Equal(tc.conn.Dst.Addr().AsSlice()) {
-			continue
-		}
-		if l, ok := listenerOf[rev.SrcPort]; ok && rev.SrcIP.IsLoopback() {
-			o.listener, o.orig = l, tc.conn.Dst
-			o.reply += fmt.Sprintf(" (conntrack: REDIRECTed to %s, its SYN-ACK unroutable)", net.JoinHostPort(rev.SrcIP.String(), strconv.Itoa(int(rev.SrcPort))))
-			return true
-		}
-	}
-	return false
 }
 
 // outcome is what happened to a real connection.
@@ -622,11 +278,368 @@ func (o *outcome) parse() {
 	}
 }
 
+// traceConn is a connection to make and trace, as `shunt trace` takes it.
+type traceConn struct {
+	in    bool   // --direction in (else out)
+	proto string // --proto
+	// src is --src: in, the sender's ADDR:PORT; out, the address the socket binds, if valid.
+	src, dst netip.AddrPort
+	iface    string // --iface
+	uid, gid uint32 // --uid, --gid (out)
+}
+
+// args are c's flags of `shunt trace`, with the pod's addresses pods.
+func (c *traceConn) args(pods []netip.Addr) []string {
+	args := []string{"--direction", "out", "--proto", c.proto, "--dst", c.dst.String(), "--iface", c.iface}
+	if c.in {
+		args[1] = "in"
+		args = append(args, "--src", c.src.String())
+	} else {
+		args = append(args, "--uid", strconv.FormatUint(uint64(c.uid), 10), "--gid", strconv.FormatUint(uint64(c.gid), 10))
+		if c.src.Addr().IsValid() {
+			args = append(args, "--src", c.src.Addr().String())
+		}
+	}
+	ips := make([]string, len(pods))
+	for i, a := range pods {
+		ips[i] = a.String()
+	}
+	return append(args, "--pod-ip", strings.Join(ips, ","))
+}
+
+// traceCase is one connection to make and trace.
+type traceCase struct {
+	conn traceConn
+	from *testutil.NetNS
+	cred testutil.Cred
+}
+
+func (tc *traceCase) String() string {
+	c := &tc.conn
+	if c.in {
+		return fmt.Sprintf("in %s %s -> %s on %s", c.proto, c.src, c.dst, c.iface)
+	}
+	s := fmt.Sprintf("out %s -> %s (via %s) as %v", c.proto, c.dst, c.iface, tc.cred)
+	if c.src.Addr().IsValid() {
+		s += " from " + c.src.Addr().String()
+	}
+	return s
+}
+
+// randomCases draws n connections for s; loopback are the addresses lo holds with its rules.
+func (p *tracePod) randomCases(r *rand.Rand, s *randconfig.Settings, loopback []netip.Prefix, n int) []traceCase {
+	// Ports: the apps', the agent's and the tunnel's, DNS, and those the configuration lists.
+	ports := []uint16{appPort, appPort, otherPort, 8081, dnsPort, 15008, 15020, 15021, 15090}
+	port := func() uint16 {
+		if len(s.Ports) > 0 && r.IntN(3) == 0 {
+			return s.Ports[r.IntN(len(s.Ports))]
+		}
+		return ports[r.IntN(len(ports))]
+	}
+	proto := func(port uint16) string {
+		if port == dnsPort && r.IntN(2) == 0 || r.IntN(12) == 0 {
+			return "udp"
+		}
+		return "tcp"
+	}
+	onLoopback := func(a netip.Addr) bool {
+		return slices.ContainsFunc(loopback, func(p netip.Prefix) bool { return p.Contains(a) })
+	}
+	var cases []traceCase
+	for range n {
+		fi := r.IntN(2)
+		if r.IntN(3) == 0 {
+			// In: from the remote end of a link to the pod's address on it, or through kv0 beyond.
+			l := traceLinks[r.IntN(len(traceLinks))]
+			dst := l.pod[fi]
+			if l.name == "kv0" && r.IntN(2) == 0 {
+				dst = traceVM[fi]
+			}
+			pt := port()
+			cases = append(cases, traceCase{
+				// The source port is the client's ephemeral one; no rule of a plan matches it but
+				// DNS's source ports 53 and 15053.
+				conn: traceConn{in: true, proto: proto(pt), src: netip.AddrPortFrom(l.remote[fi], 40000),
+					dst: netip.AddrPortFrom(dst, pt), iface: l.name},
+				from: p.remote,
+				cred: root,
+			})
+			continue
+		}
+		// Out: to a remote address over each link or the default route, to the pod's own addresses,
+		// to loopback addresses, to DNS servers.
+		var dst netip.Addr
+		var src netip.Addr
+		iface := "eth0"
+		cred := traceCreds[r.IntN(len(traceCreds))]
+		if r.IntN(2) == 0 {
+			cred = appUser // what is captured, unless excluded
+		}
+		pt := port()
+		switch k := r.IntN(12); {
+		case k < 3:
+			l := traceLinks[r.IntN(3)] // not kv0: nothing answers there for the pod
+			dst, iface = l.remote[fi], l.name
+		case k < 5:
+			dst = traceRemoteAddrs[fi][r.IntN(len(traceRemoteAddrs[fi]))]
+		case k < 7:
+			dst = traceLinks[r.IntN(len(traceLinks))].pod[fi]
+			if r.IntN(3) == 0 && onLoopback(families[fi].passthrough) {
+				// The proxy's inbound passthrough to the app (F1).
+				src = families[fi].passthrough
+			}
+			// Not drawn: the proxy's transparent upstream to the app in TPROXY mode (F1), from the
+			// client's address with IP_TRANSPARENT and SO_MARK: shunt trace takes no socket mark.
+		case k < 9:
+			loop := [2][]netip.Addr{{ip("127.0.0.1"), ip("127.1.2.3"), ip("127.0.0.53")}, {ip("::1")}}
+			dst = loop[fi][r.IntN(len(loop[fi]))]
+		default:
+			// DNS (F9): to the configured servers, to others.
+			servers := []netip.Addr{ipv4.remote, ip("10.96.0.10"), ip("127.0.0.53"), ipv6.remote, ip("::127.0.0.53")}
+			servers = slices.DeleteFunc(append(servers, s.DNSServers...), func(a netip.Addr) bool { return a.Is4() != (fi == 0) })
+			dst, pt = servers[r.IntN(len(servers))], dnsPort
+		}
+		c := traceConn{proto: proto(pt), dst: netip.AddrPortFrom(dst, pt), iface: iface, uid: uint32(cred.UID), gid: uint32(cred.GID)}
+		if src.IsValid() {
+			c.src = netip.AddrPortFrom(src, 0)
+		}
+		cases = append(cases, traceCase{conn: c, from: p.ns, cred: cred})
+	}
+	return cases
+}
+
+// traceReport is what `shunt trace --json` prints, the fields the test reads.
+type traceReport struct {
+	Path    []string     `json:"path"`
+	Verdict traceVerdict `json:"verdict"`
+}
+
+// traceVerdict is the verdict of `shunt trace --json`.
+type traceVerdict struct {
+	Kind     string `json:"kind"` // delivered, passed through, captured, TPROXYed, dropped
+	Port     uint16 `json:"port"`
+	Listener string `json:"listener"`
+	OrigDst  string `json:"orig_dst"`
+	Dst      string `json:"dst"`
+	Iface    string `json:"iface"`
+	Zone     uint16 `json:"zone"`
+	Text     string `json:"text"`
+	// uncovered: shunt trace refused the connection, of a family the settings program no rules for.
+	uncovered bool
+}
+
+// errUncovered is the end of shunt trace's error for a connection of a family the settings program
+// no rules for (trace.ErrFamilyNotCovered).
+const errUncovered = "address family not covered by the plan"
+
+// shuntTrace runs `shunt trace --json` of the settings s (with the variant's backend, native nftables
+// or iptables), not of any namespace's rules, for c.
+func (p *tracePod) shuntTrace(shunt string, s *randconfig.Settings, c *traceConn) (traceReport, error) {
+	var args []string
+	if p.variant == native {
+		args = append(args, "--native-nftables")
+	}
+	args = slices.Concat([]string{"trace", "--json"}, args, s.Args, c.args(p.podAddrs()))
+	cmd := exec.Command(shunt, args...)
+	cmd.Env = append(os.Environ(), s.Env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return parseTrace(stdout.Bytes(), stderr.Bytes(), err, args)
+}
+
+// parseTrace returns the report of a run of `shunt trace --json` that printed stdout and stderr and
+// ended with err.
+func parseTrace(stdout, stderr []byte, err error, args []string) (traceReport, error) {
+	var rep traceReport
+	if err != nil {
+		if bytes.Contains(stderr, []byte(errUncovered)) || strings.Contains(err.Error(), errUncovered) {
+			rep.Verdict.uncovered = true
+			rep.Verdict.Text = "not covered: no rules"
+			return rep, nil
+		}
+		return rep, fmt.Errorf("shunt %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr))
+	}
+	if err := json.Unmarshal(stdout, &rep); err != nil {
+		return rep, fmt.Errorf("shunt %s: %w:\n%s", strings.Join(args, " "), err, stdout)
+	}
+	return rep, nil
+}
+
+// traceAll runs shuntTrace for every case, a few at a time: the traces of the settings need no
+// namespace, and their process starts overlap with each other.
+func (p *tracePod) traceAll(t *testing.T, s *randconfig.Settings, cases []traceCase) []traceReport {
+	t.Helper()
+	shunt := bins.Path(t, pkgShunt)
+	reps := make([]traceReport, len(cases))
+	errs := make([]error, len(cases))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	for i := range cases {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			reps[i], errs[i] = p.shuntTrace(shunt, s, &cases[i].conn)
+			<-sem
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return reps
+}
+
+// checkConfig applies s and checks random connections against `shunt trace`.
+func (p *tracePod) checkConfig(t *testing.T, r *rand.Rand, seed uint64, i int, s randconfig.Settings, count func(string)) {
+	t.Helper()
+	if out, err := p.shuntErr(t, s.Env, slices.Concat([]string{"iptables"}, s.Args, []string{"--reconcile"})...); err != nil {
+		t.Fatalf("seed %d config %d: %s shunt iptables %s --reconcile: %v\n%s", seed, i, strings.Join(s.Env, " "), shellQuote(s.Args), err, out)
+	}
+	loopback := p.waitLoopbackAddrs(t)
+	// Connections of earlier configurations must not decide the NAT of these.
+	if err := p.nl.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
+		t.Fatalf("flush conntrack: %v", err)
+	}
+	cases := p.randomCases(r, &s, loopback, *traceConns)
+	reps := p.traceAll(t, &s, cases)
+	for range reps {
+		count("runs of shunt trace")
+	}
+	p.crossCheck(t, seed, i, &s, cases, reps, count)
+	failures := 0
+	for ci := range cases {
+		tc, v := &cases[ci], reps[ci].Verdict
+		if v.uncovered {
+			v = uncaptured(&tc.conn)
+		}
+		want, err := expect(&tc.conn, v, s.DropInvalid)
+		if err != nil {
+			t.Fatalf("seed %d config %d: %s: %v", seed, i, tc, err)
+		}
+		got := exchange(tc.from, tc)
+		fam := "ipv4"
+		if tc.conn.dst.Addr().Is6() {
+			fam = "ipv6"
+		}
+		dir := "out"
+		if tc.conn.in {
+			dir = "in"
+		}
+		listener, _, _ := strings.Cut(v.Listener, " ")
+		count(fmt.Sprintf("%s/%s/%s/%s", p.variant, s.Mode, fam, dir))
+		if tc.conn.iface == "kv0" && tc.conn.in && slices.Contains(s.KubeVirtInterfaces, "kv0") {
+			count("in on a kube-virt interface, " + v.Kind + " " + listener)
+		}
+		if p.variant == native && !s.IPv6 && fam == "ipv6" {
+			count("native nftables with --ipv6=false, IPv6 " + v.Kind)
+		}
+		count(strings.TrimSpace("verdict " + v.Kind + " " + listener))
+		if want.accepts(got) {
+			continue
+		}
+		failures++
+		if failures > 3 {
+			continue
+		}
+		// The walk for people: shunt trace without --json.
+		args := slices.Concat([]string{"trace"}, s.Args, tc.conn.args(p.podAddrs()))
+		if p.variant == native {
+			args = append(args, "--native-nftables")
+		}
+		cmd := exec.Command(bins.Path(t, pkgShunt), args...)
+		cmd.Env = append(os.Environ(), s.Env...)
+		walk, err := cmd.CombinedOutput()
+		report := fmt.Sprintf("$ %s shunt %s\n%s", strings.Join(s.Env, " "), shellQuote(args), walk)
+		if err != nil {
+			report += err.Error() + "\n"
+		}
+		if *traceDebug {
+			for _, ns := range []*testutil.NetNS{p.ns, p.remote} {
+				argvs := [][]string{{"ip", "neigh"}, {"ip", "addr"}, {"ss", "-tuanp"}, {"nstat", "-a"}}
+				if ns == p.ns {
+					for _, l := range p.variant.listings(true) {
+						argvs = append(argvs, l.argv)
+					}
+				}
+				for _, argv := range argvs {
+					out, err := ns.Exec(nil, nil, argv...)
+					report += fmt.Sprintf("\n$ %s (%s)\n%s%v", argv, ns.Name, out, err)
+				}
+			}
+		}
+		t.Errorf("seed %d, config %d: %s shunt iptables %s --reconcile\n%s:\n kernel: %s\n  trace: %s\n%s",
+			seed, i, strings.Join(s.Env, " "), shellQuote(slices.Concat(p.variant.args(), s.Args)), tc, got, want, report)
+	}
+}
+
+// crossCheck runs `shunt trace --network-namespace` of the rules the pod holds for the first case
+// the settings cover, and wants the same path and verdict as the trace of the settings: the rules
+// the pod holds are those of the settings, and both traces see them alike.
+func (p *tracePod) crossCheck(t *testing.T, seed uint64, i int, s *randconfig.Settings, cases []traceCase, reps []traceReport, count func(string)) {
+	t.Helper()
+	ci := slices.IndexFunc(reps, func(r traceReport) bool { return !r.Verdict.uncovered })
+	if ci < 0 {
+		return
+	}
+	args := slices.Concat([]string{"trace", "--json", "--network-namespace", p.ns.Path()}, s.Args, cases[ci].conn.args(p.podAddrs()))
+	out, err := p.shuntErr(t, s.Env, args...)
+	live, err := parseTrace([]byte(out), nil, err, args)
+	count("runs of shunt trace")
+	if err != nil {
+		t.Fatalf("seed %d config %d: %s: %v", seed, i, &cases[ci], err)
+	}
+	if want := reps[ci]; live.Verdict != want.Verdict || !slices.Equal(live.Path, want.Path) {
+		t.Errorf("seed %d config %d: %s: shunt trace --network-namespace %s (the rules the pod holds) disagrees with the trace of the settings %s (env %q):\n"+
+			"  live: %s, path %s\n  settings: %s, path %s",
+			seed, i, &cases[ci], p.ns.Path(), shellQuote(s.Args), s.Env, live.Verdict.Text, live.Path, want.Verdict.Text, want.Path)
+		return
+	}
+	count("live trace agrees (--network-namespace)")
+}
+
+// waitLoopbackAddrs waits until every address on lo (those shunt adds, ::6, among them) is usable,
+// and returns them: shunt adds its addresses without IFA_F_NODAD, and an address is tentative,
+// refusing bind(2), until the kernel's DAD work has run, even on lo where it skips the probing.
+func (p *tracePod) waitLoopbackAddrs(t *testing.T) []netip.Prefix {
+	t.Helper()
+	lo, err := p.nl.LinkByName("lo")
+	if err != nil {
+		t.Fatalf("lo: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		addrs, err := p.nl.AddrList(lo, netlink.FAMILY_ALL)
+		if err != nil {
+			t.Fatalf("addresses of lo: %v", err)
+		}
+		var out []netip.Prefix
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				out = nil
+				break
+			}
+			if pa, ok := netip.AddrFromSlice(a.IP); ok {
+				ones, _ := a.Mask.Size()
+				out = append(out, netip.PrefixFrom(pa.Unmap(), ones))
+			}
+		}
+		if len(out) > 0 {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lo holds a tentative address after 5s: %v", addrs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // exchangeAs runs on a locked thread of the namespace: it takes on cred for this thread only (the
 // socket's owner is who creates it), which then never runs anything else, and makes the exchange with
 // blocking system calls bounded by timeouts.
 func exchangeAs(tc *traceCase) (string, error) {
-	cred, proto, dst := tc.cred, tc.conn.Proto, tc.conn.Dst
+	cred, proto, dst := tc.cred, tc.conn.proto, tc.conn.dst
 	// Never unlocked: the thread ends with this goroutine (netns.Do runs it in its own), so that no
 	// other goroutine ever runs with its credentials.
 	runtime.LockOSThread()
@@ -651,19 +664,7 @@ func exchangeAs(tc *traceCase) (string, error) {
 		return "", fmt.Errorf("socket: %w", err)
 	}
 	defer unix.Close(fd)
-	if tc.transparent {
-		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-		if dst.Addr().Is6() {
-			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
-		}
-		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
-			return "", fmt.Errorf("transparent: %w", err)
-		}
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(tc.conn.Mark)); err != nil {
-			return "", fmt.Errorf("SO_MARK: %w", err)
-		}
-	}
-	if src := tc.conn.Src.Addr(); tc.conn.Dir == trace.Out && src.IsValid() {
+	if src := tc.conn.src.Addr(); !tc.conn.in && src.IsValid() {
 		var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: src.As16()}
 		if src.Is4() {
 			sa = &unix.SockaddrInet4{Addr: src.As4()}
@@ -681,16 +682,7 @@ func exchangeAs(tc *traceCase) (string, error) {
 	if dst.Addr().Is4() {
 		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
 	}
-	err = unix.Connect(fd, sa)
-	if local, gerr := unix.Getsockname(fd); gerr == nil {
-		switch a := local.(type) {
-		case *unix.SockaddrInet4:
-			tc.localPort = uint16(a.Port)
-		case *unix.SockaddrInet6:
-			tc.localPort = uint16(a.Port)
-		}
-	}
-	if err != nil {
+	if err := unix.Connect(fd, sa); err != nil {
 		return "", fmt.Errorf("connect %s: %w", dst, err)
 	}
 	if _, err := unix.Write(fd, []byte("hello\n")); err != nil {
@@ -721,7 +713,7 @@ func exchangeAs(tc *traceCase) (string, error) {
 	return string(reply), nil
 }
 
-// expectation is what trace.Walk's verdict allows the kernel to do with the real connection.
+// expectation is what the verdict of `shunt trace` allows the kernel to do with the real connection.
 type expectation struct {
 	verdict string
 	// listener and port: captured by that listener of the sidecar (orig checked when valid).
@@ -737,33 +729,55 @@ type expectation struct {
 
 func (e expectation) String() string { return e.verdict }
 
-// listenerOf names the reference sidecar's listener on a port.
-var listenerOf = map[uint16]string{redirect.DefaultProxyPort: "outbound", redirect.DefaultInboundPort: "inbound", redirect.DNSProxyPort: "dns"}
+// listenerOf names the reference sidecar's listener on a port: outbound 15001, inbound 15006, DNS
+// 15053 (Istio's ports, the defaults of shunt's settings that randconfig keeps).
+var listenerOf = map[uint16]string{15001: "outbound", 15006: "inbound", 15053: "dns"}
 
-func expect(c trace.Conn, v trace.Verdict, dropInvalid bool) expectation {
-	e := expectation{verdict: v.String()}
+// expect returns what v, the verdict for c, allows.
+func expect(c *traceConn, v traceVerdict, dropInvalid bool) (expectation, error) {
+	e := expectation{verdict: v.Text}
+	addrPort := func(field, s string) (netip.AddrPort, error) {
+		if s == "" {
+			return netip.AddrPort{}, nil
+		}
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return ap, fmt.Errorf("verdict %q: %s: %w", v.Text, field, err)
+		}
+		return ap, nil
+	}
+	orig, err := addrPort("orig_dst", v.OrigDst)
+	if err != nil {
+		return e, err
+	}
+	dst, err := addrPort("dst", v.Dst)
+	if err != nil {
+		return e, err
+	}
 	// The port unreachable error for a UDP flow in a conntrack zone is looked up in zone 0, found
 	// INVALID, and dropped by --drop-invalid: no refusal comes back.
-	lostRefusal := c.Proto == "udp" && v.Zone != 0 && dropInvalid
+	lostRefusal := c.proto == "udp" && v.Zone != 0 && dropInvalid
 	switch v.Kind {
-	case trace.Captured, trace.TProxied:
-		e.listener, e.orig = listenerOf[v.Port], v.OrigDst
+	case "captured", "TPROXYed":
+		e.listener, e.orig = listenerOf[v.Port], orig
 		if e.listener == "" {
 			e.listener = "port " + strconv.Itoa(int(v.Port))
 		}
-	case trace.Delivered:
-		e.servers, e.local, e.mute = []string{"pod"}, v.Dst, lostRefusal
-	case trace.PassedThrough:
-		e.servers, e.local = []string{"remote"}, v.Dst
+	case "delivered":
+		e.servers, e.local, e.mute = []string{"pod"}, dst, lostRefusal
+	case "passed through":
+		e.servers, e.local = []string{"remote"}, dst
 		// The remote's DNS server listens on the wildcard address: it answers a query to an address
 		// of its lo from the address of its interface, which the client's connected socket ignores.
 		// Nothing answers for an address the remote does not have.
-		e.mute = c.Proto == "udp" && slices.Contains(traceRemoteAddrs[familyIndex(v.Dst.Addr())], v.Dst.Addr()) ||
-			!remoteHas(v.Dst.Addr()) || lostRefusal
-	case trace.Dropped:
+		e.mute = c.proto == "udp" && slices.Contains(traceRemoteAddrs[familyIndex(dst.Addr())], dst.Addr()) ||
+			!remoteHas(dst.Addr()) || lostRefusal
+	case "dropped":
 		e.timeout = true
+	default:
+		return e, fmt.Errorf("verdict %q: unknown kind %q", v.Text, v.Kind)
 	}
-	return e
+	return e, nil
 }
 
 // remoteHas reports whether a is one of the remote's addresses.
@@ -783,14 +797,25 @@ func familyIndex(a netip.Addr) int {
 	return 1
 }
 
-// uncaptured walks c through no rules at all: what the kernel does with a connection of a family the
-// plan does not cover.
-func uncaptured(c trace.Conn) (trace.Result, error) {
-	fam := redirect.IPv4
-	if c.Dst.Addr().Is6() {
-		fam = redirect.IPv6
+// uncaptured is the verdict for a connection of a family the settings program no rules for, which
+// shunt trace refuses to walk: no rules at all. The kernel delivers what is for the pod's own
+// addresses (or, out, loopback ones), passes the pod's other connections through by their route and
+// drops what arrives for an address not the pod's, which does not forward.
+func uncaptured(c *traceConn) traceVerdict {
+	dst := c.dst.Addr()
+	local := dst.IsLoopback()
+	for _, l := range traceLinks {
+		local = local || slices.Contains(l.pod[:], dst)
 	}
-	return trace.Walk(&redirect.Plan{Families: []redirect.FamilyPlan{{Family: fam, Covers: []redirect.Family{fam}}}}, c)
+	v := traceVerdict{Kind: "dropped", Dst: c.dst.String(), uncovered: true}
+	switch {
+	case local:
+		v.Kind = "delivered"
+	case !c.in:
+		v.Kind, v.Iface = "passed through", c.iface
+	}
+	v.Text = v.Kind + " to " + c.dst.String() + " (the settings program no rules for its family)"
+	return v
 }
 
 func (e expectation) accepts(o outcome) bool {
