@@ -62,7 +62,7 @@ var commandFlags = map[string]struct{ flags, required []string }{
 		"istio-exclude-interfaces", "kube-virt-interfaces", "istio-inbound-tproxy-mark",
 		"istio-inbound-tproxy-route-table", "redirect-dns", "capture-all-dns", "drop-invalid", "dns-servers", "ipv6",
 		"dual-stack", "pod", "network-namespace", "native-nftables", "force-iptables-binary",
-		"direction", "proto", "src", "dst", "uid", "gid", "iface", "pod-ip", "ebpf", "ebpf-pin-dir", "json", "graph", "watch",
+		"direction", "proto", "src", "dst", "uid", "gid", "mark", "iface", "pod-ip", "ebpf", "ebpf-pin-dir", "json", "graph", "watch",
 	}, required: []string{"dst"}},
 	"shunt cleanup": {flags: []string{"network-namespace", "native-nftables", "force-iptables-binary",
 		"log_output_level", "log_as_json"}},

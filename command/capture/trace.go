@@ -94,6 +94,7 @@ func traceCommand(t *traceCmd) *cobra.Command {
 	fl.StringVar(&t.conn.Dst, "dst", "", "destination ADDR:PORT ([ADDR]:PORT for IPv6)")
 	fl.StringVar(&t.conn.UID, "uid", "", "uid of the connecting process, --direction out (default 0)")
 	fl.StringVar(&t.conn.GID, "gid", "", "gid of the connecting process, --direction out (default 0)")
+	fl.StringVar(&t.conn.Mark, "mark", "", "SO_MARK of the connecting socket, --direction out: the proxy's transparent upstream in TPROXY mode carries the TPROXY mark (default none)")
 	fl.StringVar(&t.conn.Iface, "iface", "", "interface the connection arrives on (in) or a remote destination is routed by (out) (default eth0)")
 	fl.StringSliceVar(&t.conn.PodIPs, "pod-ip", nil, "the pod's own addresses (default: with --network-namespace, its global addresses)")
 	fl.BoolVar(&t.jsonOut, "json", false, "print JSON for tools")

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,7 @@ type traceTest struct {
 func (tt traceTest) run(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
 	clearSettingsEnv(t)
-	for _, n := range []string{"DIRECTION", "PROTO", "SRC", "DST", "UID", "GID", "IFACE", "POD_IP", "JSON", "GRAPH", "WATCH", "EBPF", "EBPF_PIN_DIR"} {
+	for _, n := range []string{"DIRECTION", "PROTO", "SRC", "DST", "UID", "GID", "IFACE", "POD_IP", "JSON", "GRAPH", "WATCH", "EBPF", "EBPF_PIN_DIR", "MARK"} {
 		t.Setenv(n, "")
 	}
 	for k, v := range tt.env {
@@ -358,5 +359,43 @@ func TestTraceEBPFPinDir(t *testing.T) {
 	_, _, err = traceTest{hook: fakeHook}.run(t, "--dst", "1.2.3.4:80", "--ebpf", "--ebpf-pin-dir", "/x")
 	if err == nil || !strings.Contains(err.Error(), "unknown flag") {
 		t.Errorf("--ebpf-pin-dir without EBPFState: %v", err)
+	}
+}
+
+// --mark: the proxy's transparent upstream in TPROXY mode carries the TPROXY mark; the trace shows the
+// rules that match on it, and refuses a mark where none can be.
+func TestTraceMark(t *testing.T) {
+	out, _, err := traceTest{}.run(t, "-m", "TPROXY", "--dst", "10.244.0.7:8080", "--uid", "0", "--gid", "1337",
+		"--mark", "0x539", "--pod-ip", "10.244.0.7", "--src", "10.244.1.9", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep traceReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rep.Connection, "mark 1337") {
+		t.Errorf("connection %q does not show the mark", rep.Connection)
+	}
+	unmarked, _, err := traceTest{}.run(t, "-m", "TPROXY", "--dst", "10.244.0.7:8080", "--uid", "0", "--gid", "1337",
+		"--pod-ip", "10.244.0.7", "--src", "10.244.1.9", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var urep traceReport
+	if err := json.Unmarshal([]byte(unmarked), &urep); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Equal(rep.Path, urep.Path) && rep.Verdict == urep.Verdict {
+		t.Errorf("the mark changed nothing: path %v, verdict %+v", rep.Path, rep.Verdict)
+	}
+	for _, args := range [][]string{
+		{"--dst", "10.244.0.7:8080", "--mark", "lots"},
+		{"--dst", "10.244.0.7:8080", "--mark", "4294967296"},
+		{"--direction", "in", "--src", "10.244.1.9:4000", "--dst", "10.244.0.7:8080", "--mark", "1"},
+	} {
+		if _, _, err := (traceTest{}).run(t, args...); err == nil || !strings.Contains(err.Error(), "--mark") {
+			t.Errorf("%v: %v, want an error naming --mark", args, err)
+		}
 	}
 }

@@ -17,6 +17,7 @@ type connSpec struct {
 	Src       string   // --src: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6)
 	Dst       string   // --dst: ADDR:PORT
 	UID, GID  string   // --uid, --gid: empty for 0
+	Mark      string   // --mark: the sending socket's SO_MARK, empty for none
 	Iface     string   // --iface: empty for eth0
 	PodIPs    []string // --pod-ip
 }
@@ -107,6 +108,17 @@ func parseConn(s connSpec) (trace.Conn, error) {
 		return uint32(n)
 	}
 	c.UID, c.GID = id("uid", s.UID), id("gid", s.GID)
+	if v := strings.TrimSpace(s.Mark); v != "" {
+		n, err := strconv.ParseUint(v, 0, 32)
+		switch {
+		case c.Dir == trace.In:
+			bad("mark", s.Mark, "only with --direction out: it is the sending socket's SO_MARK")
+		case err != nil:
+			bad("mark", s.Mark, "want a number from 0 to %d (0x… for hex)", uint32(1<<32-1))
+		default:
+			c.Mark = uint32(n)
+		}
+	}
 
 	if name := strings.TrimSpace(s.Iface); name != "" {
 		switch {
@@ -155,6 +167,9 @@ func connText(c trace.Conn) string {
 	iface := c.InIface
 	if c.Dir == trace.Out {
 		fmt.Fprintf(&b, " uid %d gid %d", c.UID, c.GID)
+		if c.Mark != 0 {
+			fmt.Fprintf(&b, " mark %d", c.Mark)
+		}
 		iface = c.OutIface
 	}
 	if iface == "" {
