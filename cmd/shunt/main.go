@@ -46,6 +46,7 @@ func newRootCmd(env capture.Env) *cobra.Command {
 	env.EBPFState = ebpfState
 	root := capture.NewRoot("shunt", "Transparent traffic interception for service-mesh sidecars")
 	root.AddCommand(capture.Commands(env)...)
+	root.AddCommand(capture.Tools(env)...)
 	root.AddCommand(capture.NewMigrateCmd(env))
 	root.AddCommand(node.Commands(env)...)
 	return root

@@ -33,7 +33,14 @@ func (e *ExitError) Unwrap() error { return e.Err }
 // (which changes nothing) the combinations that would ignore one, and acts in RunE.
 func Commands(env Env) []*cobra.Command {
 	ipt, _ := newIptablesCmd(env)
-	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newGraphCmd(env), newTraceCmd(env), newProbeClientCmd(env)}
+	return []*cobra.Command{ipt, newCleanupCmd(env), newValidateCmd(env), newProbeClientCmd(env)}
+}
+
+// Tools returns the commands that show and explain a pod's rules: `graph` and `trace`. The operator's
+// binary has them; the init container's, which only programs rules, does without them (and their
+// code).
+func Tools(env Env) []*cobra.Command {
+	return []*cobra.Command{newGraphCmd(env), newTraceCmd(env)}
 }
 
 // Env is what commands reach of the process: standard streams and the environment, and what the
