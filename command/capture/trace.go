@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -52,7 +51,7 @@ type traceCmd struct {
 
 // newTraceCmd returns `shunt trace`.
 func newTraceCmd(env Env) *cobra.Command {
-	return traceCommand(&traceCmd{env: env, detectIPv6: podroute.DetectIPv6, installed: backend.Installed, podAddrs: namespaceAddrs})
+	return traceCommand(&traceCmd{env: env, detectIPv6: podroute.DetectIPv6, installed: backend.Installed, podAddrs: netns.GlobalAddrs})
 }
 
 // traceCommand returns the command of t, whose env and functions are set, and registers its flags.
@@ -640,24 +639,4 @@ func (l *traceEBPFLive) text() string {
 	}
 	b.WriteString("\n")
 	return b.String()
-}
-
-// namespaceAddrs returns the global unicast addresses of the network namespace at path: the pod's own.
-func namespaceAddrs(path string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	err := netns.Do(path, func() error {
-		addrs, err := net.InterfaceAddrs()
-		if err != nil {
-			return err
-		}
-		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().IsGlobalUnicast() {
-					out = append(out, ip.Unmap())
-				}
-			}
-		}
-		return nil
-	})
-	return out, err
 }

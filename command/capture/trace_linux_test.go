@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shuntmesh/shunt/backend"
+	"github.com/shuntmesh/shunt/internal/netns"
 	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/redirect"
 )
@@ -81,7 +82,7 @@ func TestTraceWatchLive(t *testing.T) {
 					return c.Close()
 				})
 			}
-			tt := traceTest{installed: backend.Installed, podAddrs: namespaceAddrs, watching: connect}
+			tt := traceTest{installed: backend.Installed, podAddrs: netns.GlobalAddrs, watching: connect}
 			out, stderr, err := tt.run(t, "--network-namespace", n.Path(), "--ipv6=false", "--dst", "10.0.0.99:80",
 				"--watch", "500ms", "--json")
 			if want := "shunt trace: counters read; watching for 500ms: make the connection now\n"; err != nil || stderr != want {
@@ -160,7 +161,7 @@ func TestTraceWatchDisagrees(t *testing.T) {
 			return err
 		})
 	}
-	tt := traceTest{installed: backend.Installed, podAddrs: namespaceAddrs, watching: connect}
+	tt := traceTest{installed: backend.Installed, podAddrs: netns.GlobalAddrs, watching: connect}
 	out, _, err := tt.run(t, "--network-namespace", n.Path(), "--ipv6=false", "--dst", "10.0.0.99:80", "--pod-ip", "10.0.0.2", "--watch", "200ms")
 	if err != nil {
 		t.Fatal(err)

@@ -193,27 +193,4 @@ func liveNetNSCookies() (map[uint64]bool, error) {
 }
 
 // NetNSAddrs returns the global unicast addresses of the network namespace at path: a pod's own IPs.
-func NetNSAddrs(path string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	err := netns.Do(path, func() error {
-		ifaces, err := net.Interfaces()
-		if err != nil {
-			return err
-		}
-		for _, ifc := range ifaces {
-			addrs, err := ifc.Addrs()
-			if err != nil {
-				return err
-			}
-			for _, a := range addrs {
-				if ipn, ok := a.(*net.IPNet); ok {
-					if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().IsGlobalUnicast() {
-						out = append(out, ip.Unmap())
-					}
-				}
-			}
-		}
-		return nil
-	})
-	return out, err
-}
+func NetNSAddrs(path string) ([]netip.Addr, error) { return netns.GlobalAddrs(path) }
