@@ -274,9 +274,9 @@ type ebpfProbe struct {
 	size int64 // echo payload
 	// path is the reply's path with the peers' ports removed.
 	path string
-	// local is the address the app's socket is bound to: the family's
-	// localhost when connect(2) was redirected by eBPF, else the source the
-	// route picks.
+	// local is the address the app's socket is bound to: the pod's own
+	// address when connect(2) was redirected by eBPF (which binds it there),
+	// else the source the route picks.
 	local netip.Addr
 	// redirected says eBPF redirected the connect: connects_redirected and
 	// origdst_answered grow by exactly 1, and by 0 otherwise.
@@ -330,6 +330,12 @@ func (m *meshPod) runEBPFProbe(t *testing.T, p ebpfProbe, skMsg bool) {
 }
 
 // Path tags, ports removed.
+
+// viaOutboundFrom is the outbound tag of a proxy started with -tag-peer for
+// a connection it accepted from peer.
+func viaOutboundFrom(orig netip.AddrPort, peer netip.Addr) string {
+	return fmt.Sprintf("proxy=outbound orig=%s peer=%s;", orig, host(peer))
+}
 
 func ppReply(name string, peer netip.Addr, local netip.AddrPort) string {
 	return fmt.Sprintf("pingpong=%s peer=%s local=%s", name, host(peer), local)
@@ -391,18 +397,22 @@ func testEBPFFlows(t *testing.T) {
 	if s := m.status(t); !s.has(cookie) || len(s.Pods) != 1 {
 		t.Fatalf("after join: pods %+v, want only the pod's namespace cookie %d", s.Pods, cookie)
 	}
-	m.startProxy(t)
+	m.startProxy(t, "-tag-peer")
 
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
 			remote := addr(f.remote, ppPort)
 			own := addr(f.pod, ppPort)
-			outbound := func(orig netip.AddrPort) string { return viaOutbound(orig) + ppReply("remote", f.pod, remote) }
+			// The proxy sees a redirected connection come from the pod's address, as with nat
+			// REDIRECT: the app's socket is bound to it.
+			outbound := func(orig netip.AddrPort) string {
+				return viaOutboundFrom(orig, f.pod) + ppReply("remote", f.pod, remote)
+			}
 			probes := []ebpfProbe{
-				{"F2/app_to_remote", appUser, remote, 4096, outbound(remote), f.localhost, true},
-				{"F2/app_to_remote_service", appUser, f.remoteVIP, 4096, outbound(f.remoteVIP), f.localhost, true},
+				{"F2/app_to_remote", appUser, remote, 4096, outbound(remote), f.pod, true},
+				{"F2/app_to_remote_service", appUser, f.remoteVIP, 4096, outbound(f.remoteVIP), f.pod, true},
 				{"F4/app_to_own_service", appUser, f.selfVIP, 4096,
-					viaOutbound(f.selfVIP) + viaInbound(own) + ppReply("pod", f.passthrough, own), f.localhost, true},
+					viaOutboundFrom(f.selfVIP, f.pod) + viaInbound(own) + ppReply("pod", f.passthrough, own), f.pod, true},
 				{"F4/app_to_own_pod_ip", appUser, own, 4096, ppReply("pod", f.pod, own), f.pod, false},
 				{"F5/app_to_localhost", appUser, addr(f.localhost, ppPort), 4096,
 					ppReply("pod", f.localhost, addr(f.localhost, ppPort)), f.localhost, false},
@@ -415,7 +425,7 @@ func testEBPFFlows(t *testing.T) {
 			}
 			for _, size := range []int64{1, 1000, 64<<10 + 1, 1 << 20} {
 				probes = append(probes, ebpfProbe{fmt.Sprintf("F2/payload_%d", size), appUser, remote, size,
-					outbound(remote), f.localhost, true})
+					outbound(remote), f.pod, true})
 			}
 			for _, p := range probes {
 				t.Run(p.name, func(t *testing.T) { m.runEBPFProbe(t, p, true) })
@@ -478,7 +488,8 @@ func testEBPFFlows(t *testing.T) {
 		t.Logf("eBPF counters that moved during the watch: %v", e.Live.Moved)
 	})
 
-	// leave: eBPF no longer redirects the pod; the nat rules still do.
+	// leave: eBPF no longer redirects the pod; the nat rules still do, and the proxy sees the
+	// same downstream peer either way.
 	m.mustEBPF(t, "leave", "--netns", m.ns.Path(), "--pin-dir", m.pins)
 	if s := m.status(t); len(s.Pods) != 0 {
 		t.Fatalf("after leave: pods %+v, want none", s.Pods)
@@ -487,7 +498,7 @@ func testEBPFFlows(t *testing.T) {
 		remote := addr(f.remote, ppPort)
 		t.Run("after_leave/"+f.name, func(t *testing.T) {
 			m.runEBPFProbe(t, ebpfProbe{"F2", appUser, remote, 1 << 20,
-				viaOutbound(remote) + ppReply("remote", f.pod, remote), f.pod, false}, true)
+				viaOutboundFrom(remote, f.pod) + ppReply("remote", f.pod, remote), f.pod, false}, true)
 		})
 	}
 
@@ -527,7 +538,7 @@ func testEBPFFlows(t *testing.T) {
 	for _, f := range families {
 		remote := addr(f.remote, ppPort)
 		r, err := m.pingpong(t, appUser, remote, "-mode", "echo", "-bytes", "1000")
-		if got, want := peerPort.ReplaceAllString(r.Path, "peer=$1"), viaOutbound(remote)+ppReply("remote", f.pod, remote); err != nil || got != want {
+		if got, want := peerPort.ReplaceAllString(r.Path, "peer=$1"), viaOutboundFrom(remote, f.pod)+ppReply("remote", f.pod, remote); err != nil || got != want {
 			t.Errorf("after unload, to %s: %v\n got: %s\nwant: %s", remote, err, got, want)
 		}
 	}
@@ -571,12 +582,12 @@ func testEBPFNoSkMsg(t *testing.T) {
 	m.iptables(t, defaultCapture...)
 	m.load(t)
 	m.join(t, append(slices.Clone(joinCapture), "--no-sk-msg")...)
-	m.startProxy(t)
+	m.startProxy(t, "-tag-peer")
 	for _, f := range families {
 		remote := addr(f.remote, ppPort)
 		t.Run(f.name, func(t *testing.T) {
 			m.runEBPFProbe(t, ebpfProbe{"F2", appUser, remote, 1 << 20,
-				viaOutbound(remote) + ppReply("remote", f.pod, remote), f.localhost, true}, false)
+				viaOutboundFrom(remote, f.pod) + ppReply("remote", f.pod, remote), f.pod, true}, false)
 		})
 	}
 }

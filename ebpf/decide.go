@@ -70,14 +70,14 @@ func DecideConnect(p *Pod, c Connect) ConnectDecision {
 	switch {
 	case dst.Is6() && !p.IPv6:
 		return pass("an IPv6 destination, and the pod's IPv6 is not captured")
-	case slices.Contains(p.PortsExclude, dport):
-		return pass("port %d is excluded (--istio-local-outbound-ports-exclude)", dport)
-	case isPassthrough(src):
-		return pass("the socket is bound to %s, the proxy's passthrough source", src)
 	case ids(p.ProxyUIDs, c.UID):
 		return pass("uid %d is the proxy's", c.UID)
 	case ids(p.ProxyGIDs, c.GID):
 		return pass("gid %d is the proxy's", c.GID)
+	case slices.Contains(p.PortsExclude, dport):
+		return pass("port %d is excluded (--istio-local-outbound-ports-exclude)", dport)
+	case isPassthrough(src):
+		return pass("the socket is bound to %s, the proxy's passthrough source", src)
 	case !p.CaptureLocal && !dns && (dst.IsLoopback() || isPassthrough(dst) || kernelContains(prefixesOf(p.IPs), dst)):
 		return pass("%s is local: the app calling its own pod goes over lo", dst)
 	case !p.OwnerGroups.All && !slices.Contains(p.OwnerGroups.Include, c.GID):

@@ -15,8 +15,13 @@
 //     the IPv4 rules) at the pod's ProxyPort and keep the original destination in the socket's
 //     storage. cgroup/getsockopt answers SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST
 //     (SOL_IPV6) on the proxy's accepted socket; cgroup/getpeername4/6 show the app the peer it
-//     dialed. The app's socket is bound to loopback, so the proxy sees it come from 127.0.0.1
-//     rather than from the pod IP as with nat REDIRECT.
+//     dialed. An unbound app socket is bound to the pod's own address of the destination's family
+//     (bpf_bind, port chosen at connect), so the proxy sees the connection come from the pod's IP
+//     to 127.0.0.1:ProxyPort, exactly the packets nat REDIRECT makes, and the rules underneath
+//     return them as REDIRECT's (nat "-o lo ! --uid-owner RETURN", mangle "-i lo RETURN").
+//     sockops hands the original destination from the app's end to the proxy's accepted end when
+//     that end is established (shunt_origkey, then the end's own storage), so nothing is left to
+//     clean up at close and no state callbacks run.
 //   - F4, F5, F6, F7, F8: the proxy's uids and gids, localhost, the pod's own IPs, the include and
 //     exclude lists and IPv6 decide as in the engine's rules. The proxy's hairpin to its own pod
 //     IP (rule 2) is left to the nat rules.

@@ -29,6 +29,15 @@ func (p *Pod) kernel(gen uint16) redirectPod {
 	var mask [4]byte
 	binary.BigEndian.PutUint32(mask[:], ^uint32(0)<<(32-lo.Bits()))
 	v.Lo4Mask = nativeBE(mask)
+	if a, ok := p.source(true); ok {
+		v.Src4 = nativeBE(a.As4())
+	}
+	if a, ok := p.source(false); ok {
+		b := a.As16()
+		for i := range 4 {
+			v.Src6[i] = nativeBE([4]byte(b[4*i : 4*i+4]))
+		}
+	}
 	flags := map[redirectPodFlag]bool{
 		redirectPodFlagPOD_NO_SOCKMSG:     p.NoSockMsg,
 		redirectPodFlagPOD_IPV6:           p.IPv6,

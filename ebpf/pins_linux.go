@@ -34,7 +34,8 @@ const (
 // mapNames are every map of the programs, all pinned.
 var mapNames = []string{
 	redirectMapShuntPods, redirectMapShuntCidrs, redirectMapShuntSets, redirectMapShuntOrigdst,
-	redirectMapShuntMsgstate, redirectMapShuntOrigkey, redirectMapShuntSockhash, redirectMapShuntStats,
+	redirectMapShuntMsgstate, redirectMapShuntOrigkey, redirectMapShuntAccepted, redirectMapShuntSockhash,
+	redirectMapShuntStats,
 }
 
 // pinNames returns every pin a complete node has.
@@ -72,6 +73,8 @@ func (m *redirectMaps) field(name string) **cebpf.Map {
 		return &m.ShuntMsgstate
 	case redirectMapShuntOrigkey:
 		return &m.ShuntOrigkey
+	case redirectMapShuntAccepted:
+		return &m.ShuntAccepted
 	case redirectMapShuntSockhash:
 		return &m.ShuntSockhash
 	case redirectMapShuntStats:

@@ -25,7 +25,8 @@ type Pod struct {
 	// ProxyUIDs and ProxyGIDs are the proxy's identities, at most MaxProxyIDs each: a process with
 	// one of the uids or one of the gids is never captured.
 	ProxyUIDs, ProxyGIDs []uint32
-	// IPs are the pod's own addresses: the app calling them goes over lo and is not captured.
+	// IPs are the pod's own addresses: the app calling them goes over lo and is not captured. The
+	// first of each family is the source of the app's redirected connections (see source).
 	IPs []netip.Addr
 	// IPv6 captures IPv6 destinations too; IPv4 (and IPv4-mapped) ones always are.
 	IPv6 bool
@@ -167,6 +168,21 @@ func (p *Pod) Validate() error {
 		bad("DNS port: 0 with DNS servers to capture")
 	}
 	return errors.Join(errs...)
+}
+
+// source returns the pod's address that a redirected connection of the IPv4 (v4) or IPv6 family
+// comes from: the first of IPs of that family other than loopback and ::6 (which the namespace's lo
+// carries for the proxy's passthrough). Bound to it at connect(2), the connection reaches
+// the proxy on loopback from the pod's address, as a nat REDIRECTed one does, so that the proxy
+// sees the pod as its downstream peer. Without one, the connection comes from loopback.
+func (p *Pod) source(v4 bool) (netip.Addr, bool) {
+	for _, ip := range p.IPs {
+		ip = ip.Unmap()
+		if ip.Is4() == v4 && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && ip != redirect.PassthroughV4 && ip != redirect.PassthroughV6 {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // String is a short description for logs.

@@ -14,7 +14,9 @@
  *
  * Programs (names are at most 15 characters, the kernel's limit, and start with "shunt_"):
  *   shunt_connect4/6   cgroup/connect4, connect6: capture decision, rewrite to loopback:ProxyPort
- *   shunt_sockops      sockops: pair app<->proxy sockets in shunt_sockhash, publish original dsts
+ *                      from the pod's own address
+ *   shunt_sockops      sockops: hand original dsts to the proxy's accepted sockets, pair
+ *                      app<->proxy sockets in shunt_sockhash
  *   shunt_sk_msg       sk_msg: redirect a message to the peer socket's ingress queue
  *   shunt_sockopt      cgroup/getsockopt: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST
  *   shunt_peername4/6  cgroup/getpeername4, getpeername6: the app sees the peer it dialed
@@ -70,6 +72,10 @@ struct pod {
 	__u32 gids[MAX_IDS];
 	__be32 lo4_addr; /* HostIPv4LoopbackCIDR, masked */
 	__be32 lo4_mask;
+	/* The pod's own addresses a redirected connection is bound to, so that the proxy sees it come
+	 * from the pod as with nat REDIRECT (0 / :: when the pod has none of that family). */
+	__be32 src4;
+	__u32 src6[4];
 };
 
 enum cidr_kind {
@@ -185,8 +191,18 @@ struct {
 	__type(value, __u32);
 } shunt_msgstate SEC(".maps");
 
-/* Entries are deleted when the app socket reaches TCP_CLOSE; LRU so that a missed close never
- * fills the map. */
+/* The original destination of the app connection a proxy's accepted socket serves, handed over
+ * from shunt_origkey when the proxy's end is established. A map of its own: shunt_origdst on a
+ * socket also makes getpeername lie, which the proxy's end must not. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct origdst);
+} shunt_accepted SEC(".maps");
+
+/* An entry lives from the app end's establishment to the proxy end's, which moves it to
+ * shunt_accepted; LRU so that one the proxy never accepts cannot fill the map. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -207,6 +223,22 @@ struct {
 	__type(key, enum stat);
 	__type(value, __u64);
 } shunt_stats SEC(".maps");
+
+/* Only the first fields of these are written; the rest is zeroed. */
+struct sockaddr_in {
+	__u16 sin_family;
+	__be16 sin_port;
+	__be32 sin_addr;
+	__u8 sin_zero[8];
+};
+
+struct sockaddr_in6 {
+	__u16 sin6_family;
+	__be16 sin6_port;
+	__be32 sin6_flowinfo;
+	__u32 sin6_addr[4];
+	__u32 sin6_scope_id;
+};
 
 /* An address in the form the maps use: IPv4 (also when IPv4-mapped) in a[0], family 4 or 6. */
 struct addr {
@@ -345,11 +377,13 @@ static __always_inline enum verdict decide(const struct pod *pod, __u64 cookie, 
 
 	if (dst->family == 6 && !(pod->flags & POD_IPV6))
 		return VERDICT_PASS;
+	/* Every rule before the DNS one returns, so their order is free: the proxy's own connections,
+	 * one per app connection, are let go first, without a map lookup. */
+	if (ids_contain(pod->uids, uid) || ids_contain(pod->gids, gid))
+		return VERDICT_PASS;
 	if (set_has(cookie, gen, SET_PORT_EXCLUDE, dport))
 		return VERDICT_PASS;
 	if (is_passthrough(src))
-		return VERDICT_PASS;
-	if (ids_contain(pod->uids, uid) || ids_contain(pod->gids, gid))
 		return VERDICT_PASS;
 	if (!(pod->flags & POD_CAPTURE_LOCAL) && !dns && is_local(pod, cookie, dst))
 		return VERDICT_PASS;
@@ -379,11 +413,13 @@ static __always_inline enum verdict decide(const struct pod *pod, __u64 cookie, 
 /*
  * capture decides for a TCP connect(2) in a registered namespace and, when captured, records the
  * original destination in the socket's storage and returns the port to rewrite the destination
- * to (on loopback), or 0 to leave the connect alone.
+ * to (on loopback), or 0 to leave the connect alone. *bind is set to the pod's own address of the
+ * destination's family for an unbound socket, family 0 when there is none to bind to.
  */
 static __always_inline __u16 capture(struct bpf_sock_addr *ctx, const struct addr *dst, __u16 dport,
-				     const struct addr *src)
+				     const struct addr *src, struct addr *bind)
 {
+	bind->family = 0;
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	struct pod *pod = bpf_map_lookup_elem(&shunt_pods, &cookie);
 	if (!pod)
@@ -419,6 +455,20 @@ static __always_inline __u16 capture(struct bpf_sock_addr *ctx, const struct add
 	od->port = bpf_htons(dport);
 	od->family = dst->family;
 	count(STAT_CONNECT_REDIRECTED, 1);
+
+	/* Bound sockets keep their address; unbound ones (src zero) take the pod's, as the route to
+	 * dst would have given them. */
+	if (src->a[0] | src->a[1] | src->a[2] | src->a[3])
+		return port;
+	if (dst->family == 4 && pod->src4) {
+		addr4(bind, pod->src4);
+	} else if (dst->family == 6 && (pod->src6[0] | pod->src6[1] | pod->src6[2] | pod->src6[3])) {
+		bind->a[0] = pod->src6[0];
+		bind->a[1] = pod->src6[1];
+		bind->a[2] = pod->src6[2];
+		bind->a[3] = pod->src6[3];
+		bind->family = 6;
+	}
 	return port;
 }
 
@@ -435,13 +485,19 @@ int shunt_connect4(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return 1;
-	struct addr dst, src;
+	struct addr dst, src, bind;
 	addr4(&dst, ctx->user_ip4);
 	addr4(&src, sk->src_ip4);
-	__u16 port = capture(ctx, &dst, bpf_ntohs((__u16)ctx->user_port), &src);
-	if (port) {
-		ctx->user_ip4 = bpf_htonl(0x7f000001);
-		ctx->user_port = bpf_htons(port);
+	__u16 port = capture(ctx, &dst, bpf_ntohs((__u16)ctx->user_port), &src, &bind);
+	if (!port)
+		return 1;
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(port);
+	if (bind.family) {
+		/* Port 0: the kernel picks it at connect, as for an unbound socket. A failed bind
+		 * leaves the socket unbound: the connection then comes from 127.0.0.1. */
+		struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr = bind.a[0]};
+		bpf_bind(ctx, (struct sockaddr *)&sin, sizeof(sin));
 	}
 	return 1;
 }
@@ -456,43 +512,77 @@ int shunt_connect6(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return 1;
-	struct addr dst, src;
+	struct addr dst, src, bind;
 	addr6(&dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
 	addr6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
-	__u16 port = capture(ctx, &dst, bpf_ntohs((__u16)ctx->user_port), &src);
-	if (port) {
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		if (dst.family == 4) {
-			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-			ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	__u16 port = capture(ctx, &dst, bpf_ntohs((__u16)ctx->user_port), &src, &bind);
+	if (!port)
+		return 1;
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	if (dst.family == 4) {
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons(port);
+	if (bind.family) {
+		struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
+		if (bind.family == 4) {
+			sin6.sin6_addr[2] = bpf_htonl(0x0000ffff);
+			sin6.sin6_addr[3] = bind.a[0];
 		} else {
-			ctx->user_ip6[2] = 0;
-			ctx->user_ip6[3] = bpf_htonl(1);
+			sin6.sin6_addr[0] = bind.a[0];
+			sin6.sin6_addr[1] = bind.a[1];
+			sin6.sin6_addr[2] = bind.a[2];
+			sin6.sin6_addr[3] = bind.a[3];
 		}
-		ctx->user_port = bpf_htons(port);
+		bpf_bind(ctx, (struct sockaddr *)&sin6, sizeof(sin6));
 	}
 	return 1;
 }
 
-/* pairs reports whether an established socket belongs in shunt_sockhash: one end of an app<->proxy
- * connection over loopback to the outbound or inbound listener, or of the proxy's passthrough
- * connection from 127.0.0.6 / ::6 to the app. */
-static __always_inline int pairs(const struct pod *pod, int active, const struct addr *local, __u16 lport,
-				 const struct addr *remote, __u16 rport)
+/* peer_key_of returns the shunt_origkey key of a socket's address a in the namespace of cookie. */
+static __always_inline struct peer_key peer_key_of(__u64 cookie, const struct addr *a, __u16 port)
 {
-	__u16 listener = active ? rport : lport;
-	if (is_loopback(remote) && (listener == pod->proxy_port || listener == pod->inbound_port))
-		return 1;
-	return active ? is_passthrough(local) : is_passthrough(remote);
+	struct peer_key pk = {
+		.cookie = cookie,
+		.port = port,
+		.family = a->family,
+	};
+	pk.addr[0] = a->a[0];
+	pk.addr[1] = a->a[1];
+	pk.addr[2] = a->a[2];
+	pk.addr[3] = a->a[3];
+	return pk;
 }
 
+/*
+ * shunt_sockops runs when a TCP socket of the cgroup is established (and for the kernel's other
+ * sockops callbacks, which it ignores). For a socket of a registered pod:
+ *
+ *   - the app's end of a redirected connection (it has shunt_origdst) publishes its original
+ *     destination in shunt_origkey under its own address, which is the proxy end's peer;
+ *   - the proxy's end, accepted on loopback at the outbound or DNS listener, takes that entry
+ *     into its shunt_accepted storage for shunt_sockopt and deletes it: no state callbacks, and
+ *     nothing to clean up when either end closes;
+ *   - both ends, and both ends of the proxy's passthrough connection from 127.0.0.6 / ::6 to the
+ *     app, go into shunt_sockhash for sk_msg, unless the pod opted out.
+ */
 SEC("sockops")
 int shunt_sockops(struct bpf_sock_ops *skops)
 {
 	__u32 op = skops->op;
-	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
-	    op != BPF_SOCK_OPS_STATE_CB)
+	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return 1;
+	__u64 cookie = bpf_get_netns_cookie(skops);
+	struct pod *pod = bpf_map_lookup_elem(&shunt_pods, &cookie);
+	if (!pod)
+		return 1;
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
 		return 1;
 
 	struct addr local, remote;
@@ -509,45 +599,32 @@ int shunt_sockops(struct bpf_sock_ops *skops)
 	}
 	__u16 lport = (__u16)skops->local_port;
 	__u16 rport = port_from_ctx(skops->remote_port);
-	__u64 cookie = bpf_get_netns_cookie(skops);
 
-	struct peer_key pk = {
-		.cookie = cookie,
-		.port = lport,
-		.family = local.family,
-	};
-	pk.addr[0] = local.a[0];
-	pk.addr[1] = local.a[1];
-	pk.addr[2] = local.a[2];
-	pk.addr[3] = local.a[3];
-
-	if (op == BPF_SOCK_OPS_STATE_CB) {
-		/* Only redirected app sockets ask for state callbacks. */
-		if (skops->args[1] == BPF_TCP_CLOSE)
-			bpf_map_delete_elem(&shunt_origkey, &pk);
-		return 1;
-	}
-
-	struct pod *pod = bpf_map_lookup_elem(&shunt_pods, &cookie);
-	if (!pod)
-		return 1;
-
-	int active = op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
-	if (active) {
-		/* Publish a redirected app socket's original destination under its local address,
-		 * which is the peer of the proxy's accepted socket, for shunt_sockopt. */
-		struct bpf_sock *sk = skops->sk;
-		if (sk) {
-			struct origdst *od = bpf_sk_storage_get(&shunt_origdst, sk, 0, 0);
-			if (od && bpf_map_update_elem(&shunt_origkey, &pk, od, BPF_ANY) == 0)
-				bpf_sock_ops_cb_flags_set(skops,
-							  skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	int pair;
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		pair = is_passthrough(&local);
+		struct origdst *od = bpf_sk_storage_get(&shunt_origdst, sk, 0, 0);
+		if (od) {
+			struct peer_key pk = peer_key_of(cookie, &local, lport);
+			pair = bpf_map_update_elem(&shunt_origkey, &pk, od, BPF_ANY) == 0;
+		}
+	} else {
+		pair = is_passthrough(&remote);
+		if (!pair && is_loopback(&local) && (lport == pod->proxy_port || lport == pod->dns_port)) {
+			struct peer_key pk = peer_key_of(cookie, &remote, rport);
+			struct origdst *od = bpf_map_lookup_elem(&shunt_origkey, &pk);
+			if (od) {
+				struct origdst *acc =
+					bpf_sk_storage_get(&shunt_accepted, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+				if (acc) {
+					*acc = *od;
+					bpf_map_delete_elem(&shunt_origkey, &pk);
+					pair = 1;
+				}
+			}
 		}
 	}
-
-	if (pod->flags & POD_NO_SOCKMSG)
-		return 1;
-	if (!pairs(pod, active, &local, lport, &remote, rport))
+	if (!pair || (pod->flags & POD_NO_SOCKMSG))
 		return 1;
 	struct pair_key key = {
 		.cookie = cookie,
@@ -622,22 +699,6 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 	return SK_PASS;
 }
 
-/* Only the first fields of these are written; the rest is zeroed. */
-struct sockaddr_in {
-	__u16 sin_family;
-	__be16 sin_port;
-	__be32 sin_addr;
-	__u8 sin_zero[8];
-};
-
-struct sockaddr_in6 {
-	__u16 sin6_family;
-	__be16 sin6_port;
-	__be32 sin6_flowinfo;
-	__u32 sin6_addr[4];
-	__u32 sin6_scope_id;
-};
-
 /*
  * shunt_sockopt answers SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6) on a socket
  * whose peer is a redirected app socket (the proxy's accepted socket). Anything else, including a
@@ -655,25 +716,22 @@ int shunt_sockopt(struct bpf_sockopt *ctx)
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return 1;
 
-	struct addr peer;
-	if (sk->family == AF_INET)
-		addr4(&peer, sk->dst_ip4);
-	else if (sk->family == AF_INET6)
-		addr6(&peer, sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]);
-	else
-		return 1;
-	struct peer_key pk = {
-		.cookie = bpf_get_netns_cookie(ctx),
-		.port = bpf_ntohs(sk->dst_port),
-		.family = peer.family,
-	};
-	pk.addr[0] = peer.a[0];
-	pk.addr[1] = peer.a[1];
-	pk.addr[2] = peer.a[2];
-	pk.addr[3] = peer.a[3];
-	struct origdst *od = bpf_map_lookup_elem(&shunt_origkey, &pk);
-	if (!od)
-		return 1;
+	/* The proxy's end took the original destination when it was established; the map entry it
+	 * took it from answers a proxy that asks before that callback ran. */
+	struct origdst *od = bpf_sk_storage_get(&shunt_accepted, sk, 0, 0);
+	if (!od) {
+		struct addr peer;
+		if (sk->family == AF_INET)
+			addr4(&peer, sk->dst_ip4);
+		else if (sk->family == AF_INET6)
+			addr6(&peer, sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]);
+		else
+			return 1;
+		struct peer_key pk = peer_key_of(bpf_get_netns_cookie(ctx), &peer, bpf_ntohs(sk->dst_port));
+		od = bpf_map_lookup_elem(&shunt_origkey, &pk);
+		if (!od)
+			return 1;
+	}
 
 	if (level == SOL_IP) {
 		struct sockaddr_in *sin = ctx->optval;

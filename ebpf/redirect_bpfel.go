@@ -72,6 +72,8 @@ type redirectPod struct {
 	Gids        [4]uint32
 	Lo4Addr     uint32
 	Lo4Mask     uint32
+	Src4        uint32
+	Src6        [4]uint32
 }
 
 type redirectPodFlag uint32
@@ -122,6 +124,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	redirectMapShuntAccepted   = "shunt_accepted"
 	redirectMapShuntCidrs      = "shunt_cidrs"
 	redirectMapShuntMsgstate   = "shunt_msgstate"
 	redirectMapShuntOrigdst    = "shunt_origdst"
@@ -194,6 +197,7 @@ type redirectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectMapSpecs struct {
+	ShuntAccepted *ebpf.MapSpec `ebpf:"shunt_accepted"`
 	ShuntCidrs    *ebpf.MapSpec `ebpf:"shunt_cidrs"`
 	ShuntMsgstate *ebpf.MapSpec `ebpf:"shunt_msgstate"`
 	ShuntOrigdst  *ebpf.MapSpec `ebpf:"shunt_origdst"`
@@ -230,6 +234,7 @@ func (o *redirectObjects) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectMaps struct {
+	ShuntAccepted *ebpf.Map `ebpf:"shunt_accepted"`
 	ShuntCidrs    *ebpf.Map `ebpf:"shunt_cidrs"`
 	ShuntMsgstate *ebpf.Map `ebpf:"shunt_msgstate"`
 	ShuntOrigdst  *ebpf.Map `ebpf:"shunt_origdst"`
@@ -242,6 +247,7 @@ type redirectMaps struct {
 
 func (m *redirectMaps) Close() error {
 	return _RedirectClose(
+		m.ShuntAccepted,
 		m.ShuntCidrs,
 		m.ShuntMsgstate,
 		m.ShuntOrigdst,

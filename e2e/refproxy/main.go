@@ -16,6 +16,10 @@
 // "proxy=outbound-loop", "proxy=inbound-loop" or "dns=proxy-loop" and closed,
 // so a bad rule shows up in the reply instead of as an endless loop.
 //
+// With -tag-peer, the outbound tag also names the downstream peer the proxy
+// accepted: "proxy=outbound orig=IP:PORT peer=IP:PORT;", what Envoy reports
+// as the downstream remote address.
+//
 // With -direct-upstream IP:PORT, a connection dialed to the outbound port
 // directly (it has no original destination) is tagged "proxy=outbound
 // direct=IP:PORT;" and relayed there: the data-path benchmark's baseline
@@ -58,12 +62,14 @@ func run(args []string, stdout io.Writer) error {
 	fs.Var(&direct, "direct-upstream", "IP:PORT outbound connections without an original destination (dialed to the outbound port directly) are relayed to; without it they are answered with an error")
 	var dnsUpstreams upstreamList
 	fs.Var(&dnsUpstreams, "dns-upstream", "IP:PORT the DNS proxy forwards queries of that IP family to (repeatable)")
+	tagPeer := fs.Bool("tag-peer", false, "name the downstream peer in the outbound tag")
 	services := serviceMap{}
 	fs.Var(services, "service", "VIP:PORT=IP:PORT: outbound connections to VIP:PORT go to IP:PORT (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	p := &proxy{services: services, mark: *mark, dnsUpstreams: dnsUpstreams, own: newOwnSockets(), direct: netip.AddrPort(direct)}
+	p := &proxy{services: services, mark: *mark, dnsUpstreams: dnsUpstreams, own: newOwnSockets(), direct: netip.AddrPort(direct),
+		tagPeer: *tagPeer}
 	switch *mode {
 	case "REDIRECT":
 	case "TPROXY":
@@ -121,6 +127,7 @@ type proxy struct {
 	dnsUpstreams upstreamList
 	own          *ownSockets
 	direct       netip.AddrPort // see -direct-upstream
+	tagPeer      bool           // see -tag-peer
 }
 
 func serveTCP(l net.Listener, handle func(*net.TCPConn)) error {
@@ -164,7 +171,11 @@ func (p *proxy) outbound(c *net.TCPConn) {
 	if ep, ok := p.services[orig]; ok {
 		dst = ep
 	}
-	fmt.Fprintf(c, "proxy=outbound orig=%s;", orig)
+	if p.tagPeer {
+		fmt.Fprintf(c, "proxy=outbound orig=%s peer=%s;", orig, addrPort(c.RemoteAddr()))
+	} else {
+		fmt.Fprintf(c, "proxy=outbound orig=%s;", orig)
+	}
 	up, release, err := p.dial(dst, upstreamOutbound, netip.Addr{})
 	if err != nil {
 		fmt.Fprintf(c, "error=%q\n", err)
