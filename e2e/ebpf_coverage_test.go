@@ -1,0 +1,374 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/shuntmesh/shunt/internal/testutil"
+)
+
+// TestEBPFCoverage proves the eBPF fast path over every kind of rules that
+// can sit underneath it, and pins down the one place where its decision
+// differs from theirs: whose identity a connection is judged by.
+//
+// rules: the same eBPF pod (load, join, the reference sidecar in the pod's
+// cgroup) over iptables-nft, iptables-legacy and native nftables, each in
+// REDIRECT and in TPROXY mode, IPv4 and IPv6: F1 from the remote through the
+// inbound listener and the proxy's passthrough to the app, F2 captured by the
+// connect hook, F4 through the proxy and back in, F5, F6 and F7 left alone.
+// ipv6_off: the same with IPv6 off in the rules and in join.
+//
+// owner: processes whose real and effective uid or gid differ, in a pod with
+// the iptables rules only and in an eBPF pod (see testEBPFOwner).
+func TestEBPFCoverage(t *testing.T) {
+	testutil.RequireRoot(t)
+	t.Run("rules", func(t *testing.T) {
+		for _, v := range variants {
+			for _, mode := range modes {
+				t.Run(string(v)+"/"+mode, func(t *testing.T) {
+					t.Parallel()
+					testEBPFOverRules(t, v, mode)
+				})
+			}
+		}
+	})
+	t.Run("ipv6_off", func(t *testing.T) {
+		for _, v := range variants {
+			t.Run(string(v), func(t *testing.T) {
+				t.Parallel()
+				testEBPFIPv6Off(t, v)
+			})
+		}
+	})
+	t.Run("owner", testEBPFOwner)
+}
+
+// coverCapture are the injector's flags for mode (IPv6 on) plus an excluded
+// port and the far CIDRs excluded: the rules' flags; joinCover the outbound
+// ones of them, which join takes.
+func coverCapture(mode string, ipv6 bool) (rules, join []string) {
+	var exclude []string
+	for _, f := range families {
+		exclude = append(exclude, f.farNet.String())
+	}
+	common := []string{"-p", "15001", "-z", "15006", "-u", "1337", "-i", "*",
+		"-o", fmt.Sprint(ppExcludedPort), "-x", strings.Join(exclude, ","), "--ipv6=" + strconv.FormatBool(ipv6)}
+	rules = append(slices.Clone(common), "-m", mode, "-b", "*", "-d", "15090,15021,15020")
+	return rules, common
+}
+
+// newCoverPod is a meshPod whose rules are variant v's in mode, loaded and
+// joined, with the reference sidecar running as Istio runs it in mode.
+func newCoverPod(t *testing.T, v variant, mode string, ipv6 bool) *meshPod {
+	t.Helper()
+	m := newMeshPod(t)
+	m.variant = v
+	rules, join := coverCapture(mode, ipv6)
+	m.iptables(t, rules...)
+	m.load(t)
+	m.join(t, join...)
+	startModeProxy(t, m, mode)
+	return m
+}
+
+// startModeProxy starts the reference sidecar in m's cgroup in mode, as the
+// identity Istio gives it there (uid 1337, or uid 0 gid 1337 in TPROXY
+// mode), with the services of meshPod.startProxy.
+func startModeProxy(t *testing.T, m *meshPod, mode string) {
+	t.Helper()
+	cred := proxyCred(mode)
+	args := []string{bins.Path(t, pkgRefproxy), "-mode", mode}
+	for _, f := range families {
+		args = append(args,
+			"-service", f.selfVIP.String()+"="+addr(f.pod, ppPort).String(),
+			"-service", f.remoteVIP.String()+"="+addr(f.remote, ppPort).String())
+	}
+	m.cg.Start(t, m.ns, &cred, args...)
+}
+
+func testEBPFOverRules(t *testing.T, v variant, mode string) {
+	m := newCoverPod(t, v, mode, true)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			remote, own := addr(f.remote, ppPort), addr(f.pod, ppPort)
+			// The peer the app sees on a connection the inbound listener
+			// passed on: the passthrough address in REDIRECT mode; in
+			// TPROXY mode the client's own, the pod's IP for the proxy's
+			// hairpin (F4).
+			inboundPeer, hairpinPeer := f.passthrough, f.passthrough
+			if mode == "TPROXY" {
+				inboundPeer, hairpinPeer = f.remote, f.pod
+			}
+			t.Run("F1/remote_to_app", func(t *testing.T) {
+				m.runRemoteProbe(t, own, viaInbound(own)+ppReply("pod", inboundPeer, own))
+			})
+			outbound := func(orig netip.AddrPort) string { return viaOutbound(orig) + ppReply("remote", f.pod, remote) }
+			direct := func(to netip.AddrPort, name string, peer netip.Addr) string { return ppReply(name, peer, to) }
+			probes := []ebpfProbe{
+				{"F2/app_to_remote", appUser, remote, 64<<10 + 1, outbound(remote), f.localhost, true},
+				{"F2/app_to_remote_service", appUser, f.remoteVIP, 4096, outbound(f.remoteVIP), f.localhost, true},
+				{"F4/app_to_own_service", appUser, f.selfVIP, 4096,
+					viaOutbound(f.selfVIP) + viaInbound(own) + ppReply("pod", hairpinPeer, own), f.localhost, true},
+				{"F4/app_to_own_pod_ip", appUser, own, 4096, direct(own, "pod", f.pod), f.pod, false},
+				{"F5/app_to_localhost", appUser, addr(f.localhost, ppPort), 4096,
+					direct(addr(f.localhost, ppPort), "pod", f.localhost), f.localhost, false},
+				{"F6/proxy_to_remote", proxyCred(mode), remote, 4096, direct(remote, "remote", f.pod), f.pod, false},
+				{"F6/uid_1337_to_remote", proxyUID, remote, 4096, direct(remote, "remote", f.pod), f.pod, false},
+				{"F6/gid_1337_to_remote", proxyGID, remote, 4096, direct(remote, "remote", f.pod), f.pod, false},
+				{"F7/excluded_port", appUser, addr(f.remote, ppExcludedPort), 4096,
+					direct(addr(f.remote, ppExcludedPort), "remote", f.pod), f.pod, false},
+				{"F7/excluded_cidr", appUser, addr(f.far, ppPort), 4096,
+					direct(addr(f.far, ppPort), "remote", f.pod), f.pod, false},
+			}
+			for _, p := range probes {
+				t.Run(p.name, func(t *testing.T) { m.runEBPFProbe(t, p, true) })
+			}
+		})
+	}
+	if s := m.status(t); s.Counters.RedirectMisses != 0 {
+		t.Errorf("redirect_misses = %d after the flows, want 0", s.Counters.RedirectMisses)
+	}
+}
+
+// testEBPFIPv6Off runs a pod of variant v with IPv6 off in the rules and in
+// join: IPv4 is captured by the connect hook; IPv6 is not, and what happens
+// to it is up to the rules: nothing with the iptables variants, which leave
+// ip6tables alone, and capture by the nat rules with native nftables, whose
+// inet tables match IPv6 as well (TestIstioQuirkNativeIPv6Disabled).
+func testEBPFIPv6Off(t *testing.T, v variant) {
+	m := newCoverPod(t, v, "REDIRECT", false)
+	remote4, remote6 := addr(ipv4.remote, ppPort), addr(ipv6.remote, ppPort)
+	want6 := ppReply("remote", ipv6.pod, remote6)
+	if v == native {
+		want6 = viaOutbound(remote6) + want6
+	}
+	for _, p := range []ebpfProbe{
+		{"ipv4/F2/app_to_remote", appUser, remote4, 4096,
+			viaOutbound(remote4) + ppReply("remote", ipv4.pod, remote4), ipv4.localhost, true},
+		{"ipv6/F2/app_to_remote", appUser, remote6, 4096, want6, ipv6.pod, false},
+	} {
+		t.Run(p.name, func(t *testing.T) { m.runEBPFProbe(t, p, true) })
+	}
+}
+
+// runRemoteProbe connects from the remote to `to` in the pod, checks the
+// reply's path and that the pod's eBPF programs redirected nothing and
+// answered no SO_ORIGINAL_DST: an inbound connection, and the proxy's
+// passthrough to the app, are the rules' alone.
+func (m *meshPod) runRemoteProbe(t *testing.T, to netip.AddrPort, want string) {
+	t.Helper()
+	before := m.status(t).Counters
+	out, err := m.remote.Exec(&root, nil, bins.Path(t, pkgPingpong), "client", "-addr", to.String(), "-mode", "echo", "-bytes", "4096")
+	delta := m.status(t).Counters.minus(before)
+	r, err := parsePingpong(out, err)
+	if err != nil {
+		t.Fatalf("pingpong from the remote to %s: %v (result %+v)", to, err, r)
+	}
+	if got := peerPort.ReplaceAllString(r.Path, "peer=$1"); got != want {
+		t.Errorf("path from the remote to %s:\n got: %s\nwant: %s", to, got, want)
+	}
+	if !r.Intact || r.Bytes != 4096 {
+		t.Errorf("payload of 4096 bytes: got %d back, intact %t", r.Bytes, r.Intact)
+	}
+	if delta.ConnectsRedirected != 0 || delta.OrigdstAnswered != 0 || delta.RedirectMisses != 0 {
+		t.Errorf("counters grew by %+v, want connects_redirected, origdst_answered and redirect_misses unchanged", delta)
+	}
+	t.Logf("remote -> %s: counters grew %+v", to, delta)
+}
+
+// parsePingpong reads what `pingpong client` printed; an error when it
+// failed or printed no result.
+func parsePingpong(out []byte, err error) (ppResult, error) {
+	var r ppResult
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		return r, fmt.Errorf("pingpong printed %q: %w", out, errors.Join(err, jerr))
+	}
+	return r, err
+}
+
+// ids is a process's real and effective uid and gid (saved and filesystem
+// ids follow the effective ones, as setresuid and setresgid set them).
+type ids struct {
+	ruid, euid, rgid, egid int
+}
+
+func (i ids) String() string {
+	return fmt.Sprintf("uid %d/%d gid %d/%d", i.ruid, i.euid, i.rgid, i.egid)
+}
+
+// pingpongAs runs `pingpong client -addr to` in m's namespace and cgroup as
+// a process with the real and effective ids of id (setpriv), and returns
+// what it printed.
+func (m *meshPod) pingpongAs(t *testing.T, id ids, to netip.AddrPort) (ppResult, error) {
+	t.Helper()
+	argv := []string{"setpriv",
+		"--ruid", fmt.Sprint(id.ruid), "--euid", fmt.Sprint(id.euid),
+		"--rgid", fmt.Sprint(id.rgid), "--egid", fmt.Sprint(id.egid), "--clear-groups", "--",
+		bins.Path(t, pkgPingpong), "client", "-addr", to.String(), "-mode", "echo", "-bytes", "1000"}
+	cmd := m.cg.Place(m.ns.Command(nil, argv...))
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return parsePingpong([]byte(stdout.String()), err)
+}
+
+// Owner outcomes: what became of a connection.
+const (
+	ownerEBPF    = "ebpf"    // the connect hook sent it to the outbound listener
+	ownerNAT     = "nat"     // nat OUTPUT sent it to the outbound listener
+	ownerHairpin = "hairpin" // nat OUTPUT sent it to the inbound listener (the proxy's hairpin, F4)
+	ownerNone    = "-"       // it reached its destination uncaptured
+)
+
+// ownerCase is a process identity and what becomes of its connections to
+// the remote and to its own pod IP, in a pod with the iptables rules only
+// and in an eBPF pod over the same rules.
+type ownerCase struct {
+	name                       string
+	id                         ids
+	iptablesRemote, ebpfRemote string
+	iptablesOwn, ebpfOwn       string
+}
+
+// ownerCases: the iptables owner match (xt_owner, and nftables' meta
+// skuid/skgid) reads the fsuid/fsgid of the credentials of the file that
+// opened the socket (sk->sk_socket->file->f_cred), which follow the
+// effective ids; the connect hook reads bpf_get_current_uid_gid(), the real
+// uid and gid of the task calling connect(2) (current_cred()->uid/gid). So,
+// to the remote (F2/F6) and to the pod's own IP (F4):
+//
+//	process (uid real/eff, gid real/eff)  iptables only    eBPF pod
+//	                                      remote  own IP   remote  own IP
+//	app      1000/1000  1000/1000         nat     -        ebpf    -
+//	proxy    1337/1337  1337/1337         -       hairpin  -       hairpin
+//	ruid app, euid proxy  1000/1337 1000  -       hairpin  ebpf    hairpin
+//	ruid proxy, euid app  1337/1000 1000  nat     -        nat     -
+//	rgid app, egid proxy  1000 1000/1337  -       -        ebpf    -
+//	rgid proxy, egid app  1000 1337/1000  nat     -        nat     -
+//
+// The two disagree where real and effective ids straddle the proxy's: a
+// process that is the proxy only by its effective id is captured by the
+// hook (ebpf) where the rules let it out; one that is the proxy only by its
+// real id is passed by the hook and captured by the nat rules underneath
+// (nat), as the rules alone would. To the own pod IP the hook passes every
+// app connection (it leaves loopback to the rules), so the rules decide
+// there and both pods agree; only a uid of 1337 is hairpinned, as "-o lo -m
+// owner ! --uid-owner 1337 -j RETURN" returns every other uid on lo before
+// the gid rules are reached.
+var ownerCases = []ownerCase{
+	{"app", ids{1000, 1000, 1000, 1000}, ownerNAT, ownerEBPF, ownerNone, ownerNone},
+	{"proxy", ids{1337, 1337, 1337, 1337}, ownerNone, ownerNone, ownerHairpin, ownerHairpin},
+	{"ruid_app_euid_proxy", ids{1000, 1337, 1000, 1000}, ownerNone, ownerEBPF, ownerHairpin, ownerHairpin},
+	{"ruid_proxy_euid_app", ids{1337, 1000, 1000, 1000}, ownerNAT, ownerNAT, ownerNone, ownerNone},
+	{"rgid_app_egid_proxy", ids{1000, 1000, 1000, 1337}, ownerNone, ownerEBPF, ownerNone, ownerNone},
+	{"rgid_proxy_egid_app", ids{1000, 1000, 1337, 1000}, ownerNAT, ownerNAT, ownerNone, ownerNone},
+}
+
+// testEBPFOwner runs ownerCases in two pods side by side, both with the
+// injector's REDIRECT rules (iptables-nft) and the sidecar as uid 1337: one
+// with the rules only, one loaded and joined.
+func testEBPFOwner(t *testing.T) {
+	rules, join := coverCapture("REDIRECT", true)
+	plain := newMeshPod(t)
+	plain.iptables(t, rules...)
+	startModeProxy(t, plain, "REDIRECT")
+	fast := newMeshPod(t)
+	fast.iptables(t, rules...)
+	fast.load(t)
+	fast.join(t, join...)
+	startModeProxy(t, fast, "REDIRECT")
+
+	for _, f := range families {
+		remote, own := addr(f.remote, ppPort), addr(f.pod, ppPort)
+		for _, c := range ownerCases {
+			t.Run(f.name+"/"+c.name, func(t *testing.T) {
+				for _, o := range []struct {
+					pod  string
+					m    *meshPod
+					to   netip.AddrPort
+					want string
+				}{
+					{"iptables", plain, remote, c.iptablesRemote},
+					{"iptables", plain, own, c.iptablesOwn},
+					{"ebpf", fast, remote, c.ebpfRemote},
+					{"ebpf", fast, own, c.ebpfOwn},
+				} {
+					got, err := o.m.ownerOutcome(t, f, c.id, o.to, o.m == fast)
+					if err != nil {
+						t.Errorf("%s pod, %s to %s: %v", o.pod, c.id, o.to, err)
+						continue
+					}
+					if got != o.want {
+						t.Errorf("%s pod, %s to %s: %s, want %s", o.pod, c.id, o.to, got, o.want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// ownerOutcome connects as id to `to` (the remote or the pod's own IP) and
+// tells from the reply's path, the socket's local address and, in an eBPF
+// pod, the counters, what became of the connection.
+func (m *meshPod) ownerOutcome(t *testing.T, f family, id ids, to netip.AddrPort, loaded bool) (string, error) {
+	t.Helper()
+	var before ebpfCounters
+	if loaded {
+		before = m.status(t).Counters
+	}
+	r, err := m.pingpongAs(t, id, to)
+	if err != nil {
+		return "", fmt.Errorf("%w (result %+v)", err, r)
+	}
+	var delta ebpfCounters
+	if loaded {
+		delta = m.status(t).Counters.minus(before)
+	}
+	if !r.Intact || r.Bytes != 1000 {
+		return "", fmt.Errorf("payload of 1000 bytes: got %d back, intact %t", r.Bytes, r.Intact)
+	}
+	local, err := netip.ParseAddrPort(r.Local)
+	if err != nil {
+		return "", err
+	}
+	server := "remote"
+	if to.Addr() == f.pod {
+		server = "pod"
+	}
+	path := peerPort.ReplaceAllString(r.Path, "peer=$1")
+	var got string
+	switch path {
+	case viaOutbound(to) + ppReply(server, f.pod, to):
+		got = ownerNAT
+		if local.Addr() == f.localhost {
+			got = ownerEBPF
+		}
+	case viaInbound(to) + ppReply(server, f.passthrough, to):
+		got = ownerHairpin
+	case ppReply(server, f.pod, to):
+		got = ownerNone
+	default:
+		return "", fmt.Errorf("path %q, local %s: none of the expected ones", path, r.Local)
+	}
+	if want := uint64(0); loaded {
+		if got == ownerEBPF {
+			want = 1
+		}
+		if delta.ConnectsRedirected != want {
+			return "", fmt.Errorf("%s, but connects_redirected grew by %d", got, delta.ConnectsRedirected)
+		}
+	}
+	t.Logf("%s to %s: %s (path %s, local %s)", id, to, got, path, r.Local)
+	return got, nil
+}
