@@ -24,7 +24,7 @@ import (
 // REDIRECT and in TPROXY mode, IPv4 and IPv6: F1 from the remote through the
 // inbound listener and the proxy's passthrough to the app, F2 captured by the
 // connect hook, F4 through the proxy and back in, F5, F6 and F7 left alone.
-// ipv6_off: the same with IPv6 off in the rules and in join.
+// ipv6_off: F2 with IPv6 off in the rules and in join.
 //
 // owner: processes whose real and effective uid or gid differ, in a pod with
 // the iptables rules only and in an eBPF pod (see testEBPFOwner).
@@ -51,9 +51,9 @@ func TestEBPFCoverage(t *testing.T) {
 	t.Run("owner", testEBPFOwner)
 }
 
-// coverCapture are the injector's flags for mode (IPv6 on) plus an excluded
-// port and the far CIDRs excluded: the rules' flags; joinCover the outbound
-// ones of them, which join takes.
+// coverCapture returns the rules' flags, the injector's for mode plus an
+// excluded port (ppExcludedPort) and excluded CIDRs (the far networks), and
+// join's, the outbound ones of them.
 func coverCapture(mode string, ipv6 bool) (rules, join []string) {
 	var exclude []string
 	for _, f := range families {
@@ -94,6 +94,12 @@ func startModeProxy(t *testing.T, m *meshPod, mode string) {
 	m.cg.Start(t, m.ns, &cred, args...)
 }
 
+// testEBPFOverRules runs the flows through an eBPF pod over v's rules in
+// mode. In TPROXY mode the mangle rules leave the hook's connections alone:
+// they go to 127.0.0.1 or ::1, which the mangle OUTPUT marks ("! -d
+// 127.0.0.1/32 -o lo ... --set-xmark 0x53a") and the TPROXY rule exclude,
+// and ISTIO_INBOUND returns unmarked packets on lo; the proxy's hairpin to
+// its own pod IP (F4, as gid 1337) is marked and handed to 15006 by TPROXY.
 func testEBPFOverRules(t *testing.T, v variant, mode string) {
 	m := newCoverPod(t, v, mode, true)
 	for _, f := range families {
@@ -231,14 +237,24 @@ const (
 	ownerNone    = "-"       // it reached its destination uncaptured
 )
 
-// ownerCase is a process identity and what becomes of its connections to
+// ownerCase is a connecting process and what becomes of its connections to
 // the remote and to its own pod IP, in a pod with the iptables rules only
-// and in an eBPF pod over the same rules.
+// and in an eBPF pod over the same rules. The process has the real and
+// effective ids of id (setpriv), or, when opener is set, opens its socket as
+// opener and connects it as connector (sockopener).
 type ownerCase struct {
 	name                       string
 	id                         ids
+	opener, connector          *testutil.Cred
 	iptablesRemote, ebpfRemote string
 	iptablesOwn, ebpfOwn       string
+}
+
+func (c ownerCase) String() string {
+	if c.opener != nil {
+		return fmt.Sprintf("opened as %v, connected as %v", *c.opener, *c.connector)
+	}
+	return c.id.String()
 }
 
 // ownerCases: the iptables owner match (xt_owner, and nftables' meta
@@ -248,32 +264,48 @@ type ownerCase struct {
 // uid and gid of the task calling connect(2) (current_cred()->uid/gid). So,
 // to the remote (F2/F6) and to the pod's own IP (F4):
 //
-//	process (uid real/eff, gid real/eff)  iptables only    eBPF pod
-//	                                      remote  own IP   remote  own IP
-//	app      1000/1000  1000/1000         nat     -        ebpf    -
-//	proxy    1337/1337  1337/1337         -       hairpin  -       hairpin
-//	ruid app, euid proxy  1000/1337 1000  -       hairpin  ebpf    hairpin
-//	ruid proxy, euid app  1337/1000 1000  nat     -        nat     -
-//	rgid app, egid proxy  1000 1000/1337  -       -        ebpf    -
-//	rgid proxy, egid app  1000 1337/1000  nat     -        nat     -
+//	process                                iptables only    eBPF pod
+//	(uid real/eff, gid real/eff)           remote  own IP   remote  own IP
+//	app      1000/1000 1000/1000           nat     -        ebpf    -
+//	proxy    1337/1337 1337/1337           -       hairpin  -       hairpin
+//	ruid app, euid proxy  1000/1337 1000   -       hairpin  ebpf    hairpin
+//	ruid proxy, euid app  1337/1000 1000   nat     -        nat     -
+//	rgid app, egid proxy  1000 1000/1337   -       -        ebpf    -
+//	rgid proxy, egid app  1000 1337/1000   nat     -        nat     -
+//	socket opened as proxy, connected as app  -  hairpin    ebpf    hairpin
+//	socket opened as app, connected as proxy  nat  -        nat     -
 //
-// The two disagree where real and effective ids straddle the proxy's: a
-// process that is the proxy only by its effective id is captured by the
-// hook (ebpf) where the rules let it out; one that is the proxy only by its
-// real id is passed by the hook and captured by the nat rules underneath
-// (nat), as the rules alone would. To the own pod IP the hook passes every
-// app connection (it leaves loopback to the rules), so the rules decide
-// there and both pods agree; only a uid of 1337 is hairpinned, as "-o lo -m
-// owner ! --uid-owner 1337 -j RETURN" returns every other uid on lo before
-// the gid rules are reached.
+// The two disagree where the connecting task's real ids and the socket
+// opener's effective ids straddle the proxy's: a process that is the proxy
+// only by its effective id, or connects a socket the proxy opened, is
+// captured by the hook (ebpf) where the rules let it out; one that is the
+// proxy only by its real id, or connects a socket an app opened, is passed
+// by the hook and captured by the nat rules underneath (nat), as the rules
+// alone would. To the own pod IP the hook passes every app connection (it
+// leaves loopback to the rules), so the rules decide there and both pods
+// agree; only a uid of 1337 is hairpinned, as "-o lo -m owner ! --uid-owner
+// 1337 -j RETURN" returns every other uid on lo before the gid rules are
+// reached.
 var ownerCases = []ownerCase{
-	{"app", ids{1000, 1000, 1000, 1000}, ownerNAT, ownerEBPF, ownerNone, ownerNone},
-	{"proxy", ids{1337, 1337, 1337, 1337}, ownerNone, ownerNone, ownerHairpin, ownerHairpin},
-	{"ruid_app_euid_proxy", ids{1000, 1337, 1000, 1000}, ownerNone, ownerEBPF, ownerHairpin, ownerHairpin},
-	{"ruid_proxy_euid_app", ids{1337, 1000, 1000, 1000}, ownerNAT, ownerNAT, ownerNone, ownerNone},
-	{"rgid_app_egid_proxy", ids{1000, 1000, 1000, 1337}, ownerNone, ownerEBPF, ownerNone, ownerNone},
-	{"rgid_proxy_egid_app", ids{1000, 1000, 1337, 1000}, ownerNAT, ownerNAT, ownerNone, ownerNone},
+	{name: "app", id: ids{1000, 1000, 1000, 1000},
+		iptablesRemote: ownerNAT, ebpfRemote: ownerEBPF, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
+	{name: "proxy", id: ids{1337, 1337, 1337, 1337},
+		iptablesRemote: ownerNone, ebpfRemote: ownerNone, iptablesOwn: ownerHairpin, ebpfOwn: ownerHairpin},
+	{name: "ruid_app_euid_proxy", id: ids{1000, 1337, 1000, 1000},
+		iptablesRemote: ownerNone, ebpfRemote: ownerEBPF, iptablesOwn: ownerHairpin, ebpfOwn: ownerHairpin},
+	{name: "ruid_proxy_euid_app", id: ids{1337, 1000, 1000, 1000},
+		iptablesRemote: ownerNAT, ebpfRemote: ownerNAT, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
+	{name: "rgid_app_egid_proxy", id: ids{1000, 1000, 1000, 1337},
+		iptablesRemote: ownerNone, ebpfRemote: ownerEBPF, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
+	{name: "rgid_proxy_egid_app", id: ids{1000, 1000, 1337, 1000},
+		iptablesRemote: ownerNAT, ebpfRemote: ownerNAT, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
+	{name: "opened_by_proxy_connected_by_app", opener: &proxyUser, connector: &appUser,
+		iptablesRemote: ownerNone, ebpfRemote: ownerEBPF, iptablesOwn: ownerHairpin, ebpfOwn: ownerHairpin},
+	{name: "opened_by_app_connected_by_proxy", opener: &appUser, connector: &proxyUser,
+		iptablesRemote: ownerNAT, ebpfRemote: ownerNAT, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
 }
+
+const pkgSockopener = "github.com/shuntmesh/shunt/e2e/sockopener"
 
 // testEBPFOwner runs ownerCases in two pods side by side, both with the
 // injector's REDIRECT rules (iptables-nft) and the sidecar as uid 1337: one
@@ -304,13 +336,13 @@ func testEBPFOwner(t *testing.T) {
 					{"ebpf", fast, remote, c.ebpfRemote},
 					{"ebpf", fast, own, c.ebpfOwn},
 				} {
-					got, err := o.m.ownerOutcome(t, f, c.id, o.to, o.m == fast)
+					got, err := o.m.ownerOutcome(t, f, c, o.to, o.m == fast)
 					if err != nil {
-						t.Errorf("%s pod, %s to %s: %v", o.pod, c.id, o.to, err)
+						t.Errorf("%s pod, %v, to %s: %v", o.pod, c, o.to, err)
 						continue
 					}
 					if got != o.want {
-						t.Errorf("%s pod, %s to %s: %s, want %s", o.pod, c.id, o.to, got, o.want)
+						t.Errorf("%s pod, %v, to %s: %s, want %s", o.pod, c, o.to, got, o.want)
 					}
 				}
 			})
@@ -318,27 +350,48 @@ func testEBPFOwner(t *testing.T) {
 	}
 }
 
-// ownerOutcome connects as id to `to` (the remote or the pod's own IP) and
-// tells from the reply's path, the socket's local address and, in an eBPF
-// pod, the counters, what became of the connection.
-func (m *meshPod) ownerOutcome(t *testing.T, f family, id ids, to netip.AddrPort, loaded bool) (string, error) {
+// dial makes c's connection from m to `to` and returns the reply's path and
+// the socket's local address.
+func (m *meshPod) dial(t *testing.T, c ownerCase, to netip.AddrPort) (path, local string, err error) {
+	t.Helper()
+	if c.opener == nil {
+		r, err := m.pingpongAs(t, c.id, to)
+		if err != nil {
+			return "", "", fmt.Errorf("%w (result %+v)", err, r)
+		}
+		if !r.Intact || r.Bytes != 1000 {
+			return "", "", fmt.Errorf("payload of 1000 bytes: got %d back, intact %t", r.Bytes, r.Intact)
+		}
+		return r.Path, r.Local, nil
+	}
+	out, err := m.cg.Exec(m.ns, nil, bins.Path(t, pkgSockopener), "-addr", to.String(),
+		"-open", fmt.Sprintf("%d:%d", c.opener.UID, c.opener.GID),
+		"-connect", fmt.Sprintf("%d:%d", c.connector.UID, c.connector.GID))
+	var r struct{ Path, Local, Error string }
+	if jerr := json.Unmarshal(out, &r); jerr != nil || err != nil {
+		return "", "", fmt.Errorf("sockopener printed %q: %w", out, errors.Join(err, jerr))
+	}
+	return r.Path, r.Local, nil
+}
+
+// ownerOutcome makes c's connection to `to` (the remote or the pod's own IP)
+// and tells from the reply's path, the socket's local address and, in an
+// eBPF pod, the counters, what became of it.
+func (m *meshPod) ownerOutcome(t *testing.T, f family, c ownerCase, to netip.AddrPort, loaded bool) (string, error) {
 	t.Helper()
 	var before ebpfCounters
 	if loaded {
 		before = m.status(t).Counters
 	}
-	r, err := m.pingpongAs(t, id, to)
+	path, r, err := m.dial(t, c, to)
 	if err != nil {
-		return "", fmt.Errorf("%w (result %+v)", err, r)
+		return "", err
 	}
 	var delta ebpfCounters
 	if loaded {
 		delta = m.status(t).Counters.minus(before)
 	}
-	if !r.Intact || r.Bytes != 1000 {
-		return "", fmt.Errorf("payload of 1000 bytes: got %d back, intact %t", r.Bytes, r.Intact)
-	}
-	local, err := netip.ParseAddrPort(r.Local)
+	local, err := netip.ParseAddrPort(r)
 	if err != nil {
 		return "", err
 	}
@@ -346,7 +399,7 @@ func (m *meshPod) ownerOutcome(t *testing.T, f family, id ids, to netip.AddrPort
 	if to.Addr() == f.pod {
 		server = "pod"
 	}
-	path := peerPort.ReplaceAllString(r.Path, "peer=$1")
+	path = peerPort.ReplaceAllString(path, "peer=$1")
 	var got string
 	switch path {
 	case viaOutbound(to) + ppReply(server, f.pod, to):
@@ -359,7 +412,7 @@ func (m *meshPod) ownerOutcome(t *testing.T, f family, id ids, to netip.AddrPort
 	case ppReply(server, f.pod, to):
 		got = ownerNone
 	default:
-		return "", fmt.Errorf("path %q, local %s: none of the expected ones", path, r.Local)
+		return "", fmt.Errorf("path %q, local %s: none of the expected ones", path, local)
 	}
 	if want := uint64(0); loaded {
 		if got == ownerEBPF {
@@ -369,6 +422,6 @@ func (m *meshPod) ownerOutcome(t *testing.T, f family, id ids, to netip.AddrPort
 			return "", fmt.Errorf("%s, but connects_redirected grew by %d", got, delta.ConnectsRedirected)
 		}
 	}
-	t.Logf("%s to %s: %s (path %s, local %s)", id, to, got, path, r.Local)
+	t.Logf("%v to %s: %s (path %s, local %s)", c, to, got, path, local)
 	return got, nil
 }
