@@ -98,10 +98,11 @@ func startModeProxy(t *testing.T, m *meshPod, mode string) {
 
 // testEBPFOverRules runs the flows through an eBPF pod over v's rules in
 // mode. In TPROXY mode the mangle rules leave the hook's connections alone:
-// they go to 127.0.0.1 or ::1, which the mangle OUTPUT marks ("! -d
-// 127.0.0.1/32 -o lo ... --set-xmark 0x53a") and the TPROXY rule exclude,
-// and ISTIO_INBOUND returns unmarked packets on lo; the proxy's hairpin to
-// its own pod IP (F4, as gid 1337) is marked and handed to 15006 by TPROXY.
+// they go to 127.0.0.1 or ::1, which both the mangle OUTPUT mark rules ("!
+// -d 127.0.0.1/32 -o lo ... -j MARK --set-xmark 0x53a") and the TPROXY rule
+// ("! -d 127.0.0.1/32 ... -j TPROXY") leave out, and ISTIO_INBOUND returns
+// unmarked packets on lo; the proxy's hairpin to its own pod IP (F4, as gid
+// 1337) is marked and handed to 15006 by TPROXY.
 func testEBPFOverRules(t *testing.T, v variant, mode string) {
 	m := newCoverPod(t, v, mode, true)
 	for _, f := range families {
