@@ -34,6 +34,21 @@ const (
 	redirectCidrKindCIDR_DNS     redirectCidrKind = 4
 )
 
+type redirectDnsStat uint32
+
+const (
+	redirectDnsStatDNS_STAT_REDIRECTED redirectDnsStat = 0
+	redirectDnsStatDNS_STAT_ANSWERED   redirectDnsStat = 1
+	redirectDnsStatDNS_STAT_MAX        redirectDnsStat = 2
+)
+
+type redirectDnsdst struct {
+	_       structs.HostLayout
+	Server  redirectOrigdst
+	DnsPort uint16
+	Pad     [2]uint8
+}
+
 type redirectOrigdst struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -123,6 +138,8 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	redirectMapShuntCidrs      = "shunt_cidrs"
+	redirectMapShuntDnsdst     = "shunt_dnsdst"
+	redirectMapShuntDnsstats   = "shunt_dnsstats"
 	redirectMapShuntMsgstate   = "shunt_msgstate"
 	redirectMapShuntOrigdst    = "shunt_origdst"
 	redirectMapShuntOrigkey    = "shunt_origkey"
@@ -134,6 +151,10 @@ const (
 	redirectProgShuntConnect6  = "shunt_connect6"
 	redirectProgShuntPeername4 = "shunt_peername4"
 	redirectProgShuntPeername6 = "shunt_peername6"
+	redirectProgShuntRecvmsg4  = "shunt_recvmsg4"
+	redirectProgShuntRecvmsg6  = "shunt_recvmsg6"
+	redirectProgShuntSendmsg4  = "shunt_sendmsg4"
+	redirectProgShuntSendmsg6  = "shunt_sendmsg6"
 	redirectProgShuntSkMsg     = "shunt_sk_msg"
 	redirectProgShuntSockops   = "shunt_sockops"
 	redirectProgShuntSockopt   = "shunt_sockopt"
@@ -185,6 +206,10 @@ type redirectProgramSpecs struct {
 	ShuntConnect6  *ebpf.ProgramSpec `ebpf:"shunt_connect6"`
 	ShuntPeername4 *ebpf.ProgramSpec `ebpf:"shunt_peername4"`
 	ShuntPeername6 *ebpf.ProgramSpec `ebpf:"shunt_peername6"`
+	ShuntRecvmsg4  *ebpf.ProgramSpec `ebpf:"shunt_recvmsg4"`
+	ShuntRecvmsg6  *ebpf.ProgramSpec `ebpf:"shunt_recvmsg6"`
+	ShuntSendmsg4  *ebpf.ProgramSpec `ebpf:"shunt_sendmsg4"`
+	ShuntSendmsg6  *ebpf.ProgramSpec `ebpf:"shunt_sendmsg6"`
 	ShuntSkMsg     *ebpf.ProgramSpec `ebpf:"shunt_sk_msg"`
 	ShuntSockops   *ebpf.ProgramSpec `ebpf:"shunt_sockops"`
 	ShuntSockopt   *ebpf.ProgramSpec `ebpf:"shunt_sockopt"`
@@ -195,6 +220,8 @@ type redirectProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectMapSpecs struct {
 	ShuntCidrs    *ebpf.MapSpec `ebpf:"shunt_cidrs"`
+	ShuntDnsdst   *ebpf.MapSpec `ebpf:"shunt_dnsdst"`
+	ShuntDnsstats *ebpf.MapSpec `ebpf:"shunt_dnsstats"`
 	ShuntMsgstate *ebpf.MapSpec `ebpf:"shunt_msgstate"`
 	ShuntOrigdst  *ebpf.MapSpec `ebpf:"shunt_origdst"`
 	ShuntOrigkey  *ebpf.MapSpec `ebpf:"shunt_origkey"`
@@ -231,6 +258,8 @@ func (o *redirectObjects) Close() error {
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectMaps struct {
 	ShuntCidrs    *ebpf.Map `ebpf:"shunt_cidrs"`
+	ShuntDnsdst   *ebpf.Map `ebpf:"shunt_dnsdst"`
+	ShuntDnsstats *ebpf.Map `ebpf:"shunt_dnsstats"`
 	ShuntMsgstate *ebpf.Map `ebpf:"shunt_msgstate"`
 	ShuntOrigdst  *ebpf.Map `ebpf:"shunt_origdst"`
 	ShuntOrigkey  *ebpf.Map `ebpf:"shunt_origkey"`
@@ -243,6 +272,8 @@ type redirectMaps struct {
 func (m *redirectMaps) Close() error {
 	return _RedirectClose(
 		m.ShuntCidrs,
+		m.ShuntDnsdst,
+		m.ShuntDnsstats,
 		m.ShuntMsgstate,
 		m.ShuntOrigdst,
 		m.ShuntOrigkey,
@@ -267,6 +298,10 @@ type redirectPrograms struct {
 	ShuntConnect6  *ebpf.Program `ebpf:"shunt_connect6"`
 	ShuntPeername4 *ebpf.Program `ebpf:"shunt_peername4"`
 	ShuntPeername6 *ebpf.Program `ebpf:"shunt_peername6"`
+	ShuntRecvmsg4  *ebpf.Program `ebpf:"shunt_recvmsg4"`
+	ShuntRecvmsg6  *ebpf.Program `ebpf:"shunt_recvmsg6"`
+	ShuntSendmsg4  *ebpf.Program `ebpf:"shunt_sendmsg4"`
+	ShuntSendmsg6  *ebpf.Program `ebpf:"shunt_sendmsg6"`
 	ShuntSkMsg     *ebpf.Program `ebpf:"shunt_sk_msg"`
 	ShuntSockops   *ebpf.Program `ebpf:"shunt_sockops"`
 	ShuntSockopt   *ebpf.Program `ebpf:"shunt_sockopt"`
@@ -278,6 +313,10 @@ func (p *redirectPrograms) Close() error {
 		p.ShuntConnect6,
 		p.ShuntPeername4,
 		p.ShuntPeername6,
+		p.ShuntRecvmsg4,
+		p.ShuntRecvmsg6,
+		p.ShuntSendmsg4,
+		p.ShuntSendmsg6,
 		p.ShuntSkMsg,
 		p.ShuntSockops,
 		p.ShuntSockopt,
