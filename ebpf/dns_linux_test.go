@@ -68,6 +68,13 @@ func TestDNS(t *testing.T) {
 			if c.captured {
 				want = 1
 			}
+			pod, err := PodFromConfig(e.cookie, &cfg, []netip.Addr{podIP4, podIP6})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := DecideConnect(&pod, Connect{UDP: true, Dst: c.target, UID: uint32(appCred.UID), GID: uint32(appCred.GID)}); (d.Verdict == ConnectDNS) != c.captured {
+				t.Errorf("DecideConnect: %+v, the kernel captured %t", d, c.captured)
+			}
 			if d := statsDelta(before, e.stats()); d.DNSRedirected != want || d.DNSAnswered != want {
 				t.Errorf("stats %+v: want %d DNS datagram or connect redirected and %d answer rewritten", d, want, want)
 			}
