@@ -9,10 +9,12 @@
 // an entry HOST:PORT on that address only. It prints "ready" once every
 // port is bound.
 //
-//	echoserver client -tcp ADDR | -udp ADDR
+//	echoserver client -tcp ADDR | -udp ADDR [-sendto]
 //
 // sends one line (or datagram) to ADDR and prints what comes back: over TCP
-// everything up to the server's close, over UDP one datagram.
+// everything up to the server's close, over UDP one datagram. The UDP socket
+// is connected unless -sendto: then it sends with sendto(2), reads with
+// recvfrom(2) and fails when the answer's source is not ADDR.
 package main
 
 import (
@@ -147,8 +149,15 @@ func client(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	tcp := fs.String("tcp", "", "TCP address to query")
 	udp := fs.String("udp", "", "UDP address to query")
+	sendto := fs.Bool("sendto", false, "with -udp: query from an unconnected socket, and want the answer from the address asked")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *sendto {
+		if *udp == "" || *tcp != "" {
+			return errors.New("client: -sendto only with -udp")
+		}
+		return clientSendto(*udp, stdout)
 	}
 	network, addr := "tcp", *tcp
 	if *udp != "" {
@@ -178,6 +187,38 @@ func client(args []string, stdout io.Writer) error {
 		return fmt.Errorf("after %q: %w", reply, err)
 	}
 	_, err = stdout.Write(reply)
+	return err
+}
+
+// clientSendto queries addr over UDP from an unconnected socket and prints
+// the answer, which must come from addr.
+func clientSendto(addr string, stdout io.Writer) error {
+	to, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	network := "udp4"
+	if to.Addr().Is6() {
+		network = "udp6"
+	}
+	pc, err := net.ListenUDP(network, nil)
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	_ = pc.SetDeadline(time.Now().Add(timeout))
+	if _, err := pc.WriteToUDPAddrPort([]byte("hello\n"), to); err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	n, from, err := pc.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return err
+	}
+	if from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port()); from != to {
+		return fmt.Errorf("answer %q from %s, asked %s", buf[:n], from, to)
+	}
+	_, err = stdout.Write(buf[:n])
 	return err
 }
 
