@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
+	"github.com/shuntmesh/shunt/redirect"
 )
 
 // TestDNS sends the app's DNS queries over UDP (sendto(2) on an unconnected socket, and
@@ -139,6 +140,31 @@ func TestDNS(t *testing.T) {
 		})
 		if d := statsDelta(before, e.stats()); d.DNSRedirected != 2 || d.DNSAnswered != 2 || d.ConnectsRedirected != 1 {
 			t.Errorf("stats %+v: want 2 UDP queries redirected and answered, 1 TCP connect redirected", d)
+		}
+	})
+
+	// The rest of decide() applies to UDP as to TCP: owner groups, excluded ports.
+	t.Run("OwnerGroupsInclude", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.RedirectDNS = true
+		cfg.DNSServers = []netip.Addr{remoteIP4, remoteIP6}
+		cfg.OwnerGroups = redirect.GroupFilter{Include: []uint32{2000}}
+		e.addPod(cfg, false)
+		checkDNS(t, e.dnsApp(t, appCred, dns4.String()), []dnsExpect{{dns4, direct("remote", podIP4)}}, false)
+		checkDNS(t, e.dnsApp(t, &testutil.Cred{UID: 1002, GID: 2000}, dns4.String()), []dnsExpect{{dns4, proxied(podIP4)}}, false)
+	})
+
+	t.Run("ExcludedPort53", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.RedirectDNS = true
+		cfg.DNSServers = []netip.Addr{remoteIP4, remoteIP6}
+		cfg.OutboundPortsExclude = append(cfg.OutboundPortsExclude, 53)
+		e.addPod(cfg, false)
+		before := e.stats()
+		checkDNS(t, e.dnsApp(t, appCred, dns4.String()), []dnsExpect{{dns4, direct("remote", podIP4)}}, false)
+		checkDNS(t, e.dnsApp(t, appCred, "-connect", dns6.String()), []dnsExpect{{dns6, direct("remote", podIP6)}}, true)
+		if d := statsDelta(before, e.stats()); d.DNSRedirected != 0 {
+			t.Errorf("stats %+v: DNS to an excluded port redirected", d)
 		}
 	})
 

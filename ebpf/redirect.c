@@ -761,7 +761,9 @@ int shunt_peername6(struct bpf_sock_addr *ctx)
  *                      shunt_origdst, so that getpeername(2) answers it (shunt_peername4/6)
  *   shunt_recvmsg4/6   cgroup/recvmsg4, recvmsg6: a datagram from 127.0.0.1 (::1,
  *                      ::ffff:127.0.0.1) at the dns_port a socket's query went to shows the server
- *                      asked, port 53, as its source (recvfrom(2), recvmsg(2) with msg_name)
+ *                      asked, port 53, as its source (recvfrom(2), recvmsg(2) with msg_name), also
+ *                      on a connected socket: glibc reads its connected socket with recvfrom and
+ *                      drops an answer whose source is not one of its servers
  *
  * The decision is decide()'s, as for TCP: nat ISTIO_OUTPUT sends UDP through the same rules
  * (excluded ports, the proxy's uids and gids, owner groups) to ISTIO_OUTPUT_DNS; only VERDICT_DNS
