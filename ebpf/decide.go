@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
-// ConnectVerdict is what the connect hook (shunt_connect4/6) does with a TCP connect(2).
+// ConnectVerdict is what the connect hook (shunt_connect4/6) does with a TCP connect(2), and what
+// the DNS hooks (shunt_sendmsg4/6, and shunt_connect4/6 for UDP) do with a UDP datagram or connect.
 type ConnectVerdict int
 
 // Connect verdicts, the values of redirect.c's enum verdict.
@@ -32,8 +34,12 @@ func (v ConnectVerdict) String() string {
 	return fmt.Sprintf("ConnectVerdict(%d)", int(v))
 }
 
-// Connect is one TCP connect(2) in a registered pod, as the connect hook sees it.
+// Connect is one TCP connect(2) in a registered pod, as the connect hook sees it, or with UDP one
+// UDP datagram sent to an address or one UDP connect(2).
 type Connect struct {
+	// UDP says the socket is a UDP one: only ConnectDNS applies to it, as only DNS of ISTIO_OUTPUT
+	// captures UDP.
+	UDP bool
 	// Dst is the address the app connects to; an IPv4-mapped one is taken as IPv4, as connect6 does.
 	Dst netip.AddrPort
 	// Src is the address the socket is bound to; zero when it is not bound.
@@ -51,11 +57,32 @@ type ConnectDecision struct {
 	Reason string
 }
 
-// DecideConnect returns what the connect hook decides for c in the pod p, from the values
+// DecideConnect returns what the connect (or, for UDP, DNS) hook decides for c in the pod p, from the values
 // Node.AddPod writes into the maps (shunt_pods, shunt_cidrs, shunt_sets): a mirror in Go of
 // redirect.c's decide(), test for test in the same order, for tools that explain a pod's data path
 // (shunt trace). It performs no I/O.
 func DecideConnect(p *Pod, c Connect) ConnectDecision {
+	if !c.UDP {
+		return decideConnect(p, c)
+	}
+	// redirect.c's dns_capture: port 53 of a pod with DNS capture, then decide().
+	switch {
+	case c.Dst.Port() != 53:
+		return ConnectDecision{Verdict: ConnectPass, Reason: "UDP is only captured as DNS, to port 53"}
+	case p.DNSPort == 0:
+		return ConnectDecision{Verdict: ConnectPass, Reason: "UDP is only captured as DNS, and the pod's DNS is not captured (--redirect-dns)"}
+	}
+	d := decideConnect(p, c)
+	if d.Verdict == ConnectProxy {
+		return ConnectDecision{Verdict: ConnectPass, Reason: "UDP is only captured as DNS, and " + c.Dst.Addr().Unmap().String() + " is not a captured DNS server"}
+	}
+	if d.Verdict == ConnectDNS {
+		d.Reason = strings.Replace(d.Reason, "DNS over TCP", "DNS over UDP", 1)
+	}
+	return d
+}
+
+func decideConnect(p *Pod, c Connect) ConnectDecision {
 	dst := c.Dst.Addr().Unmap()
 	dport := c.Dst.Port()
 	src := c.Src.Unmap()

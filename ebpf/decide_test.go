@@ -65,7 +65,7 @@ func TestDecideConnectMirrorsC(t *testing.T) {
 }
 
 // TestDecideConnect: the connect hook's decisions for the pods of a few configurations, each case
-// the test of decide() it stops at.
+// the test of decide() it stops at, and the DNS hooks' for UDP.
 func TestDecideConnect(t *testing.T) {
 	pod := func(edit func(*redirect.Config)) *Pod {
 		t.Helper()
@@ -92,6 +92,11 @@ func TestDecideConnect(t *testing.T) {
 	conn := func(dst string, uid, gid uint32) Connect {
 		return Connect{Dst: netip.MustParseAddrPort(dst), UID: uid, GID: gid}
 	}
+	udp := func(dst string, uid, gid uint32) Connect {
+		c := conn(dst, uid, gid)
+		c.UDP = true
+		return c
+	}
 	for _, tc := range []struct {
 		name string
 		pod  *Pod
@@ -116,6 +121,13 @@ func TestDecideConnect(t *testing.T) {
 		{"dns other server", dns, conn("8.8.8.8:53", 0, 0), ConnectPass, 0, "no captured range"},
 		{"included range", dns, conn("172.20.0.1:80", 0, 0), ConnectProxy, 15001, "captured range"},
 		{"unused id slot", def, conn("1.2.3.4:443", ^uint32(0), 0), ConnectPass, 0, "proxy's"},
+		{"udp dns", dns, udp("10.96.0.10:53", 1000, 1000), ConnectDNS, 15053, "DNS over UDP"},
+		{"udp dns mapped", dns, udp("[::ffff:10.96.0.10]:53", 1000, 1000), ConnectDNS, 15053, "DNS over UDP"},
+		{"udp dns proxy uid", dns, udp("10.96.0.10:53", 1337, 1337), ConnectPass, 0, "uid 1337"},
+		{"udp dns other server", dns, udp("8.8.8.8:53", 0, 0), ConnectPass, 0, "no captured range"},
+		{"udp dns in captured range", dns, udp("172.20.0.1:53", 0, 0), ConnectPass, 0, "not a captured DNS server"},
+		{"udp other port", dns, udp("10.96.0.10:443", 0, 0), ConnectPass, 0, "port 53"},
+		{"udp without dns capture", def, udp("10.96.0.10:53", 0, 0), ConnectPass, 0, "--redirect-dns"},
 	} {
 		got := DecideConnect(tc.pod, tc.c)
 		if got.Verdict != tc.want || got.Port != tc.port || !strings.Contains(got.Reason, tc.why) {

@@ -1,6 +1,7 @@
 // Package ebpf is shunt's eBPF fast path: kernel programs that capture a meshed pod's outbound TCP
-// at connect(2), answer the proxy's SO_ORIGINAL_DST, and move bytes between the app and its sidecar
-// socket to socket, plus the Go loader that attaches them to a cgroup v2 and registers pods.
+// at connect(2) and its DNS over UDP at sendmsg(2) and connect(2), answer the proxy's
+// SO_ORIGINAL_DST, and move bytes between the app and its sidecar socket to socket, plus the Go
+// loader that attaches them to a cgroup v2 and registers pods.
 //
 // One Load per node attaches the programs (as bpf_links, in multi mode, so other BPF users of the
 // cgroup keep working) and pins maps and links under a bpffs directory; the CNI plugin then uses
@@ -25,8 +26,16 @@
 //   - F4, F5, F6, F7, F8: the proxy's uids and gids, localhost, the pod's own IPs, the include and
 //     exclude lists and IPv6 decide as in the engine's rules. The proxy's hairpin to its own pod
 //     IP (rule 2) is left to the nat rules.
-//   - F9: TCP DNS to a captured server goes to the agent's DNS proxy (15053); UDP DNS, like all
-//     UDP, is left to the nat rules.
+//   - F9: DNS to a captured server (DNSServers, or any with DNSAll) goes to the agent's DNS proxy
+//     (15053) on loopback, decided as TCP is (the proxy's own queries are never touched). TCP at
+//     connect(2), like F2. UDP: cgroup/sendmsg4 and sendmsg6 rewrite a datagram sent to an
+//     address, connect4 and connect6 a UDP connect(2) (getpeername then shows the server), and
+//     cgroup/recvmsg4 and recvmsg6 show the DNS proxy's answer as coming from the server asked,
+//     port 53. The server is kept in the socket's storage, the last one per socket: one
+//     unconnected socket asking two captured servers at once sees both answers come from the last
+//     one asked (musl's resolver does that, and accepts an answer from any server it asked;
+//     glibc, Go and c-ares connect a socket per server or query). Other UDP is left alone. Stats.DNSRedirected and
+//     DNSAnswered count the UDP side.
 //   - F1, F3: inbound capture stays with the nat/mangle rules; the proxy's passthrough connection
 //     from 127.0.0.6 / ::6 to the app is accelerated by sk_msg like the app↔proxy legs.
 //
@@ -37,6 +46,11 @@
 //     programs and sockets handed between processes.
 //   - "-o lo" is approximated as loopback, ::6 and the pod's own IPs; another address assigned in
 //     the pod's namespace counts as remote.
+//   - A UDP socket connected to a captured DNS server is bound to loopback, as a TCP one is: to
+//     connect(2) it to a remote address afterwards it must first disconnect (AF_UNSPEC), or connect
+//     fails with EINVAL. With the nat rules it is bound to the pod's address.
+//   - The conntrack zones of the nat rules' DNS capture play no part: an app's UDP query never
+//     carries the server's address, so its leg and the proxy's upstream leg cannot collide.
 //   - A connection whose peer socket was not yet in the socket hash when it first sent (the
 //     proxy's accepted socket is inserted when the handshake's last ACK is processed, which can
 //     lag connect(2)) is sent through TCP for good, counted in Stats.RedirectMisses and

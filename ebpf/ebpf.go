@@ -60,6 +60,11 @@ type Stats struct {
 	OrigDstAnswered uint64
 	// PeerNamesAnswered counts getpeername(2) calls on redirected sockets.
 	PeerNamesAnswered uint64
+	// DNSRedirected counts UDP datagrams and UDP connect(2) calls rewritten to the DNS proxy (TCP
+	// DNS is counted in ConnectsRedirected); DNSAnswered counts the DNS proxy's replies shown as
+	// coming from the server the app asked.
+	DNSRedirected uint64
+	DNSAnswered   uint64
 	// Pods is the number of pods registered.
 	Pods int
 }

@@ -243,6 +243,8 @@ func statsDelta(before, after Stats) Stats {
 		MessagesFallback:   after.MessagesFallback - before.MessagesFallback,
 		OrigDstAnswered:    after.OrigDstAnswered - before.OrigDstAnswered,
 		PeerNamesAnswered:  after.PeerNamesAnswered - before.PeerNamesAnswered,
+		DNSRedirected:      after.DNSRedirected - before.DNSRedirected,
+		DNSAnswered:        after.DNSAnswered - before.DNSAnswered,
 		Pods:               after.Pods,
 	}
 }

@@ -41,6 +41,10 @@ func runHelper(role string, args []string) int {
 		err = runServer(args)
 	case "app":
 		err = runApp(args)
+	case "dnsproxy":
+		err = runDNSProxy(args)
+	case "dnsapp":
+		err = runDNSApp(args)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}

@@ -126,6 +126,10 @@ func load(pinDir, cgroup string, log *slog.Logger) (*Node, error) {
 		redirectProgShuntSockopt:   objs.ShuntSockopt,
 		redirectProgShuntPeername4: objs.ShuntPeername4,
 		redirectProgShuntPeername6: objs.ShuntPeername6,
+		redirectProgShuntSendmsg4:  objs.ShuntSendmsg4,
+		redirectProgShuntSendmsg6:  objs.ShuntSendmsg6,
+		redirectProgShuntRecvmsg4:  objs.ShuntRecvmsg4,
+		redirectProgShuntRecvmsg6:  objs.ShuntRecvmsg6,
 	}
 	// sk_msg first: a socket put in the hash before its program is attached would never get it.
 	if err := link.RawAttachProgram(link.RawAttachProgramOptions{

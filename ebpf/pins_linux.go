@@ -22,6 +22,10 @@ var cgroupPrograms = []struct {
 	{redirectProgShuntSockopt, cebpf.AttachCGroupGetsockopt},
 	{redirectProgShuntPeername4, cebpf.AttachCgroupInet4GetPeername},
 	{redirectProgShuntPeername6, cebpf.AttachCgroupInet6GetPeername},
+	{redirectProgShuntSendmsg4, cebpf.AttachCGroupUDP4Sendmsg},
+	{redirectProgShuntSendmsg6, cebpf.AttachCGroupUDP6Sendmsg},
+	{redirectProgShuntRecvmsg4, cebpf.AttachCGroupUDP4Recvmsg},
+	{redirectProgShuntRecvmsg6, cebpf.AttachCGroupUDP6Recvmsg},
 }
 
 // Pin names under the pin directory: maps by their names, links and the sk_msg program (attached
@@ -35,7 +39,7 @@ const (
 var mapNames = []string{
 	redirectMapShuntPods, redirectMapShuntCidrs, redirectMapShuntSets, redirectMapShuntOrigdst,
 	redirectMapShuntMsgstate, redirectMapShuntOrigkey, redirectMapShuntAccepted, redirectMapShuntSockhash,
-	redirectMapShuntStats,
+	redirectMapShuntStats, redirectMapShuntDnsdst, redirectMapShuntDnsstats,
 }
 
 // pinNames returns every pin a complete node has.
@@ -79,6 +83,10 @@ func (m *redirectMaps) field(name string) **cebpf.Map {
 		return &m.ShuntSockhash
 	case redirectMapShuntStats:
 		return &m.ShuntStats
+	case redirectMapShuntDnsdst:
+		return &m.ShuntDnsdst
+	case redirectMapShuntDnsstats:
+		return &m.ShuntDnsstats
 	}
 	return nil
 }

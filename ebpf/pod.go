@@ -45,8 +45,8 @@ type Pod struct {
 	CaptureLocal bool
 	// OwnerGroups selects the processes captured by gid.
 	OwnerGroups redirect.GroupFilter
-	// DNSPort, when not 0, is where TCP DNS (port 53) to DNSServers, or to anywhere with
-	// DNSAll, goes.
+	// DNSPort, when not 0, is where DNS (port 53, TCP and UDP) to DNSServers, or to anywhere
+	// with DNSAll, goes.
 	DNSPort    uint16
 	DNSAll     bool
 	DNSServers []netip.Addr
@@ -60,7 +60,8 @@ type Pod struct {
 //
 // Settings that only concern inbound traffic (the inbound ports, TPROXY mode and marks,
 // DropInvalid) stay with the nat and mangle rules, and so do KubeVirtInterfaces: traffic a VM
-// forwards through the pod never calls connect(2) in it. UDP DNS is left to the nat rules too.
+// forwards through the pod never calls connect(2) in it. DNS capture (RedirectDNS, DNSServers,
+// CaptureAllDNS) applies to TCP and UDP alike: UDP DNS is no longer left to the nat rules.
 // What cannot be represented is an error naming the setting (a *redirect.FieldError): more than
 // MaxProxyIDs proxy uids or gids, and ExcludeInterfaces, since connect(2) runs before routing picks
 // an interface.

@@ -20,6 +20,7 @@
  *   shunt_sk_msg       sk_msg: redirect a message to the peer socket's ingress queue
  *   shunt_sockopt      cgroup/getsockopt: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST
  *   shunt_peername4/6  cgroup/getpeername4, getpeername6: the app sees the peer it dialed
+ *   shunt_sendmsg4/6, shunt_recvmsg4/6 and UDP connect: DNS capture, the section at the end
  */
 
 #include "uapi.h"
@@ -477,11 +478,15 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx)
 	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
 }
 
+/* UDP connect(2), for DNS: defined in the DNS section at the end. */
+static __always_inline int dns_connect4(struct bpf_sock_addr *ctx);
+static __always_inline int dns_connect6(struct bpf_sock_addr *ctx);
+
 SEC("cgroup/connect4")
 int shunt_connect4(struct bpf_sock_addr *ctx)
 {
 	if (!tcp(ctx))
-		return 1;
+		return dns_connect4(ctx);
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return 1;
@@ -508,7 +513,7 @@ SEC("cgroup/connect6")
 int shunt_connect6(struct bpf_sock_addr *ctx)
 {
 	if (!tcp(ctx))
-		return 1;
+		return dns_connect6(ctx);
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return 1;
@@ -799,5 +804,273 @@ int shunt_peername6(struct bpf_sock_addr *ctx)
 	}
 	ctx->user_port = od->port;
 	count(STAT_PEERNAME_ANSWERED, 1);
+	return 1;
+}
+
+/* ============================================================================================
+ * DNS capture: UDP port 53 to the pod's DNS proxy (TCP DNS goes there at connect, see capture()).
+ *
+ *   shunt_sendmsg4/6   cgroup/sendmsg4, sendmsg6: a datagram sent with a destination (sendto(2),
+ *                      sendmsg(2) with msg_name) to port 53 that decide() gives VERDICT_DNS goes
+ *                      to 127.0.0.1 (::1, ::ffff:127.0.0.1 for an IPv4-mapped server) at the pod's
+ *                      dns_port; the server asked is kept in the socket's shunt_dnsdst
+ *   dns_connect4/6     UDP connect(2) (Go's, glibc's and c-ares' resolvers connect) decided the same
+ *                      way and rewritten the same way; the server goes to shunt_dnsdst and to
+ *                      shunt_origdst, so that getpeername(2) answers it (shunt_peername4/6)
+ *   shunt_recvmsg4/6   cgroup/recvmsg4, recvmsg6: a datagram from 127.0.0.1 (::1,
+ *                      ::ffff:127.0.0.1) at the dns_port a socket's query went to shows the server
+ *                      asked, port 53, as its source (recvfrom(2), recvmsg(2) with msg_name), also
+ *                      on a connected socket: glibc reads its connected socket with recvfrom and
+ *                      drops an answer whose source is not one of its servers
+ *
+ * The decision is decide()'s, as for TCP: nat ISTIO_OUTPUT sends UDP through the same rules
+ * (excluded ports, the proxy's uids and gids, owner groups) to ISTIO_OUTPUT_DNS; only VERDICT_DNS
+ * is acted on, since UDP never goes to the outbound proxy. The proxy's own queries (its uid or
+ * gid) are never touched, and neither are its answers (from dns_port, not to port 53) nor what it
+ * receives (its sockets have no shunt_dnsdst).
+ *
+ * The mapping is socket storage holding the last server a socket's captured query asked and the
+ * port it went to: it goes with the socket, costs no map lookup keyed by anything the reply lacks,
+ * and cannot be evicted while the query is in flight. A reply from the DNS proxy carries nothing of
+ * the server it answers for (the source is the proxy's address; a cgroup program cannot read the
+ * payload's query id), so one unconnected socket asking two captured servers at once sees both
+ * answers come from the last one asked. Resolvers that connect their UDP sockets use one socket
+ * per server (glibc, Go, c-ares); musl sends to all servers from one socket and accepts an answer
+ * from any server of its list, which the last one asked is. A query to a server that is not
+ * captured leaves the mapping alone, and its answer comes from that server itself.
+ * ============================================================================================ */
+
+#define SOCK_DGRAM 2
+#define IPPROTO_UDP 17
+
+/* A socket's captured DNS query: the server asked, and the port of the DNS proxy it went to. */
+struct dnsdst {
+	struct origdst server; /* port 53, network byte order */
+	__u16 dns_port;        /* host byte order */
+	__u8 pad[2];
+};
+
+/* Indexes of shunt_dnsstats. */
+enum dns_stat {
+	DNS_STAT_REDIRECTED = 0, /* UDP datagrams and UDP connect(2)s rewritten to the DNS proxy */
+	DNS_STAT_ANSWERED = 1,   /* replies whose source was rewritten to the server asked */
+	DNS_STAT_MAX = 2,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct dnsdst);
+} shunt_dnsdst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DNS_STAT_MAX);
+	__type(key, enum dns_stat);
+	__type(value, __u64);
+} shunt_dnsstats SEC(".maps");
+
+static __always_inline void dns_count(enum dns_stat idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&shunt_dnsstats, &idx);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline int udp(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
+}
+
+/*
+ * dns_capture decides for a UDP datagram or connect(2) to dst:dport of a socket bound to src (zero
+ * when unbound) and, for VERDICT_DNS, records dst in the socket's shunt_dnsdst and returns it;
+ * otherwise it returns 0 and leaves the socket's storage alone.
+ */
+static __always_inline struct dnsdst *dns_capture(struct bpf_sock_addr *ctx, struct bpf_sock *sk,
+						  const struct addr *dst, __u16 dport, const struct addr *src)
+{
+	if (dport != 53)
+		return 0;
+	__u64 cookie = bpf_get_netns_cookie(ctx);
+	struct pod *pod = bpf_map_lookup_elem(&shunt_pods, &cookie);
+	if (!pod || !(pod->flags & POD_DNS) || pod->dns_port == 0)
+		return 0;
+	if (decide(pod, cookie, dst, dport, src) != VERDICT_DNS)
+		return 0;
+	struct dnsdst *d = bpf_sk_storage_get(&shunt_dnsdst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!d)
+		return 0; /* no memory: leave the query alone rather than answer from the wrong peer */
+	d->server.addr[0] = dst->a[0];
+	d->server.addr[1] = dst->a[1];
+	d->server.addr[2] = dst->a[2];
+	d->server.addr[3] = dst->a[3];
+	d->server.port = bpf_htons(dport);
+	d->server.family = dst->family;
+	d->server.pad = 0;
+	d->dns_port = pod->dns_port;
+	return d;
+}
+
+/* dns_connected records a connected socket's server in shunt_origdst, for getpeername(2). */
+static __always_inline int dns_connected(struct bpf_sock *sk, const struct dnsdst *d)
+{
+	struct origdst *od = bpf_sk_storage_get(&shunt_origdst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!od)
+		return 0;
+	*od = d->server;
+	return 1;
+}
+
+static __always_inline int dns_connect4(struct bpf_sock_addr *ctx)
+{
+	if (!udp(ctx))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct addr dst, src;
+	addr4(&dst, ctx->user_ip4);
+	addr4(&src, sk->src_ip4);
+	struct dnsdst *d = dns_capture(ctx, sk, &dst, bpf_ntohs((__u16)ctx->user_port), &src);
+	if (!d || !dns_connected(sk, d)) {
+		/* A socket connected again must not keep the peer of its earlier connection. */
+		bpf_sk_storage_delete(&shunt_origdst, sk);
+		return 1;
+	}
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(d->dns_port);
+	dns_count(DNS_STAT_REDIRECTED);
+	return 1;
+}
+
+/* set_dns_addr6 writes the loopback address a query to a server of family goes to: ::1, or
+ * ::ffff:127.0.0.1 for an IPv4(-mapped) server. */
+static __always_inline void set_dns_addr6(struct bpf_sock_addr *ctx, __u8 family)
+{
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	if (family == 4) {
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+}
+
+static __always_inline int dns_connect6(struct bpf_sock_addr *ctx)
+{
+	if (!udp(ctx))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct addr dst, src;
+	addr6(&dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+	addr6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
+	struct dnsdst *d = dns_capture(ctx, sk, &dst, bpf_ntohs((__u16)ctx->user_port), &src);
+	if (!d || !dns_connected(sk, d)) {
+		bpf_sk_storage_delete(&shunt_origdst, sk);
+		return 1;
+	}
+	set_dns_addr6(ctx, dst.family);
+	ctx->user_port = bpf_htons(d->dns_port);
+	dns_count(DNS_STAT_REDIRECTED);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int shunt_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (!udp(ctx) || ctx->user_port != bpf_htons(53))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct addr dst, src;
+	addr4(&dst, ctx->user_ip4);
+	/* The source: IP_PKTINFO's when given, else the address the socket is bound to. */
+	__u32 src4 = ctx->msg_src_ip4;
+	addr4(&src, src4 ? src4 : sk->src_ip4);
+	struct dnsdst *d = dns_capture(ctx, sk, &dst, 53, &src);
+	if (!d)
+		return 1;
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(d->dns_port);
+	dns_count(DNS_STAT_REDIRECTED);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int shunt_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (!udp(ctx) || ctx->user_port != bpf_htons(53))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct addr dst, src;
+	addr6(&dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+	__u32 s0 = ctx->msg_src_ip6[0], s1 = ctx->msg_src_ip6[1], s2 = ctx->msg_src_ip6[2],
+	      s3 = ctx->msg_src_ip6[3];
+	if (s0 | s1 | s2 | s3)
+		addr6(&src, s0, s1, s2, s3);
+	else
+		addr6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
+	struct dnsdst *d = dns_capture(ctx, sk, &dst, 53, &src);
+	if (!d)
+		return 1;
+	set_dns_addr6(ctx, dst.family);
+	ctx->user_port = bpf_htons(d->dns_port);
+	dns_count(DNS_STAT_REDIRECTED);
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int shunt_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct dnsdst *d = bpf_sk_storage_get(&shunt_dnsdst, sk, 0, 0);
+	if (!d || d->server.family != 4)
+		return 1;
+	if (ctx->user_ip4 != bpf_htonl(0x7f000001) || ctx->user_port != bpf_htons(d->dns_port))
+		return 1;
+	ctx->user_ip4 = d->server.addr[0];
+	ctx->user_port = d->server.port;
+	dns_count(DNS_STAT_ANSWERED);
+	return 1;
+}
+
+/* shunt_recvmsg6 also answers for an IPv4 server asked on a dual-stack socket, IPv4-mapped. */
+SEC("cgroup/recvmsg6")
+int shunt_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct dnsdst *d = bpf_sk_storage_get(&shunt_dnsdst, sk, 0, 0);
+	if (!d || ctx->user_port != bpf_htons(d->dns_port))
+		return 1;
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0)
+		return 1;
+	__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+	if (d->server.family == 4) {
+		if (a2 != bpf_htonl(0x0000ffff) || a3 != bpf_htonl(0x7f000001))
+			return 1;
+		ctx->user_ip6[3] = d->server.addr[0];
+	} else {
+		if (a2 != 0 || a3 != bpf_htonl(1))
+			return 1;
+		ctx->user_ip6[0] = d->server.addr[0];
+		ctx->user_ip6[1] = d->server.addr[1];
+		ctx->user_ip6[2] = d->server.addr[2];
+		ctx->user_ip6[3] = d->server.addr[3];
+	}
+	ctx->user_port = d->server.port;
+	dns_count(DNS_STAT_ANSWERED);
 	return 1;
 }

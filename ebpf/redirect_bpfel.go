@@ -34,6 +34,21 @@ const (
 	redirectCidrKindCIDR_DNS     redirectCidrKind = 4
 )
 
+type redirectDnsStat uint32
+
+const (
+	redirectDnsStatDNS_STAT_REDIRECTED redirectDnsStat = 0
+	redirectDnsStatDNS_STAT_ANSWERED   redirectDnsStat = 1
+	redirectDnsStatDNS_STAT_MAX        redirectDnsStat = 2
+)
+
+type redirectDnsdst struct {
+	_       structs.HostLayout
+	Server  redirectOrigdst
+	DnsPort uint16
+	Pad     [2]uint8
+}
+
 type redirectOrigdst struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -126,6 +141,8 @@ const (
 const (
 	redirectMapShuntAccepted   = "shunt_accepted"
 	redirectMapShuntCidrs      = "shunt_cidrs"
+	redirectMapShuntDnsdst     = "shunt_dnsdst"
+	redirectMapShuntDnsstats   = "shunt_dnsstats"
 	redirectMapShuntMsgstate   = "shunt_msgstate"
 	redirectMapShuntOrigdst    = "shunt_origdst"
 	redirectMapShuntOrigkey    = "shunt_origkey"
@@ -137,6 +154,10 @@ const (
 	redirectProgShuntConnect6  = "shunt_connect6"
 	redirectProgShuntPeername4 = "shunt_peername4"
 	redirectProgShuntPeername6 = "shunt_peername6"
+	redirectProgShuntRecvmsg4  = "shunt_recvmsg4"
+	redirectProgShuntRecvmsg6  = "shunt_recvmsg6"
+	redirectProgShuntSendmsg4  = "shunt_sendmsg4"
+	redirectProgShuntSendmsg6  = "shunt_sendmsg6"
 	redirectProgShuntSkMsg     = "shunt_sk_msg"
 	redirectProgShuntSockops   = "shunt_sockops"
 	redirectProgShuntSockopt   = "shunt_sockopt"
@@ -188,6 +209,10 @@ type redirectProgramSpecs struct {
 	ShuntConnect6  *ebpf.ProgramSpec `ebpf:"shunt_connect6"`
 	ShuntPeername4 *ebpf.ProgramSpec `ebpf:"shunt_peername4"`
 	ShuntPeername6 *ebpf.ProgramSpec `ebpf:"shunt_peername6"`
+	ShuntRecvmsg4  *ebpf.ProgramSpec `ebpf:"shunt_recvmsg4"`
+	ShuntRecvmsg6  *ebpf.ProgramSpec `ebpf:"shunt_recvmsg6"`
+	ShuntSendmsg4  *ebpf.ProgramSpec `ebpf:"shunt_sendmsg4"`
+	ShuntSendmsg6  *ebpf.ProgramSpec `ebpf:"shunt_sendmsg6"`
 	ShuntSkMsg     *ebpf.ProgramSpec `ebpf:"shunt_sk_msg"`
 	ShuntSockops   *ebpf.ProgramSpec `ebpf:"shunt_sockops"`
 	ShuntSockopt   *ebpf.ProgramSpec `ebpf:"shunt_sockopt"`
@@ -199,6 +224,8 @@ type redirectProgramSpecs struct {
 type redirectMapSpecs struct {
 	ShuntAccepted *ebpf.MapSpec `ebpf:"shunt_accepted"`
 	ShuntCidrs    *ebpf.MapSpec `ebpf:"shunt_cidrs"`
+	ShuntDnsdst   *ebpf.MapSpec `ebpf:"shunt_dnsdst"`
+	ShuntDnsstats *ebpf.MapSpec `ebpf:"shunt_dnsstats"`
 	ShuntMsgstate *ebpf.MapSpec `ebpf:"shunt_msgstate"`
 	ShuntOrigdst  *ebpf.MapSpec `ebpf:"shunt_origdst"`
 	ShuntOrigkey  *ebpf.MapSpec `ebpf:"shunt_origkey"`
@@ -236,6 +263,8 @@ func (o *redirectObjects) Close() error {
 type redirectMaps struct {
 	ShuntAccepted *ebpf.Map `ebpf:"shunt_accepted"`
 	ShuntCidrs    *ebpf.Map `ebpf:"shunt_cidrs"`
+	ShuntDnsdst   *ebpf.Map `ebpf:"shunt_dnsdst"`
+	ShuntDnsstats *ebpf.Map `ebpf:"shunt_dnsstats"`
 	ShuntMsgstate *ebpf.Map `ebpf:"shunt_msgstate"`
 	ShuntOrigdst  *ebpf.Map `ebpf:"shunt_origdst"`
 	ShuntOrigkey  *ebpf.Map `ebpf:"shunt_origkey"`
@@ -249,6 +278,8 @@ func (m *redirectMaps) Close() error {
 	return _RedirectClose(
 		m.ShuntAccepted,
 		m.ShuntCidrs,
+		m.ShuntDnsdst,
+		m.ShuntDnsstats,
 		m.ShuntMsgstate,
 		m.ShuntOrigdst,
 		m.ShuntOrigkey,
@@ -273,6 +304,10 @@ type redirectPrograms struct {
 	ShuntConnect6  *ebpf.Program `ebpf:"shunt_connect6"`
 	ShuntPeername4 *ebpf.Program `ebpf:"shunt_peername4"`
 	ShuntPeername6 *ebpf.Program `ebpf:"shunt_peername6"`
+	ShuntRecvmsg4  *ebpf.Program `ebpf:"shunt_recvmsg4"`
+	ShuntRecvmsg6  *ebpf.Program `ebpf:"shunt_recvmsg6"`
+	ShuntSendmsg4  *ebpf.Program `ebpf:"shunt_sendmsg4"`
+	ShuntSendmsg6  *ebpf.Program `ebpf:"shunt_sendmsg6"`
 	ShuntSkMsg     *ebpf.Program `ebpf:"shunt_sk_msg"`
 	ShuntSockops   *ebpf.Program `ebpf:"shunt_sockops"`
 	ShuntSockopt   *ebpf.Program `ebpf:"shunt_sockopt"`
@@ -284,6 +319,10 @@ func (p *redirectPrograms) Close() error {
 		p.ShuntConnect6,
 		p.ShuntPeername4,
 		p.ShuntPeername6,
+		p.ShuntRecvmsg4,
+		p.ShuntRecvmsg6,
+		p.ShuntSendmsg4,
+		p.ShuntSendmsg6,
 		p.ShuntSkMsg,
 		p.ShuntSockops,
 		p.ShuntSockopt,

@@ -115,6 +115,19 @@ func (n *Node) Stats() (Stats, error) {
 			*field += v
 		}
 	}
+	dns := map[redirectDnsStat]*uint64{
+		redirectDnsStatDNS_STAT_REDIRECTED: &s.DNSRedirected,
+		redirectDnsStatDNS_STAT_ANSWERED:   &s.DNSAnswered,
+	}
+	for idx, field := range dns {
+		var perCPU []uint64
+		if err := n.maps.ShuntDnsstats.Lookup(idx, &perCPU); err != nil {
+			return Stats{}, fmt.Errorf("read DNS counter %d: %w", idx, err)
+		}
+		for _, v := range perCPU {
+			*field += v
+		}
+	}
 	pods, err := n.Pods()
 	if err != nil {
 		return Stats{}, err

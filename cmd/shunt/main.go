@@ -69,7 +69,7 @@ func connectHook(cfg *redirect.Config, podIPs []netip.Addr, c capture.HookConnec
 	if err != nil {
 		return capture.HookDecision{}, err
 	}
-	d := shuntebpf.DecideConnect(&pod, shuntebpf.Connect{Dst: c.Dst, Src: c.Src, UID: c.UID, GID: c.GID})
+	d := shuntebpf.DecideConnect(&pod, shuntebpf.Connect{UDP: c.UDP, Dst: c.Dst, Src: c.Src, UID: c.UID, GID: c.GID})
 	return capture.HookDecision{Verdict: d.Verdict.String(), Port: d.Port, Reason: d.Reason}, nil
 }
 

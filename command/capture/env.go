@@ -73,8 +73,10 @@ type EBPFLive struct {
 	Counters   map[string]uint64 `json:"counters,omitempty"`
 }
 
-// HookConnect is a TCP connect(2) the eBPF connect hook decides on (ebpf.Connect).
+// HookConnect is a TCP connect(2) the eBPF connect hook decides on, or with UDP a UDP datagram or
+// connect(2) the DNS hooks decide on (ebpf.Connect).
 type HookConnect struct {
+	UDP      bool
 	Dst      netip.AddrPort
 	Src      netip.Addr // the address the socket is bound to, zero when unbound
 	UID, GID uint32

@@ -389,10 +389,10 @@ func (t *traceCmd) ebpfLive(before EBPFLive) (*traceEBPFLive, error) {
 // hook returns the eBPF connect hook's decision for conn, and the verdict of the rules for the
 // connection it rewrote.
 func (t *traceCmd) hook(cfg *redirect.Config, plan *redirect.Plan, conn trace.Conn) (*traceEBPF, error) {
-	if conn.Dir != trace.Out || conn.Proto != "tcp" {
-		return &traceEBPF{Reason: "not involved: the connect hook decides on TCP connections a process of the pod opens"}, nil
+	if conn.Dir != trace.Out {
+		return &traceEBPF{Reason: "not involved: the hooks decide on what a process of the pod sends, TCP connections and DNS over UDP"}, nil
 	}
-	d, err := t.env.ConnectHook(cfg, conn.PodAddrs, HookConnect{Dst: conn.Dst, Src: conn.Src.Addr(), UID: conn.UID, GID: conn.GID})
+	d, err := t.env.ConnectHook(cfg, conn.PodAddrs, HookConnect{UDP: conn.Proto == "udp", Dst: conn.Dst, Src: conn.Src.Addr(), UID: conn.UID, GID: conn.GID})
 	if err != nil {
 		return nil, fmt.Errorf("eBPF data path: %w", err)
 	}

@@ -65,10 +65,17 @@ func (tt traceTest) run(t *testing.T, args ...string) (string, string, error) {
 	return stdout.String(), stderr.String(), err
 }
 
-// fakeHook decides as a connect hook that captures everything but uid 1337, for the output's shape.
+// fakeHook decides as a connect hook that captures everything but uid 1337, and UDP to port 53
+// only, for the output's shape.
 func fakeHook(_ *redirect.Config, _ []netip.Addr, c HookConnect) (HookDecision, error) {
 	if c.UID == 1337 {
 		return HookDecision{Verdict: "pass", Reason: "uid 1337 is the proxy's"}, nil
+	}
+	if c.UDP && c.Dst.Port() != 53 {
+		return HookDecision{Verdict: "pass", Reason: "UDP is only captured as DNS, to port 53"}, nil
+	}
+	if c.UDP {
+		return HookDecision{Verdict: "dns", Port: 15053, Reason: "DNS over UDP goes to the DNS proxy"}, nil
 	}
 	return HookDecision{Verdict: "proxy", Port: 15001, Reason: "every destination nothing excludes is captured"}, nil
 }
@@ -102,6 +109,7 @@ func TestTraceGolden(t *testing.T) {
 		{"trace-pod-tproxy-ebpf", traceTest{podConfig: tproxy, podEBPF: onEBPF, hook: fakeHook},
 			[]string{"--pod", pod, "--dst", "10.1.2.3:443", "--pod-ip", "10.244.0.7"}},
 		{"trace-ebpf-inbound", traceTest{hook: fakeHook}, []string{"--ebpf", "--direction", "in", "--src", "10.244.1.9:40000", "--dst", "10.244.0.7:8080"}},
+		{"trace-ebpf-dns-udp", traceTest{hook: fakeHook}, []string{"--ebpf", "--redirect-dns", "--dns-servers", "10.96.0.10", "--proto", "udp", "--dst", "10.96.0.10:53", "--uid", "1000"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, stderr, err := tc.tt.run(t, tc.args...)

@@ -9,10 +9,14 @@
 // an entry HOST:PORT on that address only. It prints "ready" once every
 // port is bound.
 //
-//	echoserver client -tcp ADDR | -udp ADDR
+//	echoserver client -tcp ADDR | -udp ADDR [-sendto]
 //
 // sends one line (or datagram) to ADDR and prints what comes back: over TCP
-// everything up to the server's close, over UDP one datagram.
+// everything up to the server's close, over UDP one datagram. The UDP socket
+// is connected unless -sendto: then it sends with sendto(2), reads with
+// recvfrom(2) and fails when the answer's source is not ADDR. With -count N
+// it sends N UDP queries one after the other on the same socket, each once
+// the previous one is answered, and prints "queries=N per_second=RATE".
 package main
 
 import (
@@ -147,8 +151,19 @@ func client(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	tcp := fs.String("tcp", "", "TCP address to query")
 	udp := fs.String("udp", "", "UDP address to query")
+	sendto := fs.Bool("sendto", false, "with -udp: query from an unconnected socket, and want the answer from the address asked")
+	count := fs.Int("count", 0, "with -udp: send this many queries, one at a time, and print the rate")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if (*sendto || *count > 0) && (*udp == "" || *tcp != "") {
+		return errors.New("client: -sendto and -count only with -udp")
+	}
+	if *count > 0 {
+		return clientRate(*udp, *sendto, *count, stdout)
+	}
+	if *sendto {
+		return clientSendto(*udp, stdout)
 	}
 	network, addr := "tcp", *tcp
 	if *udp != "" {
@@ -178,6 +193,80 @@ func client(args []string, stdout io.Writer) error {
 		return fmt.Errorf("after %q: %w", reply, err)
 	}
 	_, err = stdout.Write(reply)
+	return err
+}
+
+// clientSendto queries addr over UDP from an unconnected socket and prints
+// the answer, which must come from addr.
+func clientSendto(addr string, stdout io.Writer) error {
+	to, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	network := "udp4"
+	if to.Addr().Is6() {
+		network = "udp6"
+	}
+	pc, err := net.ListenUDP(network, nil)
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	_ = pc.SetDeadline(time.Now().Add(timeout))
+	if _, err := pc.WriteToUDPAddrPort([]byte("hello\n"), to); err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	n, from, err := pc.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return err
+	}
+	if from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port()); from != to {
+		return fmt.Errorf("answer %q from %s, asked %s", buf[:n], from, to)
+	}
+	_, err = stdout.Write(buf[:n])
+	return err
+}
+
+// clientRate sends count queries to addr over UDP, each after the answer to
+// the previous one, and prints the rate.
+func clientRate(addr string, sendto bool, count int, stdout io.Writer) error {
+	to, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	var pc *net.UDPConn
+	if sendto {
+		pc, err = net.ListenUDP("udp", nil)
+	} else {
+		pc, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
+	}
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	query := []byte("hello\n")
+	buf := make([]byte, 64<<10)
+	start := time.Now()
+	for i := range count {
+		_ = pc.SetDeadline(time.Now().Add(timeout))
+		if sendto {
+			_, err = pc.WriteToUDPAddrPort(query, to)
+		} else {
+			_, err = pc.Write(query)
+		}
+		if err != nil {
+			return fmt.Errorf("query %d: %w", i, err)
+		}
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return fmt.Errorf("answer %d: %w", i, err)
+		}
+		if from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port()); from != to || n == 0 {
+			return fmt.Errorf("answer %d %q from %s, asked %s", i, buf[:n], from, to)
+		}
+	}
+	_, err = fmt.Fprintf(stdout, "queries=%d per_second=%.0f\n", count, float64(count)/time.Since(start).Seconds())
 	return err
 }
 

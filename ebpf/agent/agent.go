@@ -30,6 +30,7 @@ type Config struct {
 var CounterNames = []string{
 	"connects_redirected", "sockets_paired", "messages_redirected", "bytes_redirected",
 	"redirect_misses", "messages_fallback", "origdst_answered", "peernames_answered",
+	"dns_redirected", "dns_answered",
 }
 
 // Counters returns st's counters by name.
@@ -43,6 +44,8 @@ func Counters(st shuntebpf.Stats) map[string]uint64 {
 		"messages_fallback":   st.MessagesFallback,
 		"origdst_answered":    st.OrigDstAnswered,
 		"peernames_answered":  st.PeerNamesAnswered,
+		"dns_redirected":      st.DNSRedirected,
+		"dns_answered":        st.DNSAnswered,
 	}
 }
 
@@ -55,4 +58,6 @@ var counterHelp = map[string]string{
 	"messages_fallback":   "Messages sent through TCP after a miss.",
 	"origdst_answered":    "SO_ORIGINAL_DST answers given from the stored destination.",
 	"peernames_answered":  "getpeername(2) answers given from the stored destination.",
+	"dns_redirected":      "UDP DNS datagrams and UDP connect(2) calls of meshed pods rewritten to their DNS proxy.",
+	"dns_answered":        "DNS proxy replies shown to the app as coming from the server it asked.",
 }
