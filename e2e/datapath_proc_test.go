@@ -19,11 +19,13 @@ import (
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
-// dpResult is what `pingpong client` prints, with the rate of the rate
-// modes (conn, dns).
+// dpResult is what `pingpong client` prints, with what the rate modes
+// (conn, dns) add: the rate and the exchanges that stalled.
 type dpResult struct {
 	ppResult
-	PerSec float64 `json:"per_s"`
+	PerSec  float64 `json:"per_s"`
+	Stalled int     `json:"stalled"`
+	Stall   string  `json:"stall"`
 }
 
 // dpClient runs `pingpong client -addr to args...` in m's pod and cgroup as

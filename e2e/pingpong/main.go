@@ -41,7 +41,9 @@
 // times: conn makes connections (connect, write a byte, read the proxies'
 // tags and the byte back up to the server's close, close); dns makes queries
 // over -network udp or tcp, one at a time, each from a new socket, and
-// checks every answer. On failure it prints the object with "error" set and
+// checks every answer. An exchange that stalls (a read times out after
+// -timeout) is counted as stalled, left out of the figures, and the run goes
+// on. On failure it prints the object with "error" set and
 // exits 1.
 //
 //	pingpong spin -cpu N
@@ -307,6 +309,10 @@ type result struct {
 	// conn, dns: exchanges per second (and the percentiles above of the
 	// time each took)
 	PerSec float64 `json:"per_s,omitempty"`
+	// Stalled exchanges (a read timed out after -timeout) are left out of
+	// the figures; Stall tells the first one.
+	Stalled int    `json:"stalled,omitempty"`
+	Stall   string `json:"stall,omitempty"`
 }
 
 func client(args []string, stdout io.Writer) error {

@@ -54,23 +54,63 @@ func connRate(res *result, to netip.AddrPort, count, warmup int, timeout time.Du
 	}
 	want := append([]byte(proxyTags(path)), 'c')
 	buf := make([]byte, len(want)+1)
-	took := make([]time.Duration, 0, count)
-	var start time.Time
+	var st stalls
 	for i := range warmup + count {
-		if i == warmup {
-			start = time.Now()
-		}
 		t0 := time.Now()
-		if err := shortConn(to, want, buf, timeout); err != nil {
+		err := shortConn(to, want, buf, timeout)
+		if err := st.record(i, warmup, t0, err); err != nil {
 			return fmt.Errorf("conn %d: %w", i, err)
 		}
-		if i >= warmup {
-			took = append(took, time.Since(t0))
-		}
 	}
-	rateOf(res, took, time.Since(start))
+	return st.report(res)
+}
+
+// stalls times the exchanges of a rate mode and keeps apart the ones that
+// stalled: a read timed out. Those are counted (with the first one's
+// story) and left out of the rate and the percentiles, and the run goes on.
+type stalls struct {
+	start, last time.Time
+	took        []time.Duration
+	stalled     time.Duration // measured time spent in stalls
+	n           int
+	first       string
+}
+
+// record records exchange i of a run with warmup exchanges first, started
+// at t0, which ended with err; it returns err unless err is a stall.
+func (s *stalls) record(i, warmup int, t0 time.Time, err error) error {
+	now := time.Now()
+	if i == warmup {
+		s.start = t0
+	}
+	s.last = now
+	if errors.Is(err, errTimedOut) {
+		s.n++
+		if s.first == "" {
+			s.first = fmt.Sprintf("exchange %d: %v", i, err)
+		}
+		if i >= warmup {
+			s.stalled += now.Sub(t0)
+		}
+		return nil
+	}
+	if err == nil && i >= warmup {
+		s.took = append(s.took, now.Sub(t0))
+	}
+	return err
+}
+
+func (s *stalls) report(res *result) error {
+	res.Stalled, res.Stall = s.n, s.first
+	if len(s.took) == 0 {
+		return fmt.Errorf("every measured exchange stalled: %s", s.first)
+	}
+	rateOf(res, s.took, s.last.Sub(s.start)-s.stalled)
 	return nil
 }
+
+// errTimedOut is a read that timed out: the exchange stalled.
+var errTimedOut = errors.New("timed out")
 
 func shortConn(to netip.AddrPort, want, buf []byte, timeout time.Duration) error {
 	fd, err := dialRaw(to, unix.SOCK_STREAM, timeout)
@@ -83,7 +123,8 @@ func shortConn(to netip.AddrPort, want, buf []byte, timeout time.Duration) error
 	}
 	n, err := readToEOF(fd, buf)
 	if err != nil {
-		return fmt.Errorf("after %q: %w", buf[:n], err)
+		sa, _ := unix.Getsockname(fd)
+		return fmt.Errorf("local %s: after %q: %w", sockaddr(sa), buf[:n], err)
 	}
 	if !bytes.Equal(buf[:n], want) {
 		return fmt.Errorf("read %q, want %q", buf[:n], want)
@@ -130,12 +171,8 @@ func dnsRate(res *result, to netip.AddrPort, network string, count, warmup int, 
 	}
 	tags := proxyTags(path)
 	buf := make([]byte, 64<<10)
-	took := make([]time.Duration, 0, count)
-	var start time.Time
+	var st stalls
 	for i := range warmup + count {
-		if i == warmup {
-			start = time.Now()
-		}
 		query := dnsQuery(uint16(i), to.Addr().Is6())
 		answer, err := dnsAnswer(query, seen)
 		if err != nil {
@@ -147,15 +184,11 @@ func dnsRate(res *result, to netip.AddrPort, network string, count, warmup int, 
 		} else {
 			err = tcpQuery(to, framed(query), append([]byte(tags), framed(answer)...), buf, timeout)
 		}
-		if err != nil {
+		if err := st.record(i, warmup, t0, err); err != nil {
 			return fmt.Errorf("dns query %d over %s: %w", i, network, err)
 		}
-		if i >= warmup {
-			took = append(took, time.Since(t0))
-		}
 	}
-	rateOf(res, took, time.Since(start))
-	return nil
+	return st.report(res)
 }
 
 func udpQuery(to netip.AddrPort, query, want, buf []byte, timeout time.Duration) error {
@@ -312,7 +345,7 @@ func writeAll(fd int, b []byte) error {
 	return nil
 }
 
-// readRetry is one read(2), retried on EINTR; a timeout is an error.
+// readRetry is one read(2), retried on EINTR; a timeout is errTimedOut.
 func readRetry(fd int, b []byte) (int, error) {
 	for {
 		n, err := unix.Read(fd, b)
@@ -320,7 +353,12 @@ func readRetry(fd int, b []byte) (int, error) {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
-			return 0, errors.New("read: timed out")
+			// Tell a lost wakeup (the bytes are there) from lost bytes.
+			k, _, _ := unix.Recvfrom(fd, b, unix.MSG_DONTWAIT)
+			if k > 0 {
+				return 0, fmt.Errorf("read: %w, yet %q was there to read (a lost wakeup)", errTimedOut, b[:k])
+			}
+			return 0, fmt.Errorf("read: %w, nothing there to read", errTimedOut)
 		case err != nil:
 			return 0, fmt.Errorf("read: %w", err)
 		}
