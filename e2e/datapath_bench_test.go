@@ -18,15 +18,15 @@ import (
 
 // The data-path benchmark's workload, per row and round.
 const (
-	dpRoundTrips     = 20000     // measured 64-byte round trips
-	dpWarmup         = 2000      // round trips before measuring
-	dpBulk           = 256 << 20 // bytes one way, each way
-	dpConns          = 2000      // measured short connections
-	dpConnWarmup     = 200       // short connections before measuring
-	dpUDPQueries     = 2000      // measured DNS queries over UDP
-	dpTCPQueries     = 1000      // measured DNS queries over TCP, a connection each
-	dpQueryWarmup    = 100       // DNS queries before measuring, each network
-	dpExchangeTimout = "2s"      // a connection or query of the rate modes stalled after this
+	dpRoundTrips      = 20000     // measured 64-byte round trips
+	dpWarmup          = 2000      // round trips before measuring
+	dpBulk            = 256 << 20 // bytes one way, each way
+	dpConns           = 2000      // measured short connections
+	dpConnWarmup      = 200       // short connections before measuring
+	dpUDPQueries      = 2000      // measured DNS queries over UDP
+	dpTCPQueries      = 1000      // measured DNS queries over TCP, a connection each
+	dpQueryWarmup     = 100       // DNS queries before measuring, each network
+	dpExchangeTimeout = "2s"      // a connection or query of the rate modes stalled after this
 )
 
 // dpConnPort is the servers' connection-rate port (pingpong serve -conn);
@@ -73,9 +73,8 @@ type dpRow struct {
 	// a is the path of round trips and bulk (of UDP queries in the DNS
 	// table), b of short connections (of TCP queries).
 	a, b dpPath
-	// relaxed: the path need only begin with the tags and end with the
-	// greeting (a foreign proxy's path; eBPF's DNS path, which another
-	// proxy tag may take).
+	// relaxed: the path need only end with the greeting (a foreign
+	// proxy's, which may write what it likes first).
 	relaxed bool
 
 	samples map[string][]float64 // per column key, one per round
@@ -89,15 +88,18 @@ func (r *dpRow) add(key string, v float64) {
 	r.samples[key] = append(r.samples[key], v)
 }
 
-// check checks the path and addresses res reports for p.
+// check checks the path and addresses res reports for p. Where a proxy
+// tags the path, the tag is matched by its beginning up to its ";" (the
+// e2e tests check the tags; a tag may grow, for example by the source
+// address the proxy saw).
 func (r *dpRow) check(res dpResult, p dpPath) error {
 	got := peerPort.ReplaceAllString(res.Path, "peer=$1")
-	if want := p.tags + p.greeting; got != want &&
-		(!r.relaxed || !strings.HasPrefix(got, p.tags) || !strings.HasSuffix(got, p.greeting)) {
-		if r.relaxed {
-			return fmt.Errorf("path %q, want %q...%q", got, p.tags, p.greeting)
-		}
-		return fmt.Errorf("path %q, want %q", got, want)
+	ok := got == p.tags+p.greeting
+	if !ok && (r.relaxed || p.tags != "") {
+		ok = strings.HasPrefix(got, strings.TrimSuffix(p.tags, ";")) && strings.HasSuffix(got, p.greeting)
+	}
+	if !ok {
+		return fmt.Errorf("path %q, want %q", got, p.tags+p.greeting)
 	}
 	if p.locals == nil {
 		return nil
@@ -120,7 +122,8 @@ type dpCol struct {
 	target, direct float64
 }
 
-// dpTable is a server placement and its rows.
+// dpTable is a table of the output: its columns, rows and how a row is
+// measured in a round.
 type dpTable struct {
 	title   string
 	cols    []dpCol
@@ -168,7 +171,11 @@ type dpTable struct {
 // the median over the rounds and their range; the ratio rows are ratios of
 // the medians with the range of the per-round ratios, and the targets of
 // issue 16 are judged against that range: met, missed, or inside the noise
-// when the target lies within it. `make bench` runs it with -benchtime 1x;
+// when the target lies within it. A short connection or DNS query whose
+// answer does not come within dpExchangeTimeout has stalled: it is left out
+// of the figures and listed under its table, and the benchmark fails after
+// printing the tables (an app would have waited forever), as it does when
+// the eBPF counters show a redirect miss. `make bench` runs it with -benchtime 1x;
 // the 5 default rounds take about 3 minutes on a quiet 2-CPU VM.
 //
 // -datapath-proxy CMD runs CMD (split at spaces) as the sidecar of the
@@ -303,7 +310,7 @@ func BenchmarkDataPath(b *testing.B) {
 				r.add("p50", float64(rr.P50NS))
 				r.add("p99", float64(rr.P99NS))
 				r.add("conn", client(t, r, r.b, "-mode", "conn", "-count", fmt.Sprint(dpConns), "-warmup", fmt.Sprint(dpConnWarmup),
-					"-timeout", dpExchangeTimout).PerSec)
+					"-timeout", dpExchangeTimeout).PerSec)
 			})
 			r.add("up", client(t, r, r.a, "-mode", "up", "-bytes", fmt.Sprint(dpBulk)).MiBPerSec)
 			r.add("down", client(t, r, r.a, "-mode", "down", "-bytes", fmt.Sprint(dpBulk)).MiBPerSec)
@@ -330,9 +337,7 @@ func BenchmarkDataPath(b *testing.B) {
 	dns.ipt = &dpRow{name: "iptables (--redirect-dns)", short: "iptables", m: dnsIpt,
 		a: dpPath{dial: remoteDNS, tags: "dns=proxy;", greeting: udpGreeting},
 		b: dpPath{dial: remoteDNS, tags: fmt.Sprintf("dns=proxy orig=%s;", remoteDNS), greeting: tcpGreeting}}
-	dns.bpf = &dpRow{name: "eBPF pod (join --redirect-dns)", short: "eBPF", m: dnsBPF, relaxed: true,
-		a: dpPath{dial: remoteDNS, tags: "dns=proxy", greeting: udpGreeting},
-		b: dpPath{dial: remoteDNS, tags: "dns=proxy", greeting: tcpGreeting}}
+	dns.bpf = &dpRow{name: "eBPF pod (join --redirect-dns)", short: "eBPF", m: dnsBPF, a: dns.ipt.a, b: dns.ipt.b}
 	dns.rows = []*dpRow{
 		{name: "no DNS proxy (app asks the server)", m: plainRemote,
 			a: dpPath{dial: remoteDNS, greeting: udpGreeting}, b: dpPath{dial: remoteDNS, greeting: tcpGreeting}},
@@ -341,11 +346,11 @@ func BenchmarkDataPath(b *testing.B) {
 	dns.measure = func(r *dpRow) {
 		latency(func() {
 			u := client(dns, r, r.a, "-mode", "dns", "-network", "udp", "-count", fmt.Sprint(dpUDPQueries),
-				"-warmup", fmt.Sprint(dpQueryWarmup), "-timeout", dpExchangeTimout)
+				"-warmup", fmt.Sprint(dpQueryWarmup), "-timeout", dpExchangeTimeout)
 			r.add("udp", u.PerSec)
 			r.add("udp p50", float64(u.P50NS))
 			t := client(dns, r, r.b, "-mode", "dns", "-network", "tcp", "-count", fmt.Sprint(dpTCPQueries),
-				"-warmup", fmt.Sprint(dpQueryWarmup), "-timeout", dpExchangeTimout)
+				"-warmup", fmt.Sprint(dpQueryWarmup), "-timeout", dpExchangeTimeout)
 			r.add("tcp", t.PerSec)
 			r.add("tcp p50", float64(t.P50NS))
 		})
