@@ -353,12 +353,16 @@ func readRetry(fd int, b []byte) (int, error) {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
-			// Tell a lost wakeup (the bytes are there) from lost bytes.
-			k, _, _ := unix.Recvfrom(fd, b, unix.MSG_DONTWAIT)
-			if k > 0 {
+			// Tell a lost wakeup (bytes or the end of the stream were
+			// there) from lost bytes.
+			k, _, err := unix.Recvfrom(fd, b, unix.MSG_DONTWAIT)
+			switch {
+			case err == nil && k > 0:
 				return 0, fmt.Errorf("read: %w, yet %q was there to read (a lost wakeup)", errTimedOut, b[:k])
+			case err == nil:
+				return 0, fmt.Errorf("read: %w, yet the end of the stream was there (a lost wakeup)", errTimedOut)
 			}
-			return 0, fmt.Errorf("read: %w, nothing there to read", errTimedOut)
+			return 0, fmt.Errorf("read: %w, nothing there to read (%v)", errTimedOut, err)
 		case err != nil:
 			return 0, fmt.Errorf("read: %w", err)
 		}
