@@ -176,7 +176,8 @@ type dpTable struct {
 // of the figures and listed under its table, and the benchmark fails after
 // printing the tables (an app would have waited forever), as it does when
 // the eBPF counters show a redirect miss. `make bench` runs it with -benchtime 1x;
-// the 5 default rounds take about 3 minutes on a quiet 2-CPU VM.
+// the 5 default rounds took 3.5 minutes on a 2-CPU VM under a load of 5–11,
+// setup included; a round is about 40 s there.
 //
 // -datapath-proxy CMD runs CMD (split at spaces) as the sidecar of the
 // iptables and eBPF pods instead of refproxy, to measure with any proxy
