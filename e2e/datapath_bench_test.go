@@ -12,51 +12,138 @@ import (
 	"strings"
 	"testing"
 	"text/tabwriter"
-	"time"
 
 	"github.com/shuntmesh/shunt/internal/testutil"
 )
 
 // The data-path benchmark's workload, per row and round.
 const (
-	dpRoundTrips = 20000     // measured 64-byte round trips
-	dpWarmup     = 2000      // round trips before measuring
-	dpBulk       = 256 << 20 // bytes one way, each way
+	dpRoundTrips      = 20000     // measured 64-byte round trips
+	dpWarmup          = 2000      // round trips before measuring
+	dpBulk            = 256 << 20 // bytes one way, each way
+	dpConns           = 2000      // measured short connections
+	dpConnWarmup      = 200       // short connections before measuring
+	dpUDPQueries      = 2000      // measured DNS queries over UDP
+	dpTCPQueries      = 1000      // measured DNS queries over TCP, a connection each
+	dpQueryWarmup     = 100       // DNS queries before measuring, each network
+	dpExchangeTimeout = "2s"      // a connection or query of the rate modes stalled after this
 )
 
-var dpRounds = flag.Int("datapath-rounds", 5, "BenchmarkDataPath: rounds over all rows; medians are reported")
+// dpConnPort is the servers' connection-rate port (pingpong serve -conn);
+// dpDirectConnPort the outbound port of the second refproxy of the rows
+// without interception, which relays to it.
+const (
+	dpConnPort       = 7072
+	dpDirectConnPort = 15011
+)
 
-// dpLocalVIP is the benchmark's service whose endpoint is the pingpong
-// server on the pod's own 127.0.0.1.
-var dpLocalVIP = netip.MustParseAddrPort("10.96.0.30:80")
+var (
+	dpRounds = flag.Int("datapath-rounds", 5, "BenchmarkDataPath: rounds over all rows; medians and ranges are reported")
+	dpAwake  = flag.Bool("datapath-awake", true,
+		"BenchmarkDataPath: keep every CPU awake with a SCHED_IDLE busy loop during round trips, connections and DNS queries")
+	dpProxy = flag.String("datapath-proxy", "",
+		"BenchmarkDataPath: command (split at spaces, no shell) run as the sidecar instead of refproxy: any SO_ORIGINAL_DST proxy on :15001; see the benchmark's doc")
+)
+
+// dpLocalVIP and dpLocalConnVIP are the benchmark's services whose endpoints
+// are the pingpong server on the pod's own 127.0.0.1: its -tcp and its
+// -conn port.
+var (
+	dpLocalVIP     = netip.MustParseAddrPort("10.96.0.30:80")
+	dpLocalConnVIP = netip.MustParseAddrPort("10.96.0.30:81")
+)
+
+// dpPath is where a row's client connects for one kind of run and what it
+// must find there.
+type dpPath struct {
+	dial netip.AddrPort
+	// tags is what the proxies on the way write, greeting the server's line
+	// (peer ports removed): the path is tags + greeting.
+	tags, greeting string
+	// locals are the addresses the app's socket may be bound to; nil: not
+	// checked (nor the peer).
+	locals []netip.Addr
+}
 
 // dpRow is one way of getting the app's bytes to the server.
 type dpRow struct {
-	name string
-	m    *meshPod
-	dial netip.AddrPort
-	// check checks the path and addresses of a connection of this row.
-	check func(r ppResult) error
+	name  string
+	short string // in the ratio rows
+	m     *meshPod
+	// a is the path of round trips and bulk (of UDP queries in the DNS
+	// table), b of short connections (of TCP queries).
+	a, b dpPath
+	// relaxed: the path need only end with the greeting (a foreign
+	// proxy's, which may write what it likes first).
+	relaxed bool
 
-	p50, p99, up, down []float64 // one per round
+	samples map[string][]float64 // per column key, one per round
+	stalls  []string             // exchanges of the rate modes that stalled
 }
 
-// dpTable is a server placement and its rows: no proxy, no interception,
-// iptables, eBPF.
+func (r *dpRow) add(key string, v float64) {
+	if r.samples == nil {
+		r.samples = map[string][]float64{}
+	}
+	r.samples[key] = append(r.samples[key], v)
+}
+
+// check checks the path and addresses res reports for p. Where a proxy
+// tags the path, the tag is matched by its beginning up to its ";" (the
+// e2e tests check the tags; a tag may grow, for example by the source
+// address the proxy saw).
+func (r *dpRow) check(res dpResult, p dpPath) error {
+	got := peerPort.ReplaceAllString(res.Path, "peer=$1")
+	ok := got == p.tags+p.greeting
+	if !ok && (r.relaxed || p.tags != "") {
+		ok = strings.HasPrefix(got, strings.TrimSuffix(p.tags, ";")) && strings.HasSuffix(got, p.greeting)
+	}
+	if !ok {
+		return fmt.Errorf("path %q, want %q", got, p.tags+p.greeting)
+	}
+	if p.locals == nil {
+		return nil
+	}
+	l, _ := netip.ParseAddrPort(res.Local)
+	if !slices.Contains(p.locals, l.Addr()) || res.Peer != p.dial.String() {
+		return fmt.Errorf("local %s peer %s, want local %v:* peer %s", res.Local, res.Peer, p.locals, p.dial)
+	}
+	return nil
+}
+
+// dpCol is a column of a table: a metric per round and row.
+type dpCol struct {
+	key, head string
+	scale     float64 // the value shown is the sample divided by it
+	format    string
+	higher    bool // higher is better
+	// target is eBPF / iptables' target, direct eBPF / no interception's;
+	// 0 for none.
+	target, direct float64
+}
+
+// dpTable is a table of the output: its columns, rows and how a row is
+// measured in a round.
 type dpTable struct {
-	title string
-	rows  []*dpRow
+	title   string
+	cols    []dpCol
+	rows    []*dpRow
+	measure func(r *dpRow)
+	// ipt and bpf are the rows of the eBPF / iptables ratio, direct the row
+	// without interception (nil if none).
+	ipt, bpf, direct *dpRow
 }
 
-// BenchmarkDataPath measures what interception costs the bytes an app
-// exchanges through its sidecar: the reference sidecar (refproxy as uid
-// 1337, read/write loops) between a pingpong client in the pod and a
-// pingpong server. Rows:
+// BenchmarkDataPath measures what interception costs the bytes, connections
+// and DNS queries an app exchanges through its sidecar: the reference
+// sidecar (refproxy as uid 1337, read/write loops) between a pingpong
+// client in the pod and a pingpong server. Rows:
 //
 //   - no proxy: the app dials the server itself, for scale;
 //   - no interception: no rules; the app dials 127.0.0.1:15001 itself and the
-//     proxy relays to the server (refproxy -direct-upstream): what a
-//     perfect, free interception would give;
+//     proxy relays to the server (refproxy -direct-upstream; for short
+//     connections a second refproxy on 127.0.0.1:15011): what a perfect,
+//     free interception would give;
 //   - iptables: the injector's REDIRECT rules (shunt iptables, iptables-nft);
 //   - eBPF: the same rules plus shunt ebpf load and join: connect(2) is
 //     rewritten before a packet exists, sk_msg moves the bytes socket to socket.
@@ -65,128 +152,363 @@ type dpTable struct {
 // (a real upstream), and the pod's own 127.0.0.1 reached through a service
 // (the proxy's upstream leg is then loopback TCP, which neither iptables nor
 // eBPF touch: what is left between the rows is the app ↔ proxy leg alone).
+// A third table has DNS through the DNS proxy (refproxy's, on 15053) to a
+// server in the remote namespace, in pods captured with --redirect-dns
+// --dns-servers=<remote>: the iptables rules, and a pod joined to eBPF with
+// the same DNS settings (whatever it does with DNS today, it is measured),
+// against the app asking the server itself.
+//
 // Each pod, remote and cgroup serves one interception setup. Each round runs
 // every row once, in an order that rotates from round to round: 64-byte round
-// trips (p50 and p99 of dpRoundTrips after dpWarmup), then dpBulk bytes up
-// (app → server, until the server confirms) and dpBulk down. The tables have
-// the median over the rounds and, for p50, their range. `make bench` runs it
-// with -benchtime 1x.
+// trips (p50 and p99 of dpRoundTrips after dpWarmup) and dpConns short
+// connections after dpConnWarmup (connect, one byte each way, close: pingpong
+// -mode conn), then dpBulk bytes up (app → server, until the server
+// confirms) and dpBulk down; in the DNS table dpUDPQueries UDP queries and
+// dpTCPQueries TCP queries (a connection each), one at a time. During the
+// latency runs (round trips, connections, queries) one SCHED_IDLE busy loop
+// per CPU keeps the CPUs from idling between messages, which on VMs makes
+// round trips bimodal (-datapath-awake=false turns it off). Every cell is
+// the median over the rounds and their range; the ratio rows are ratios of
+// the medians with the range of the per-round ratios, and the targets of
+// issue 16 are judged against that range: met, missed, or inside the noise
+// when the target lies within it. A short connection or DNS query whose
+// answer does not come within dpExchangeTimeout has stalled: it is left out
+// of the figures and listed under its table, and the benchmark fails after
+// printing the tables (an app would have waited forever), as it does when
+// the eBPF counters show a redirect miss. `make bench` runs it with -benchtime 1x;
+// the 5 default rounds took 3.5 minutes on a 2-CPU VM under a load of 5–11,
+// setup included; a round is about 40 s there.
+//
+// -datapath-proxy CMD runs CMD (split at spaces) as the sidecar of the
+// iptables and eBPF pods instead of refproxy, to measure with any proxy
+// that honours the contract: it runs as uid and gid 1337 in the pod's network
+// namespace and cgroup, is ready once it listens on TCP port 15001 (at least
+// IPv4), relays each connection accepted there to its original destination
+// (getsockopt SOL_IP SO_ORIGINAL_DST) as a transparent byte stream, both
+// ways, half-closing each side when the other is done, and is killed
+// (SIGKILL) when the benchmark ends. Only the server's greeting is checked at
+// the end of the path then (bytes a proxy writes before it are allowed).
+// Without refproxy's -direct-upstream and service map, the rows without
+// interception and the table of the pod's own 127.0.0.1 are left out; the
+// DNS table keeps refproxy as the DNS proxy (istio-agent's part, not the
+// sidecar's).
 func BenchmarkDataPath(b *testing.B) {
 	testutil.RequireRoot(b)
 	f := ipv4
-	remote := addr(f.remote, ppPort)
-	local := addr(f.localhost, ppPort)
-	direct := addr(f.localhost, 15001)
-	want := func(path string, local netip.Addr, peer netip.AddrPort) func(ppResult) error {
-		return func(r ppResult) error {
-			got := peerPort.ReplaceAllString(r.Path, "peer=$1")
-			l, _ := netip.ParseAddrPort(r.Local)
-			if got != path || l.Addr() != local || r.Peer != peer.String() {
-				return fmt.Errorf("path %q local %s peer %s, want %q local %s:* peer %s", got, r.Local, r.Peer, path, local, peer)
-			}
-			return nil
-		}
-	}
-	service := []string{"-service", dpLocalVIP.String() + "=" + local.String()}
+	foreign := strings.Fields(*dpProxy)
+	pp := bins.Path(b, pkgPingpong)
+	refproxy := bins.Path(b, pkgRefproxy)
+	remote, remoteConn := addr(f.remote, ppPort), addr(f.remote, dpConnPort)
+	local, localConn := addr(f.localhost, ppPort), addr(f.localhost, dpConnPort)
+	remoteDNS := addr(f.remote, dnsPort)
+	dnsServers := "--dns-servers=" + ipv4.remote.String() + "," + ipv6.remote.String()
 
-	plainRemote := newMeshPod(b)
-	plainRemote.startProxy(b, "-direct-upstream", remote.String())
-	plainLocal := newMeshPod(b)
-	plainLocal.startProxy(b, "-direct-upstream", local.String())
-	ipt := newMeshPod(b)
+	// newPod is a meshPod whose remote also serves connections and DNS, and
+	// whose pod serves connections.
+	newPod := func() *meshPod {
+		m := newMeshPod(b)
+		m.remote.Start(b, &root, pp, "serve", "-name", "remote", "-conn", fmt.Sprint(dpConnPort), "-dns", fmt.Sprint(dnsPort))
+		m.cg.Start(b, m.ns, &appUser, pp, "serve", "-name", "pod", "-conn", fmt.Sprint(dpConnPort))
+		return m
+	}
+	// direct starts the refproxies of the rows without interception.
+	direct := func(m *meshPod, rr, conn netip.AddrPort) {
+		m.startProxy(b, "-direct-upstream", rr.String())
+		m.cg.Start(b, m.ns, &proxyUser, refproxy, "-mode", "REDIRECT", "-outbound-port", fmt.Sprint(dpDirectConnPort),
+			"-inbound-port", "15016", "-dns-port", "15063", "-direct-upstream", conn.String())
+	}
+	sidecar := func(m *meshPod) {
+		if len(foreign) > 0 {
+			startForeignProxy(b, m, foreign)
+			return
+		}
+		m.startProxy(b, "-service", dpLocalVIP.String()+"="+local.String(), "-service", dpLocalConnVIP.String()+"="+localConn.String())
+	}
+
+	plainRemote := newPod()
+	var plainLocal *meshPod
+	if len(foreign) == 0 {
+		direct(plainRemote, remote, remoteConn)
+		plainLocal = newPod()
+		direct(plainLocal, local, localConn)
+	}
+	ipt := newPod()
 	ipt.iptables(b, defaultCapture...)
-	ipt.startProxy(b, service...)
-	bpf := newMeshPod(b)
+	sidecar(ipt)
+	bpf := newPod()
 	bpf.iptables(b, defaultCapture...)
 	bpf.load(b)
 	bpf.join(b, joinCapture...)
-	bpf.startProxy(b, service...)
+	sidecar(bpf)
+	dnsIpt := newPod()
+	dnsIpt.iptables(b, append(slices.Clone(defaultCapture), "--redirect-dns", dnsServers)...)
+	dnsIpt.startProxy(b, "-dns-upstream", remoteDNS.String())
+	dnsBPF := newPod()
+	dnsBPF.iptables(b, append(slices.Clone(defaultCapture), "--redirect-dns", dnsServers)...)
+	dnsBPF.load(b)
+	dnsBPF.join(b, append(slices.Clone(joinCapture), "--redirect-dns", dnsServers)...)
+	dnsBPF.startProxy(b, "-dns-upstream", remoteDNS.String())
 
-	toRemote := ppReply("remote", f.pod, remote)
-	toLocal := ppReply("pod", f.localhost, local)
-	tables := []*dpTable{
-		{title: "server in the remote namespace, behind the veth", rows: []*dpRow{
-			{name: "no proxy (app dials the server)", m: plainRemote, dial: remote, check: want(toRemote, f.pod, remote)},
-			{name: "no interception (app dials 127.0.0.1:15001)", m: plainRemote, dial: direct,
-				check: want(fmt.Sprintf("proxy=outbound direct=%s;", remote)+toRemote, f.localhost, direct)},
-			{name: "iptables REDIRECT", m: ipt, dial: remote, check: want(viaOutbound(remote)+toRemote, f.pod, remote)},
-			{name: "eBPF (connect + sk_msg)", m: bpf, dial: remote, check: want(viaOutbound(remote)+toRemote, f.localhost, remote)},
-		}},
-		{title: fmt.Sprintf("server on the pod's 127.0.0.1, as service %s", dpLocalVIP), rows: []*dpRow{
-			{name: "no proxy (app dials the server)", m: plainLocal, dial: local, check: want(toLocal, f.localhost, local)},
-			{name: "no interception (app dials 127.0.0.1:15001)", m: plainLocal, dial: direct,
-				check: want(fmt.Sprintf("proxy=outbound direct=%s;", local)+toLocal, f.localhost, direct)},
-			{name: "iptables REDIRECT", m: ipt, dial: dpLocalVIP, check: want(viaOutbound(dpLocalVIP)+toLocal, f.pod, dpLocalVIP)},
-			{name: "eBPF (connect + sk_msg)", m: bpf, dial: dpLocalVIP, check: want(viaOutbound(dpLocalVIP)+toLocal, f.localhost, dpLocalVIP)},
-		}},
+	waker := newCPUWaker(b)
+	latency := func(run func()) {
+		if *dpAwake {
+			waker.start()
+			defer waker.stop()
+		}
+		run()
 	}
+	client := func(t *dpTable, r *dpRow, p dpPath, args ...string) dpResult {
+		res, err := dpClient(b, r.m, p.dial, args...)
+		if err == nil {
+			err = r.check(res, p)
+		}
+		if err != nil {
+			b.Fatalf("%s, %s: pingpong -addr %s %s: %v", t.title, r.name, p.dial, strings.Join(args, " "), err)
+		}
+		if res.Stalled > 0 {
+			r.stalls = append(r.stalls, fmt.Sprintf("%s: %d of %d stalled, first %s", args[1], res.Stalled, res.Stalled+res.Count, res.Stall))
+		}
+		return res
+	}
+
+	tcpCols := []dpCol{
+		{key: "p50", head: "rr p50 µs", scale: 1e3, format: "%.1f", target: 0.90, direct: 1.00},
+		{key: "p99", head: "rr p99 µs", scale: 1e3, format: "%.1f"},
+		{key: "conn", head: "conn/s", scale: 1, format: "%.0f", higher: true, target: 1.00},
+		{key: "up", head: "up MiB/s", scale: 1, format: "%.0f", higher: true, target: 1.30},
+		{key: "down", head: "down MiB/s", scale: 1, format: "%.0f", higher: true, target: 1.30},
+	}
+	var tables []*dpTable
+	tcpTable := func(title string, plain *meshPod, peer netip.Addr, rrSrv, connSrv, rrVIP, connVIP netip.AddrPort, name string) {
+		t := &dpTable{title: title, cols: tcpCols}
+		path := func(dial, srv netip.AddrPort, tags string, locals ...netip.Addr) dpPath {
+			return dpPath{dial: dial, tags: tags, greeting: ppReply(name, peer, srv), locals: locals}
+		}
+		outbound := func(vip netip.AddrPort) string {
+			if len(foreign) > 0 {
+				return ""
+			}
+			return viaOutbound(vip)
+		}
+		t.rows = append(t.rows, &dpRow{name: "no proxy (app dials the server)", m: plain,
+			a: path(rrSrv, rrSrv, "", peer), b: path(connSrv, connSrv, "", peer)})
+		if len(foreign) == 0 {
+			t.direct = &dpRow{name: "no interception (app dials 127.0.0.1:15001)", short: "no interception", m: plain,
+				a: path(addr(f.localhost, 15001), rrSrv, fmt.Sprintf("proxy=outbound direct=%s;", rrSrv), f.localhost),
+				b: path(addr(f.localhost, dpDirectConnPort), connSrv, fmt.Sprintf("proxy=outbound direct=%s;", connSrv), f.localhost)}
+			t.rows = append(t.rows, t.direct)
+		}
+		t.ipt = &dpRow{name: "iptables REDIRECT", short: "iptables", m: ipt, relaxed: len(foreign) > 0,
+			a: path(rrVIP, rrSrv, outbound(rrVIP), f.pod), b: path(connVIP, connSrv, outbound(connVIP), f.pod)}
+		// eBPF redirects connect(2) to the loopback, or (issue 16) to the
+		// pod's own address.
+		t.bpf = &dpRow{name: "eBPF (connect + sk_msg)", short: "eBPF", m: bpf, relaxed: len(foreign) > 0,
+			a: path(rrVIP, rrSrv, outbound(rrVIP), f.localhost, f.pod), b: path(connVIP, connSrv, outbound(connVIP), f.localhost, f.pod)}
+		t.rows = append(t.rows, t.ipt, t.bpf)
+		t.measure = func(r *dpRow) {
+			latency(func() {
+				rr := client(t, r, r.a, "-mode", "rr", "-size", "64", "-count", fmt.Sprint(dpRoundTrips), "-warmup", fmt.Sprint(dpWarmup))
+				r.add("p50", float64(rr.P50NS))
+				r.add("p99", float64(rr.P99NS))
+				r.add("conn", client(t, r, r.b, "-mode", "conn", "-count", fmt.Sprint(dpConns), "-warmup", fmt.Sprint(dpConnWarmup),
+					"-timeout", dpExchangeTimeout).PerSec)
+			})
+			r.add("up", client(t, r, r.a, "-mode", "up", "-bytes", fmt.Sprint(dpBulk)).MiBPerSec)
+			r.add("down", client(t, r, r.a, "-mode", "down", "-bytes", fmt.Sprint(dpBulk)).MiBPerSec)
+		}
+		tables = append(tables, t)
+	}
+	tcpTable("server in the remote namespace, behind the veth", plainRemote, f.pod, remote, remoteConn, remote, remoteConn, "remote")
+	if len(foreign) == 0 {
+		tcpTable(fmt.Sprintf("server on the pod's 127.0.0.1, as services %s and %s", dpLocalVIP, dpLocalConnVIP),
+			plainLocal, f.localhost, local, localConn, dpLocalVIP, dpLocalConnVIP, "pod")
+	}
+
+	// DNS: the server answers UDP with "pingpong=remote peer=IP:PORT" (no
+	// local address), TCP with the full greeting.
+	udpGreeting := fmt.Sprintf("pingpong=remote peer=%s", f.pod)
+	tcpGreeting := ppReply("remote", f.pod, remoteDNS)
+	dns := &dpTable{title: fmt.Sprintf("DNS to %s through the DNS proxy (refproxy, :15053), pods captured with --redirect-dns", remoteDNS),
+		cols: []dpCol{
+			{key: "udp", head: "UDP queries/s", scale: 1, format: "%.0f", higher: true, target: 1.00},
+			{key: "udp p50", head: "UDP p50 µs", scale: 1e3, format: "%.1f"},
+			{key: "tcp", head: "TCP queries/s", scale: 1, format: "%.0f", higher: true, target: 1.00},
+			{key: "tcp p50", head: "TCP p50 µs", scale: 1e3, format: "%.1f"},
+		}}
+	dns.ipt = &dpRow{name: "iptables (--redirect-dns)", short: "iptables", m: dnsIpt,
+		a: dpPath{dial: remoteDNS, tags: "dns=proxy;", greeting: udpGreeting},
+		b: dpPath{dial: remoteDNS, tags: fmt.Sprintf("dns=proxy orig=%s;", remoteDNS), greeting: tcpGreeting}}
+	dns.bpf = &dpRow{name: "eBPF pod (join --redirect-dns)", short: "eBPF", m: dnsBPF, a: dns.ipt.a, b: dns.ipt.b}
+	dns.rows = []*dpRow{
+		{name: "no DNS proxy (app asks the server)", m: plainRemote,
+			a: dpPath{dial: remoteDNS, greeting: udpGreeting}, b: dpPath{dial: remoteDNS, greeting: tcpGreeting}},
+		dns.ipt, dns.bpf,
+	}
+	dns.measure = func(r *dpRow) {
+		latency(func() {
+			u := client(dns, r, r.a, "-mode", "dns", "-network", "udp", "-count", fmt.Sprint(dpUDPQueries),
+				"-warmup", fmt.Sprint(dpQueryWarmup), "-timeout", dpExchangeTimeout)
+			r.add("udp", u.PerSec)
+			r.add("udp p50", float64(u.P50NS))
+			t := client(dns, r, r.b, "-mode", "dns", "-network", "tcp", "-count", fmt.Sprint(dpTCPQueries),
+				"-warmup", fmt.Sprint(dpQueryWarmup), "-timeout", dpExchangeTimeout)
+			r.add("tcp", t.PerSec)
+			r.add("tcp p50", float64(t.P50NS))
+		})
+	}
+	tables = append(tables, dns)
 
 	// Programs that ancestors of the cgroups attached run in every row.
 	inherited, err := testutil.CgroupPrograms(ipt.cg, true)
 	if err != nil {
 		b.Fatal(err)
 	}
-	before := bpf.status(b).Counters
+	before, dnsBefore := bpf.status(b).Counters, dnsBPF.status(b).Counters
 
 	b.ResetTimer()
 	for round := range *dpRounds {
 		for _, t := range tables {
 			for i := range t.rows {
-				r := t.rows[(round+i)%len(t.rows)]
-				client := func(args ...string) ppResult {
-					res, err := r.m.pingpong(b, appUser, r.dial, args...)
-					if err == nil {
-						err = r.check(res)
-					}
-					if err != nil {
-						b.Fatalf("%s, %s: pingpong %s: %v", t.title, r.name, strings.Join(args, " "), err)
-					}
-					return res
-				}
-				rr := client("-mode", "rr", "-size", "64", "-count", fmt.Sprint(dpRoundTrips), "-warmup", fmt.Sprint(dpWarmup))
-				r.p50 = append(r.p50, float64(rr.P50NS))
-				r.p99 = append(r.p99, float64(rr.P99NS))
-				r.up = append(r.up, client("-mode", "up", "-bytes", fmt.Sprint(dpBulk)).MiBPerSec)
-				r.down = append(r.down, client("-mode", "down", "-bytes", fmt.Sprint(dpBulk)).MiBPerSec)
+				t.measure(t.rows[(round+i)%len(t.rows)])
 			}
 		}
 	}
 	b.StopTimer()
-	// The eBPF rows are eBPF's work: every connection redirected at
-	// connect(2), its bytes moved by sk_msg, no miss.
-	delta := bpf.status(b).Counters.minus(before)
-	conns := uint64(3 * len(tables) * *dpRounds)
-	if delta.ConnectsRedirected != conns || delta.MessagesRedirected == 0 || delta.RedirectMisses != 0 {
-		b.Fatalf("eBPF setup: counters grew by %+v, want %d connects redirected, messages redirected, no misses", delta, conns)
-	}
 
-	fmt.Printf("Data path: pingpong client (pod, uid 1000) -> refproxy (uid 1337, read/write loops, 32 KiB buffers) -> pingpong server. IPv4.\n")
-	fmt.Printf("Per round and row: %d x 64 B round trips after %d warm-up, %d MiB up (until the server confirms), %d MiB down.\n",
-		dpRoundTrips, dpWarmup, dpBulk>>20, dpBulk>>20)
-	fmt.Printf("%d rounds, rows in rotating order, medians over the rounds; %d CPUs, shared with whatever else runs.\n", *dpRounds, runtime.NumCPU())
+	delta := bpf.status(b).Counters.minus(before)
+	dnsDelta := dnsBPF.status(b).Counters.minus(dnsBefore)
+
+	proxy := "refproxy (uid 1337, read/write loops, 32 KiB buffers)"
+	if len(foreign) > 0 {
+		proxy = fmt.Sprintf("%q (uid 1337)", *dpProxy)
+	}
+	fmt.Printf("Data path: pingpong client (pod, uid 1000) -> %s -> pingpong server. IPv4.\n", proxy)
+	fmt.Printf("Per round and row: %d x 64 B round trips after %d warm-up; %d short connections after %d (connect, 1 byte each way, close);\n",
+		dpRoundTrips, dpWarmup, dpConns, dpConnWarmup)
+	fmt.Printf("%d MiB up (until the server confirms), %d MiB down; DNS: %d UDP queries and %d TCP queries (a connection each) after %d each, one at a time.\n",
+		dpBulk>>20, dpBulk>>20, dpUDPQueries, dpTCPQueries, dpQueryWarmup)
+	fmt.Printf("%d rounds, rows in rotating order; cells: median over the rounds (min–max); ratios: of the medians (min–max of the per-round ratios).\n", *dpRounds)
+	awake := "CPUs kept awake during round trips, connections and DNS queries: a SCHED_IDLE busy loop per CPU"
+	if !*dpAwake {
+		awake = "CPUs free to idle between messages (-datapath-awake=false)"
+	}
+	fmt.Printf("%s; %d CPUs, shared with whatever else runs.\n", awake, runtime.NumCPU())
 	if len(inherited) > 0 {
 		fmt.Printf("Note: %d BPF programs attached to ancestor cgroups run in every row: %v\n", len(inherited), inherited)
 	}
 	for _, t := range tables {
-		fmt.Printf("\n%s:\n", t.title)
-		w := tabwriter.NewWriter(os.Stdout, 2, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(w, "path\trr p50\t(p50 range)\trr p99\tup MiB/s\tdown MiB/s\t")
-		for _, r := range t.rows {
-			fmt.Fprintf(w, "%s\t%s\t%s-%s\t%s\t%.0f\t%.0f\t\n", r.name, usf(median(r.p50)), usf(slices.Min(r.p50)), usf(slices.Max(r.p50)),
-				usf(median(r.p99)), median(r.up), median(r.down))
-		}
-		ratio := func(of *dpRow, to *dpRow) string {
-			return fmt.Sprintf("%.2fx\t\t%.2fx\t%.2fx\t%.2fx", median(of.p50)/median(to.p50), median(of.p99)/median(to.p99),
-				median(of.up)/median(to.up), median(of.down)/median(to.down))
-		}
-		none, iptRow, bpfRow := t.rows[1], t.rows[2], t.rows[3]
-		fmt.Fprintf(w, "eBPF / iptables\t%s\t\n", ratio(bpfRow, iptRow))
-		fmt.Fprintf(w, "no interception / iptables\t%s\t\n", ratio(none, iptRow))
-		fmt.Fprintf(w, "target for eBPF / iptables (issue 4)\t<= 0.60x\t\t\t>= 1.30x\t>= 1.30x\t\n")
-		w.Flush()
+		t.print()
 	}
-	fmt.Printf("\neBPF counters over its %d connections: connects_redirected %d, sockets_paired %d, messages_redirected %d, redirect_misses %d, origdst_answered %d\n",
-		conns, delta.ConnectsRedirected, delta.SocketsPaired, delta.MessagesRedirected, delta.RedirectMisses, delta.OrigdstAnswered)
+	fmt.Printf("\nTargets (issue 16): met when every per-round ratio meets it, missed when none does, else inside the noise.\n")
+	// The eBPF rows are eBPF's work: every connection redirected at
+	// connect(2) (round trips, up, down, the conn probe, the short
+	// connections), its bytes moved by sk_msg, no miss. The DNS pod's TCP
+	// queries are redirected at connect(2) too.
+	conns := uint64((len(tables) - 1) * *dpRounds * (3 + 1 + dpConnWarmup + dpConns))
+	tcpQueries := uint64(*dpRounds * (1 + dpQueryWarmup + dpTCPQueries))
+	for _, c := range []struct {
+		name string
+		n    uint64
+		d    ebpfCounters
+	}{{"eBPF pod", conns, delta}, {"eBPF DNS pod", tcpQueries, dnsDelta}} {
+		fmt.Printf("%s counters over its %d TCP connections: connects_redirected %d, sockets_paired %d, messages_redirected %d, redirect_misses %d, origdst_answered %d\n",
+			c.name, c.n, c.d.ConnectsRedirected, c.d.SocketsPaired, c.d.MessagesRedirected, c.d.RedirectMisses, c.d.OrigdstAnswered)
+	}
+	if delta.ConnectsRedirected != conns || delta.MessagesRedirected == 0 || delta.RedirectMisses != 0 {
+		b.Errorf("eBPF setup: counters grew by %+v, want %d connects redirected, messages redirected, no misses", delta, conns)
+	}
+	if dnsDelta.ConnectsRedirected < tcpQueries || dnsDelta.RedirectMisses != 0 {
+		b.Errorf("eBPF DNS setup: counters grew by %+v, want at least %d connects redirected (the TCP queries), no misses", dnsDelta, tcpQueries)
+	}
+	// A stalled exchange is one an app would wait on forever.
+	for _, t := range tables {
+		for _, r := range t.rows {
+			for _, s := range r.stalls {
+				b.Errorf("%s, %s: %s", t.title, r.name, s)
+			}
+		}
+	}
+}
+
+// print writes t: a row per path, the ratio rows and the targets.
+func (t *dpTable) print() {
+	fmt.Printf("\n%s:\n", t.title)
+	w := tabwriter.NewWriter(os.Stdout, 2, 0, 2, ' ', tabwriter.AlignRight)
+	line := func(name string, cell func(c dpCol) string) {
+		fmt.Fprint(w, name, "\t")
+		for _, c := range t.cols {
+			fmt.Fprint(w, cell(c), "\t")
+		}
+		fmt.Fprintln(w)
+	}
+	line("path", func(c dpCol) string { return c.head })
+	for _, r := range t.rows {
+		line(r.name, func(c dpCol) string {
+			s := r.samples[c.key]
+			v := func(x float64) string { return fmt.Sprintf(c.format, x/c.scale) }
+			return fmt.Sprintf("%s (%s–%s)", v(median(s)), v(slices.Min(s)), v(slices.Max(s)))
+		})
+	}
+	ratio := func(of, to *dpRow) {
+		line(of.short+" / "+to.short, func(c dpCol) string {
+			rs := perRound(of, to, c.key)
+			return fmt.Sprintf("%.2fx (%.2f–%.2f)", median(of.samples[c.key])/median(to.samples[c.key]), slices.Min(rs), slices.Max(rs))
+		})
+	}
+	target := func(of, to *dpRow, want func(c dpCol) float64) {
+		line("target "+of.short+" / "+to.short, func(c dpCol) string {
+			if want(c) == 0 {
+				return ""
+			}
+			op := "<="
+			if c.higher {
+				op = ">="
+			}
+			return fmt.Sprintf("%s %.2fx: %s", op, want(c), verdict(perRound(of, to, c.key), want(c), c.higher))
+		})
+	}
+	ratio(t.bpf, t.ipt)
+	if t.direct != nil {
+		ratio(t.bpf, t.direct)
+		ratio(t.direct, t.ipt)
+	}
+	target(t.bpf, t.ipt, func(c dpCol) float64 { return c.target })
+	if t.direct != nil {
+		target(t.bpf, t.direct, func(c dpCol) float64 { return c.direct })
+	}
+	w.Flush()
+	for _, r := range t.rows {
+		for _, s := range r.stalls {
+			fmt.Printf("STALLED (left out of the figures): %s, %s\n", r.name, s)
+		}
+	}
+}
+
+// perRound returns of's samples of key divided by to's, round by round.
+func perRound(of, to *dpRow, key string) []float64 {
+	rs := make([]float64, len(of.samples[key]))
+	for i, x := range of.samples[key] {
+		rs[i] = x / to.samples[key][i]
+	}
+	return rs
+}
+
+// verdict judges the per-round ratios rs against target: "met" when all
+// meet it, "missed" when none does, else "inside the noise".
+func verdict(rs []float64, target float64, higher bool) string {
+	meets := func(x float64) bool {
+		if higher {
+			return x >= target
+		}
+		return x <= target
+	}
+	switch lo, hi := meets(slices.Min(rs)), meets(slices.Max(rs)); {
+	case lo && hi:
+		return "met"
+	case !lo && !hi:
+		return "missed"
+	}
+	return "inside the noise"
 }
 
 func median(xs []float64) float64 {
@@ -197,5 +519,3 @@ func median(xs []float64) float64 {
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
-
-func usf(ns float64) string { return fmt.Sprintf("%.1f µs", ns/float64(time.Microsecond)) }

@@ -4,19 +4,28 @@
 // tests and the data-path benchmark: it moves payloads through the pod's
 // interception and tells what arrived, how fast, and along which path.
 //
-//	pingpong serve -name NAME -tcp 7070,7071
+//	pingpong serve -name NAME -tcp 7070,7071 [-conn 7072] [-dns 53]
 //
 // listens on every address, IPv4 and IPv6, of each port (or on HOST:PORT
-// only) and prints "ready" once all are bound. On each connection it first
-// writes the line "pingpong=NAME peer=IP:PORT local=IP:PORT", then reads one
-// command line and carries it out with plain read/write loops (no splice):
+// only) and prints "ready" once all are bound. On each -tcp connection it
+// first writes the line "pingpong=NAME peer=IP:PORT local=IP:PORT", then
+// reads one command line and carries it out with plain read/write loops (no
+// splice):
 //
 //	echo N           read N bytes and write each chunk back as it comes
 //	rr SIZE COUNT    COUNT times: read SIZE bytes, write them back
 //	sink N           read N bytes, then write "done N"
 //	source N         write N bytes
 //
-//	pingpong client -addr IP:PORT -mode echo|rr|up|down [flags]
+// A -conn connection costs as little as a connection can: the server reads
+// one byte, writes it back and closes; only the byte "p" is answered with
+// the greeting line instead (the path). A -dns port serves UDP and TCP: a
+// DNS query (over TCP length-prefixed, any number per connection) for any
+// name is answered with one A or AAAA record holding the address the query
+// came from; the datagram or TCP line "path\n" is answered with the
+// greeting ("pingpong=NAME peer=IP:PORT" over UDP).
+//
+//	pingpong client -addr IP:PORT -mode echo|rr|up|down|conn|dns [flags]
 //
 // connects to IP:PORT, reads the first line (the tags of the proxies on the
 // way, then the server's greeting: the path), runs one command and prints one
@@ -26,8 +35,21 @@
 // back (sha256); rr makes -warmup then -count round trips of -size bytes
 // and reports percentiles of the measured ones; up sends -bytes to a sink and
 // reports the rate until the server confirmed them all; down reads -bytes
-// from a source. On failure it prints the object with "error" set and exits
-// 1.
+// from a source. The rate modes talk to a -conn or -dns port: a first
+// exchange reads the path, then -warmup and -count short exchanges follow,
+// and the client reports how many per second and percentiles of their
+// times: conn makes connections (connect, write a byte, read the proxies'
+// tags and the byte back up to the server's close, close); dns makes queries
+// over -network udp or tcp, one at a time, each from a new socket, and
+// checks every answer. An exchange that stalls (a read times out after
+// -timeout) is counted as stalled, left out of the figures, and the run goes
+// on. On failure it prints the object with "error" set and
+// exits 1.
+//
+//	pingpong spin -cpu N
+//
+// keeps CPU N awake at the lowest priority (SCHED_IDLE) until killed: the
+// benchmark runs one per CPU during latency runs.
 //
 //	pingpong netns-cookie
 //
@@ -68,6 +90,8 @@ func main() {
 		err = serve(os.Args[2:], os.Stdout)
 	case "client":
 		err = client(os.Args[2:], os.Stdout)
+	case "spin":
+		err = spin(os.Args[2:], os.Stdout)
 	case "netns-cookie":
 		err = netnsCookie(os.Stdout)
 	default:
@@ -86,54 +110,92 @@ func serve(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	name := fs.String("name", "pingpong", "name in the greeting")
 	tcp := fs.String("tcp", "", "comma-separated ports or HOST:PORTs")
+	conn := fs.String("conn", "", "comma-separated ports or HOST:PORTs of the connection-rate listener")
+	dns := fs.String("dns", "", "comma-separated ports or HOST:PORTs of the DNS server (UDP and TCP)")
 	timeout := fs.Duration("timeout", 2*time.Minute, "bound of each connection")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var ls []net.Listener
-	for entry := range strings.SplitSeq(*tcp, ",") {
-		if entry == "" {
-			continue
+	// Every socket is bound before "ready"; the loops start after.
+	var loops []func() error
+	listen := func(list string, handler func(net.Conn, string) error) error {
+		for entry := range entries(list) {
+			l, err := net.Listen("tcp", entry)
+			if err != nil {
+				return err
+			}
+			loops = append(loops, func() error { return acceptLoop(l, *timeout, func(c net.Conn) error { return handler(c, *name) }) })
 		}
-		if !strings.Contains(entry, ":") {
-			entry = "[::]:" + entry
-		}
-		l, err := net.Listen("tcp", entry)
+		return nil
+	}
+	if err := errors.Join(listen(*tcp, handle), listen(*conn, handleConn), listen(*dns, handleDNSTCP)); err != nil {
+		return err
+	}
+	for entry := range entries(*dns) {
+		a, err := net.ResolveUDPAddr("udp", entry)
 		if err != nil {
 			return err
 		}
-		ls = append(ls, l)
+		pc, err := net.ListenUDP("udp", a)
+		if err != nil {
+			return err
+		}
+		loops = append(loops, func() error { return serveDNSUDP(pc, *name) })
 	}
-	if len(ls) == 0 {
-		return errors.New("serve: no -tcp ports")
+	if len(loops) == 0 {
+		return errors.New("serve: no -tcp, -conn or -dns ports")
 	}
 	if _, err := fmt.Fprintln(stdout, "ready"); err != nil {
 		return err
 	}
-	errc := make(chan error, len(ls))
-	for _, l := range ls {
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					errc <- err
-					return
-				}
-				go func() {
-					defer c.Close()
-					_ = c.SetDeadline(time.Now().Add(*timeout))
-					if err := handle(c, *name); err != nil {
-						fmt.Fprintf(os.Stderr, "%s: %v\n", c.RemoteAddr(), err)
-					}
-				}()
-			}
-		}()
+	errc := make(chan error, len(loops))
+	for _, loop := range loops {
+		go func() { errc <- loop() }()
 	}
 	return <-errc
 }
 
+// entries yields the entries of a comma-separated list of ports (every
+// address, IPv4 and IPv6) and HOST:PORTs as listen addresses.
+func entries(list string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for entry := range strings.SplitSeq(list, ",") {
+			if entry == "" {
+				continue
+			}
+			if !strings.Contains(entry, ":") {
+				entry = "[::]:" + entry
+			}
+			if !yield(entry) {
+				return
+			}
+		}
+	}
+}
+
+func acceptLoop(l net.Listener, timeout time.Duration, handler func(net.Conn) error) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(timeout))
+			if err := handler(c); err != nil {
+				fmt.Fprintf(os.Stderr, "%s: %v\n", c.RemoteAddr(), err)
+			}
+		}()
+	}
+}
+
+// greeting is the line the server writes first on a connection.
+func greeting(name string, c net.Conn) string {
+	return fmt.Sprintf("pingpong=%s peer=%s local=%s\n", name, unmap(c.RemoteAddr()), unmap(c.LocalAddr()))
+}
+
 func handle(c net.Conn, name string) error {
-	if _, err := fmt.Fprintf(c, "pingpong=%s peer=%s local=%s\n", name, unmap(c.RemoteAddr()), unmap(c.LocalAddr())); err != nil {
+	if _, err := io.WriteString(c, greeting(name, c)); err != nil {
 		return err
 	}
 	r := bufio.NewReaderSize(c, bufSize)
@@ -243,17 +305,26 @@ type result struct {
 	MinNS  int64 `json:"min_ns,omitempty"`
 	MaxNS  int64 `json:"max_ns,omitempty"`
 	MeanNS int64 `json:"mean_ns,omitempty"`
+
+	// conn, dns: exchanges per second (and the percentiles above of the
+	// time each took)
+	PerSec float64 `json:"per_s,omitempty"`
+	// Stalled exchanges (a read timed out after -timeout) are left out of
+	// the figures; Stall tells the first one.
+	Stalled int    `json:"stalled,omitempty"`
+	Stall   string `json:"stall,omitempty"`
 }
 
 func client(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	addr := fs.String("addr", "", "IP:PORT to connect to")
-	mode := fs.String("mode", "echo", "echo, rr, up or down")
+	mode := fs.String("mode", "echo", "echo, rr, up, down, conn or dns")
 	size := fs.Int("size", 64, "rr: bytes each way per round trip")
-	count := fs.Int("count", 20000, "rr: measured round trips")
-	warmup := fs.Int("warmup", 2000, "rr: round trips before measuring")
+	count := fs.Int("count", 20000, "rr, conn, dns: measured round trips, connections or queries")
+	warmup := fs.Int("warmup", 2000, "rr, conn, dns: round trips, connections or queries before measuring")
+	network := fs.String("network", "udp", "dns: udp or tcp")
 	nbytes := fs.Int64("bytes", 1<<20, "echo, up, down: payload size")
-	timeout := fs.Duration("timeout", time.Minute, "bound of the whole exchange")
+	timeout := fs.Duration("timeout", time.Minute, "bound of the whole exchange (conn, dns: of each connection or query)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -262,7 +333,14 @@ func client(args []string, stdout io.Writer) error {
 		return fmt.Errorf("-addr: %w", err)
 	}
 	res := result{Mode: *mode}
-	err = exchange(&res, to, *mode, *size, *count, *warmup, *nbytes, *timeout)
+	switch *mode {
+	case "conn":
+		err = connRate(&res, to, *count, *warmup, *timeout)
+	case "dns":
+		err = dnsRate(&res, to, *network, *count, *warmup, *timeout)
+	default:
+		err = exchange(&res, to, *mode, *size, *count, *warmup, *nbytes, *timeout)
+	}
 	if err != nil {
 		res.Error = err.Error()
 	}
