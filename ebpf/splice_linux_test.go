@@ -26,11 +26,18 @@ package ebpf
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,21 +54,19 @@ import (
 // Loopback delivers in microseconds.
 const spliceWait = time.Second
 
+// stallInterval is how long unread bytes must stay queued for stalledSockets in the tests.
+const stallInterval = 100 * time.Millisecond
+
 // splicePayload is how much is sent per step, in spliceChunk writes.
 const (
 	splicePayload = 16 << 10
 	spliceChunk   = 4 << 10
 )
 
-// SK_USER_DATA_PSOCK (include/net/sock.h): the bit of sk_user_data that marks it as a psock.
-const skUserDataPsock = 4
-
 // kernelOffsets are the context and kernel struct offsets the programs use, from the kernel's BTF.
 type kernelOffsets struct {
 	msgRemotePort uint32 // sk_msg_md.remote_port
 	skbRemotePort uint32 // __sk_buff.remote_port
-	socketSk      uint32 // socket.sk
-	sockUserData  uint32 // sock.sk_user_data
 }
 
 var (
@@ -79,22 +84,20 @@ func loadOffsets(t testing.TB) kernelOffsets {
 			return
 		}
 		for _, f := range []struct {
-			dst         *uint32
-			typ, member string
+			dst       *uint32
+			typ, path string
 		}{
 			{&offsets.msgRemotePort, "sk_msg_md", "remote_port"},
 			{&offsets.skbRemotePort, "__sk_buff", "remote_port"},
-			{&offsets.socketSk, "socket", "sk"},
-			{&offsets.sockUserData, "sock", "sk_user_data"},
 		} {
 			var s *btf.Struct
 			if err := spec.TypeByName(f.typ, &s); err != nil {
 				offsetsErr = fmt.Errorf("struct %s: %w", f.typ, err)
 				return
 			}
-			off, ok := memberOffset(s.Members, f.member)
-			if !ok {
-				offsetsErr = fmt.Errorf("struct %s has no %s", f.typ, f.member)
+			off, err := fieldOffset(s, f.path)
+			if err != nil {
+				offsetsErr = fmt.Errorf("struct %s: %w", f.typ, err)
 				return
 			}
 			*f.dst = off.Bytes()
@@ -106,27 +109,41 @@ func loadOffsets(t testing.TB) kernelOffsets {
 	return offsets
 }
 
-// memberOffset finds name among ms and the members of their anonymous structs and unions.
-func memberOffset(ms []btf.Member, name string) (btf.Bits, bool) {
+// fieldOffset returns the offset of the dotted path of members in typ.
+func fieldOffset(typ btf.Type, path string) (btf.Bits, error) {
+	var total btf.Bits
+	for _, name := range strings.Split(path, ".") {
+		off, m, ok := findMember(typ, name)
+		if !ok {
+			return 0, fmt.Errorf("no member %s in %s", name, path)
+		}
+		total += off
+		typ = m.Type
+	}
+	return total, nil
+}
+
+// findMember finds name among the members of typ (a struct or union) and of their anonymous
+// structs and unions.
+func findMember(typ btf.Type, name string) (btf.Bits, btf.Member, bool) {
+	var ms []btf.Member
+	switch c := btf.UnderlyingType(typ).(type) {
+	case *btf.Struct:
+		ms = c.Members
+	case *btf.Union:
+		ms = c.Members
+	}
 	for _, m := range ms {
 		if m.Name == name {
-			return m.Offset, true
+			return m.Offset, m, true
 		}
-		if m.Name != "" {
-			continue
-		}
-		var inner []btf.Member
-		switch c := m.Type.(type) {
-		case *btf.Struct:
-			inner = c.Members
-		case *btf.Union:
-			inner = c.Members
-		}
-		if off, ok := memberOffset(inner, name); ok {
-			return m.Offset + off, true
+		if m.Name == "" {
+			if off, inner, ok := findMember(m.Type, name); ok {
+				return m.Offset + off, inner, true
+			}
 		}
 	}
-	return 0, false
+	return 0, btf.Member{}, false
 }
 
 // redirectToPeer returns instructions that redirect the context in R6 to the socket that m holds
@@ -197,7 +214,7 @@ func newProgram(t testing.TB, spec *cebpf.ProgramSpec) *cebpf.Program {
 		t.Skipf("program %s: %v", spec.Name, err)
 	}
 	if err != nil {
-		t.Fatalf("program %s: %v", spec.Name, err)
+		t.Fatalf("program %s: %+v", spec.Name, err)
 	}
 	t.Cleanup(func() { p.Close() })
 	return p
@@ -413,6 +430,26 @@ func inq(t testing.TB, fd int) int {
 	return n
 }
 
+// diagOf returns what sock_diag answers about s, in ns.
+func diagOf(t testing.TB, ns *testutil.NetNS, s tcpEnd) diagSocket {
+	t.Helper()
+	var all []diagSocket
+	err := ns.Do(func() (err error) {
+		all, err = tcpDiag(unix.AF_INET)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range all {
+		if uint32(d.Local.Port()) == s.port {
+			return d
+		}
+	}
+	t.Fatalf("sock_diag: no socket on port %d", s.port)
+	return diagSocket{}
+}
+
 // spliceWiring is what a mode's socket hash holds: c1 (a1 → b1) is the connection the bytes are
 // sent on, from a1; c2 (a2 → b2) is a second one that a mode may redirect to.
 type spliceWiring struct {
@@ -428,6 +465,8 @@ type spliceMode struct {
 	// splice is whether a splice(2) reader of recv gets the bytes on this kernel; read(2) always
 	// does.
 	splice bool
+	// viaTCP: the bytes reach recv through a TCP receive path (an sk_skb program runs there).
+	viaTCP bool
 }
 
 // splicePair: both ends of c1 in the hash, each under its own port; sk_msg looks up the peer
@@ -503,6 +542,7 @@ var spliceModes = []spliceMode{
 			put(t, m, w.b1.port, w.b1)
 			return w.b1, nil
 		},
+		viaTCP: true,
 	},
 	{
 		name: "sk_skb/stream_parser+verdict/pass",
@@ -511,6 +551,7 @@ var spliceModes = []spliceMode{
 			put(t, m, w.b1.port, w.b1)
 			return w.b1, nil
 		},
+		viaTCP: true,
 	},
 	{
 		name: "sk_skb/verdict/pass",
@@ -519,6 +560,7 @@ var spliceModes = []spliceMode{
 			put(t, m, w.b1.port, w.b1)
 			return w.b1, nil
 		},
+		viaTCP: true,
 	},
 	{
 		// What b1 receives through TCP goes to b2's ingress_msg.
@@ -569,15 +611,17 @@ func TestSpliceModes(t *testing.T) {
 
 			p2 := payload(splicePayload, 2)
 			sendAll(t, w.a1.fd, p2)
+			spliced, serr := spliceN(t, recv.fd, len(p2))
+			// What is left once the splice has returned or given up: by then every byte has arrived.
 			pollIn := readable(t, recv.fd)
 			queued := inq(t, recv.fd)
-			spliced, serr := spliceN(t, recv.fd, len(p2))
+			diag := diagOf(t, ns, recv)
 			rest, rerr := readN(recv.fd, len(p2)-len(spliced))
 			if !bytes.Equal(append(spliced, rest...), p2) {
 				t.Fatalf("splice(2) got %d bytes (%v), then read(2) %d (%v): not the %d sent", len(spliced), serr, len(rest), rerr, len(p2))
 			}
-			t.Logf("%-36s splice %5d/%d (%v), then read(2) %5d; before: POLLIN %v, FIONREAD %d",
-				mode.name, len(spliced), len(p2), serr, len(rest), pollIn, queued)
+			t.Logf("%-36s splice %5d/%d (%v), then read(2) %5d; between: POLLIN %v, FIONREAD %d, Recv-Q %d, skmem r %d",
+				mode.name, len(spliced), len(p2), serr, len(rest), pollIn, queued, diag.RQueue, diag.RmemAlloc)
 			for _, q := range quiet {
 				if readable(t, q.fd) {
 					t.Errorf("socket on port %d is readable: bytes went there", q.port)
@@ -593,10 +637,409 @@ func TestSpliceModes(t *testing.T) {
 				if !pollIn || queued != len(p2) {
 					t.Errorf("stalled bytes: POLLIN %v, FIONREAD %d, want true, %d", pollIn, queued, len(p2))
 				}
+				// What sock_diag shows: bytes an sk_msg redirected never entered TCP (Recv-Q 0)
+				// but are charged to the receive memory; bytes an sk_skb program took off TCP's
+				// receive queue are still counted in Recv-Q (copied_seq has not moved).
+				wantRQueue := 0
+				if mode.viaTCP {
+					wantRQueue = len(p2)
+				}
+				if int(diag.RQueue) != wantRQueue || diag.RmemAlloc < uint32(len(p2)) {
+					t.Errorf("stalled bytes: Recv-Q %d, skmem r %d, want %d and at least %d", diag.RQueue, diag.RmemAlloc, wantRQueue, len(p2))
+				}
 				if !errors.Is(serr, unix.EAGAIN) {
 					t.Errorf("stalled splice(2): %v, want EAGAIN after SO_RCVTIMEO", serr)
 				}
 			}
 		})
+	}
+}
+
+// psockSocket is a socket of a process that is in the socket hash.
+type psockSocket struct {
+	Pid, FD int
+	Cookie  uint64
+	// Queued is what FIONREAD answers on it: on this kernel tcp_bpf_ioctl counts the bytes on its
+	// psock's ingress list (redirected to it, and only recvmsg reads them), not sk_receive_queue.
+	Queued int
+}
+
+// hashCookies returns the cookies of the sockets in m, a socket hash with 8-byte values: a lookup
+// from user space answers a socket's cookie.
+func hashCookies(m *cebpf.Map) (map[uint64]bool, error) {
+	cookies := map[uint64]bool{}
+	var key []byte
+	var cookie uint64
+	it := m.Iterate()
+	for it.Next(&key, &cookie) {
+		cookies[cookie] = true
+	}
+	return cookies, it.Err()
+}
+
+// psockQueues returns the sockets of process pid whose cookie is in cookies, with what is queued
+// on their psock's ingress list. It takes a copy of each socket descriptor with pidfd_getfd(2),
+// which needs PTRACE_MODE_ATTACH over pid (CAP_SYS_PTRACE for the agent).
+func psockQueues(pid int, cookies map[uint64]bool) ([]psockSocket, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []psockSocket
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink(filepath.Join(dir, e.Name())); err != nil || !strings.HasPrefix(target, "socket:") {
+			continue
+		}
+		dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		cookie, err := unix.GetsockoptUint64(dup, unix.SOL_SOCKET, unix.SO_COOKIE)
+		if err == nil && cookies[cookie] {
+			var n int
+			if n, err = unix.IoctlGetInt(dup, unix.SIOCINQ); err == nil {
+				out = append(out, psockSocket{Pid: pid, FD: fd, Cookie: cookie, Queued: n})
+			}
+		}
+		unix.Close(dup)
+		if err != nil {
+			return nil, fmt.Errorf("socket %d of %d: %w", fd, pid, err)
+		}
+	}
+	return out, nil
+}
+
+// stalledSockets is the prototype of the agent's hazard check: the sockets of pid in the socket
+// hash m whose psock ingress list holds bytes that nothing reads for interval (the same non-zero
+// FIONREAD in two samples). A receiver that reads with recvmsg(2) empties the list as soon as it
+// reads; one that reads with splice(2) never does. A receiver that does not read at all for
+// interval also shows, so a report is "suspected", to be confirmed by the pod's owner (or by
+// setting NoSockMsg and seeing the stall go).
+func stalledSockets(m *cebpf.Map, pid int, interval time.Duration) ([]psockSocket, error) {
+	cookies, err := hashCookies(m)
+	if err != nil {
+		return nil, err
+	}
+	first, err := psockQueues(pid, cookies)
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(interval)
+	second, err := psockQueues(pid, cookies)
+	if err != nil {
+		return nil, err
+	}
+	var out []psockSocket
+	for _, s := range second {
+		for _, f := range first {
+			if f.Cookie == s.Cookie && f.Queued == s.Queued && s.Queued > 0 {
+				out = append(out, s)
+			}
+		}
+	}
+	return out, nil
+}
+
+// diagSocket is what sock_diag answers about an established TCP socket.
+type diagSocket struct {
+	Local, Remote netip.AddrPort
+	Cookie        uint64
+	// RQueue is rcv_nxt - copied_seq: what TCP's receive queue holds unread (ss's Recv-Q).
+	RQueue uint32
+	// RmemAlloc is sk_rmem_alloc (ss's skmem r): on this kernel it also counts the bytes queued
+	// on the socket's psock ingress list.
+	RmemAlloc uint32
+}
+
+// From linux/inet_diag.h and linux/sock_diag.h.
+const (
+	inetDiagSkMemInfo = 7  // INET_DIAG_SKMEMINFO
+	sizeofInetDiagReq = 56 // struct inet_diag_req_v2
+	sizeofInetDiagMsg = 72 // struct inet_diag_msg
+)
+
+// tcpDiag dumps the established TCP sockets of family in the calling thread's network namespace
+// with sock_diag, as `ss -tnm` does.
+func tcpDiag(family uint8) ([]diagSocket, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("sock_diag socket: %w", err)
+	}
+	defer unix.Close(fd)
+	req := make([]byte, unix.SizeofNlMsghdr+sizeofInetDiagReq)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(req[8:], 1)
+	r := req[unix.SizeofNlMsghdr:]
+	r[0] = family
+	r[1] = unix.IPPROTO_TCP
+	r[2] = 1 << (inetDiagSkMemInfo - 1)
+	ne.PutUint32(r[4:], 1<<unix.BPF_TCP_ESTABLISHED)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("sock_diag request: %w", err)
+	}
+	var out []diagSocket
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return out, nil
+			case unix.NLMSG_ERROR:
+				return nil, fmt.Errorf("sock_diag: %w", syscall.Errno(-int32(ne.Uint32(m.Data))))
+			}
+			if len(m.Data) < sizeofInetDiagMsg {
+				return nil, fmt.Errorf("sock_diag: short message")
+			}
+			d := m.Data
+			s := diagSocket{
+				Cookie: ne.Uint64(d[44:]),
+				RQueue: ne.Uint32(d[56:]),
+			}
+			addr := func(b []byte) netip.Addr {
+				if d[0] == unix.AF_INET {
+					return netip.AddrFrom4([4]byte(b[:4]))
+				}
+				return netip.AddrFrom16([16]byte(b[:16]))
+			}
+			s.Local = netip.AddrPortFrom(addr(d[8:24]), binary.BigEndian.Uint16(d[4:]))
+			s.Remote = netip.AddrPortFrom(addr(d[24:40]), binary.BigEndian.Uint16(d[6:]))
+			for a := d[sizeofInetDiagMsg:]; len(a) >= 4; {
+				l := int(ne.Uint16(a))
+				if l < 4 || l > len(a) {
+					break
+				}
+				if ne.Uint16(a[2:]) == inetDiagSkMemInfo && l >= 8 {
+					s.RmemAlloc = ne.Uint32(a[4+4*unix.SK_MEMINFO_RMEM_ALLOC:])
+				}
+				a = a[min((l+3)&^3, len(a)):]
+			}
+			out = append(out, s)
+		}
+	}
+}
+
+// psockBacklogs is the hazard check the agent can run in a pod's network namespace without
+// touching the pod's processes: the established TCP sockets whose receive memory holds bytes that
+// are not in TCP's receive queue (ss: Recv-Q 0, skmem r > 0), the same in two dumps interval
+// apart. Such bytes sit on a psock ingress list, where recvmsg(2) finds them and splice(2) never
+// does; a reader that uses recvmsg empties the list as soon as it reads. A receiver that does not
+// read at all for interval also shows, so a report is a suspicion: the operator confirms it with
+// the pod's owner, or sets NoSockMsg and watches the stall go.
+func psockBacklogs(ns *testutil.NetNS, interval time.Duration) ([]diagSocket, error) {
+	dump := func() ([]diagSocket, error) {
+		var all []diagSocket
+		err := ns.Do(func() error {
+			for _, f := range []uint8{unix.AF_INET, unix.AF_INET6} {
+				s, err := tcpDiag(f)
+				if err != nil {
+					return err
+				}
+				all = append(all, s...)
+			}
+			return nil
+		})
+		return all, err
+	}
+	first, err := dump()
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(interval)
+	second, err := dump()
+	if err != nil {
+		return nil, err
+	}
+	var out []diagSocket
+	for _, s := range second {
+		if s.RQueue != 0 || s.RmemAlloc == 0 {
+			continue
+		}
+		for _, f := range first {
+			if f.Cookie == s.Cookie && f.RQueue == 0 && f.RmemAlloc == s.RmemAlloc {
+				out = append(out, s)
+			}
+		}
+	}
+	return out, nil
+}
+
+// TestSpliceGoRelay: a Go relay whose io.Copy between two *net.TCPConn reads the proxy's socket
+// with splice(2) stalls on bytes shunt's sk_msg mode (ingress redirect) sends it, where the same
+// relay copying with read and write gets them; the detector names the splicing process and pod.
+func TestSpliceGoRelay(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name  string
+		relay func(dst, src *net.TCPConn) error
+		stall bool
+	}{
+		{
+			name: "io.Copy",
+			relay: func(dst, src *net.TCPConn) error {
+				_, err := io.Copy(dst, src) // dst.ReadFrom(src): splice(2) through a pipe
+				return err
+			},
+			stall: true,
+		},
+		{
+			name: "read-write",
+			relay: func(dst, src *net.TCPConn) error {
+				_, err := io.Copy(struct{ io.Writer }{dst}, struct{ io.Reader }{src})
+				return err
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testutil.NewNetNS(t)
+			m := newSockHash(t)
+			skMsgSpec{flags: unix.BPF_F_INGRESS}.attach(t, m)
+
+			var app, proxy, upstream, sink *net.TCPConn
+			err := ns.Do(func() error {
+				pl, err := net.Listen("tcp4", "127.0.0.1:0")
+				if err != nil {
+					return err
+				}
+				defer pl.Close()
+				sl, err := net.Listen("tcp4", "127.0.0.1:0")
+				if err != nil {
+					return err
+				}
+				defer sl.Close()
+				c, err := net.Dial("tcp4", pl.Addr().String())
+				if err != nil {
+					return err
+				}
+				app = c.(*net.TCPConn)
+				if c, err = pl.Accept(); err != nil {
+					return err
+				}
+				proxy = c.(*net.TCPConn)
+				if c, err = net.Dial("tcp4", sl.Addr().String()); err != nil {
+					return err
+				}
+				upstream = c.(*net.TCPConn)
+				c, err = sl.Accept()
+				sink, _ = c.(*net.TCPConn)
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []*net.TCPConn{app, proxy, upstream, sink} {
+				t.Cleanup(func() { c.Close() })
+			}
+			for _, c := range []*net.TCPConn{app, proxy} {
+				putConn(t, m, c)
+			}
+
+			done := make(chan error, 1)
+			go func() {
+				err := tc.relay(upstream, proxy)
+				upstream.CloseWrite()
+				done <- err
+			}()
+			p := payload(splicePayload, 3)
+			if _, err := app.Write(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := sink.SetReadDeadline(time.Now().Add(spliceWait)); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadFull(sink, make([]byte, len(p)))
+			stuck := got == 0 && errors.Is(err, os.ErrDeadlineExceeded)
+			t.Logf("%s relay: sink got %d of %d bytes (%v)", tc.name, got, len(p), err)
+			if stuck != tc.stall || (!tc.stall && got != len(p)) {
+				t.Errorf("sink got %d of %d bytes (%v); want the relay to stall: %v", got, len(p), err, tc.stall)
+			}
+
+			stalled, err := stalledSockets(m, os.Getpid(), stallInterval)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("sockets of this process with unread redirected bytes: %+v", stalled)
+			if len(stalled) > 0 != tc.stall {
+				t.Errorf("stalled sockets found: %v, want %v", len(stalled) > 0, tc.stall)
+			}
+			if tc.stall && (len(stalled) != 1 || stalled[0].Queued != len(p) || stalled[0].Cookie != cookieOf(t, proxy)) {
+				t.Errorf("stalled sockets %+v, want the proxy's socket with %d bytes", stalled, len(p))
+			}
+			backlogs, err := psockBacklogs(ns, stallInterval)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("sockets in the namespace with bytes outside TCP's receive queue: %+v", backlogs)
+			if tc.stall && (len(backlogs) != 1 || backlogs[0].Cookie != cookieOf(t, proxy) || backlogs[0].RmemAlloc < uint32(len(p))) {
+				t.Errorf("sock_diag backlogs %+v, want the proxy's socket with at least %d bytes", backlogs, len(p))
+			}
+			if !tc.stall && len(backlogs) > 0 {
+				t.Errorf("sock_diag backlogs %+v, want none", backlogs)
+			}
+
+			proxy.Close() // ends the relay, stalled or not
+			select {
+			case <-done:
+			case <-time.After(spliceWait):
+				t.Error("relay still running after its source was closed")
+			}
+		})
+	}
+}
+
+// cookieOf returns c's socket cookie.
+func cookieOf(t testing.TB, c *net.TCPConn) uint64 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie uint64
+	if cerr := rc.Control(func(fd uintptr) {
+		cookie, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+	}); cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err != nil {
+		t.Fatalf("SO_COOKIE: %v", err)
+	}
+	return cookie
+}
+
+// putConn puts c in m under its local port.
+func putConn(t testing.TB, m *cebpf.Map, c *net.TCPConn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint32(c.LocalAddr().(*net.TCPAddr).Port)
+	if cerr := rc.Control(func(fd uintptr) {
+		err = m.Update(port, uint64(fd), cebpf.UpdateAny)
+	}); cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err != nil {
+		t.Fatalf("socket hash update %d: %v", port, err)
 	}
 }
