@@ -37,6 +37,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -367,6 +368,9 @@ func readN(fd, n int) ([]byte, error) {
 	got := 0
 	for got < n {
 		r, err := unix.Read(fd, buf[got:])
+		if errors.Is(err, unix.EINTR) {
+			continue // a signal (Go's preemption): SO_RCVTIMEO makes reads fail with EINTR
+		}
 		if err != nil {
 			return buf[:got], err
 		}
@@ -391,6 +395,9 @@ func spliceN(t testing.TB, fd, n int) ([]byte, error) {
 	var out []byte
 	for len(out) < n {
 		s, err := unix.Splice(fd, nil, p[1], nil, n-len(out), unix.SPLICE_F_MOVE)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
 		if err != nil {
 			return out, err
 		}
@@ -1043,3 +1050,126 @@ func putConn(t testing.TB, m *cebpf.Map, c *net.TCPConn) {
 		t.Fatalf("socket hash update %d: %v", port, err)
 	}
 }
+
+// BenchmarkSockmapModes measures what each way of moving a loopback connection's bytes costs,
+// with read(2) receivers (a splice(2) receiver stalls in the ingress modes): bulk, 64 KiB writes
+// one way, and rr, a 1-byte ping-pong (ns/op is the round trip). EAGAIN/op counts the reads of a
+// blocking socket that returned EAGAIN (see benchRead).
+//
+//	go test ./ebpf/ -run '^$' -bench SockmapModes -count 5
+func BenchmarkSockmapModes(b *testing.B) {
+	testutil.RequireRoot(b)
+	ns := testutil.NewNetNS(b)
+	modes := []struct {
+		name  string
+		setup func(tb testing.TB, m *cebpf.Map)
+	}{
+		{name: "tcp"},
+		// shunt_sk_msg today: each sendmsg to the peer's ingress list.
+		{name: "sk_msg_ingress", setup: skMsgSpec{flags: unix.BPF_F_INGRESS}.attach},
+		// sk_msg on every sendmsg, which passes the bytes to TCP.
+		{name: "sk_msg_pass", setup: skMsgSpec{pass: true}.attach},
+		// A verdict program on every receive, which passes the bytes to the psock.
+		{name: "sk_skb_verdict_pass", setup: skSKBSpec{attach: cebpf.AttachSkSKBVerdict, pass: true}.attachTo},
+	}
+	for _, mode := range modes {
+		conn := func(b *testing.B) (tcpEnd, tcpEnd) {
+			a, c := newConn(b, ns)
+			setRcvTimeout(b, a.fd, time.Second)
+			setRcvTimeout(b, c.fd, time.Second)
+			if mode.setup != nil {
+				m := newSockHash(b)
+				mode.setup(b, m)
+				put(b, m, a.port, a)
+				put(b, m, c.port, c)
+			}
+			return a, c
+		}
+		b.Run(mode.name+"/bulk", func(b *testing.B) {
+			src, dst := conn(b)
+			const chunk = 64 << 10
+			b.SetBytes(chunk)
+			errs := make(chan error, 1)
+			go func() {
+				p := payload(chunk, 5)
+				for range b.N {
+					for w := 0; w < chunk; {
+						n, err := unix.Write(src.fd, p[w:])
+						if err != nil {
+							errs <- err
+							return
+						}
+						w += n
+					}
+				}
+				errs <- nil
+			}()
+			var eagain atomic.Int64
+			buf := make([]byte, chunk)
+			for total := 0; total < b.N*chunk; {
+				n, err := benchRead(dst.fd, buf, &eagain)
+				if err != nil || n == 0 {
+					b.Fatalf("read after %d bytes: %d, %v", total, n, err)
+				}
+				total += n
+			}
+			if err := <-errs; err != nil {
+				b.Fatalf("write: %v", err)
+			}
+			b.ReportMetric(float64(eagain.Load())/float64(b.N), "EAGAIN/op")
+		})
+		b.Run(mode.name+"/rr", func(b *testing.B) {
+			cli, srv := conn(b)
+			var eagain atomic.Int64
+			errs := make(chan error, 1)
+			go func() {
+				one := make([]byte, 1)
+				for range b.N {
+					if _, err := benchRead(srv.fd, one, &eagain); err != nil {
+						errs <- err
+						return
+					}
+					if _, err := unix.Write(srv.fd, one); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+			one := []byte{1}
+			for range b.N {
+				if _, err := unix.Write(cli.fd, one); err != nil {
+					b.Fatalf("write: %v", err)
+				}
+				if n, err := benchRead(cli.fd, one, &eagain); err != nil || n != 1 {
+					b.Fatalf("read: %d, %v", n, err)
+				}
+			}
+			if err := <-errs; err != nil {
+				b.Fatalf("echo: %v", err)
+			}
+			b.ReportMetric(float64(eagain.Load())/float64(b.N), "EAGAIN/op")
+		})
+	}
+}
+
+// benchRead is read(2) of a blocking socket with SO_RCVTIMEO that retries EAGAIN for up to
+// benchStall, counting the retries. tcp_bpf_recvmsg returns EAGAIN on a blocking socket when a
+// wakeup finds nothing to read (tcp_msg_wait_data waits once, in sk_wait_event): a reader that
+// takes EAGAIN from a blocking socket for an error fails on socket-map sockets.
+func benchRead(fd int, buf []byte, eagain *atomic.Int64) (int, error) {
+	deadline := time.Now().Add(benchStall)
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue // a signal: SO_RCVTIMEO makes reads fail with EINTR rather than restart
+		}
+		if !errors.Is(err, unix.EAGAIN) || time.Now().After(deadline) {
+			return n, err
+		}
+		eagain.Add(1)
+	}
+}
+
+// benchStall is how long a benchmark's reader waits for bytes before it fails.
+const benchStall = 10 * time.Second
