@@ -34,6 +34,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -1051,6 +1052,94 @@ func putConn(t testing.TB, m *cebpf.Map, c *net.TCPConn) {
 	}
 }
 
+// TestSockmapReadSignal: a signal that interrupts a blocking read(2) of a socket in a socket map
+// makes the read return EAGAIN, where on a plain TCP socket the read is restarted (SA_RESTART) and
+// goes on waiting. tcp_bpf_recvmsg waits once (tcp_msg_wait_data → sk_wait_event, which returns
+// on a signal) and answers EAGAIN when nothing came, instead of -ERESTARTSYS as tcp_recvmsg does.
+// Not the splice stall, but the other way a receiver can trip on shunt's sk_msg: a program with
+// blocking sockets and signal handlers that takes EAGAIN for an error.
+func TestSockmapReadSignal(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	for _, tc := range []struct {
+		name   string
+		setup  func(tb testing.TB, m *cebpf.Map)
+		eagain bool
+	}{
+		{name: "tcp"},
+		{name: "sk_msg_ingress", setup: skMsgSpec{flags: unix.BPF_F_INGRESS}.attach, eagain: true},
+		{name: "sk_msg_pass", setup: skMsgSpec{pass: true}.attach, eagain: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newConn(t, ns)
+			if tc.setup != nil {
+				m := newSockHash(t)
+				tc.setup(t, m)
+				put(t, m, a.port, a)
+				put(t, m, b.port, b)
+			}
+			type result struct {
+				n   int
+				err error
+			}
+			tids := make(chan int, 1)
+			results := make(chan result, 1)
+			go func() {
+				runtime.LockOSThread() // the thread is not reused: it may have handled a signal mid-syscall
+				tids <- unix.Gettid()
+				n, err := unix.Read(b.fd, make([]byte, 1))
+				results <- result{n, err}
+			}()
+			tid := <-tids
+			waitSleeping(t, tid)
+			if err := unix.Tgkill(os.Getpid(), tid, unix.SIGURG); err != nil { // Go's handler has SA_RESTART
+				t.Fatal(err)
+			}
+			var early *result
+			select {
+			case r := <-results:
+				early = &r
+			case <-time.After(200 * time.Millisecond): // still blocked: the read was restarted
+			}
+			if _, err := unix.Write(a.fd, []byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			if early == nil {
+				r := <-results
+				t.Logf("%s: the read went on after the signal and returned %d, %v", tc.name, r.n, r.err)
+				if tc.eagain {
+					t.Errorf("read was restarted, want EAGAIN")
+				}
+				return
+			}
+			t.Logf("%s: the signal ended the read: %d, %v", tc.name, early.n, early.err)
+			if !tc.eagain || !errors.Is(early.err, unix.EAGAIN) {
+				t.Errorf("signal ended the read with %d, %v; want it restarted: %v", early.n, early.err, !tc.eagain)
+			}
+		})
+	}
+}
+
+// waitSleeping waits until thread tid of this process sleeps (state S), in the read it was
+// started for.
+func waitSleeping(t testing.TB, tid int) {
+	t.Helper()
+	path := fmt.Sprintf("/proc/self/task/%d/stat", tid)
+	deadline := time.Now().Add(spliceWait)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// pid (comm) state ...: comm may hold spaces, the state follows its last ')'.
+		if f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:])); len(f) > 0 && f[0] == "S" {
+			return
+		}
+		runtime.Gosched()
+	}
+	t.Fatalf("thread %d not sleeping after %v", tid, spliceWait)
+}
+
 // BenchmarkSockmapModes measures what each way of moving a loopback connection's bytes costs,
 // with read(2) receivers (a splice(2) receiver stalls in the ingress modes): bulk, 64 KiB writes
 // one way, and rr, a 1-byte ping-pong (ns/op is the round trip). EAGAIN/op counts the reads of a
@@ -1154,9 +1243,8 @@ func BenchmarkSockmapModes(b *testing.B) {
 }
 
 // benchRead is read(2) of a blocking socket with SO_RCVTIMEO that retries EAGAIN for up to
-// benchStall, counting the retries. tcp_bpf_recvmsg returns EAGAIN on a blocking socket when a
-// wakeup finds nothing to read (tcp_msg_wait_data waits once, in sk_wait_event): a reader that
-// takes EAGAIN from a blocking socket for an error fails on socket-map sockets.
+// benchStall, counting the retries, and EINTR. On a socket-map socket a signal that interrupts
+// the read (Go's preemption) ends it with EAGAIN (TestSockmapReadSignal).
 func benchRead(fd int, buf []byte, eagain *atomic.Int64) (int, error) {
 	deadline := time.Now().Add(benchStall)
 	for {
