@@ -3,9 +3,10 @@
 package ebpf
 
 // The splice stall (issue 16, item 5): which socket-map redirect modes leave bytes that a receiver
-// reading with splice(2) can consume, what each costs, and how to see a splice reader on a socket
-// of the socket hash. The programs are built here with the asm package (redirect.c is not
-// touched), so that the test needs no compiler.
+// reading with splice(2) can consume (TestSpliceModes, TestSpliceGoRelay), what each costs
+// (BenchmarkSockmapModes), and how to see bytes a splice reader leaves behind (psockBacklogs with
+// sock_diag, stalledSockets with FIONREAD). The programs are built here with the asm package
+// (redirect.c is not touched), so that the tests need no compiler.
 //
 // What the kernel does (net/ipv4/tcp_bpf.c, net/core/skmsg.c, net/ipv4/tcp.c):
 //
@@ -23,6 +24,13 @@ package ebpf
 // So a splice reader can consume only bytes that went through a TCP stack, and for an app↔proxy
 // pair the only socket whose sending reaches the proxy through TCP is the app's own: egress to the
 // peer sends the bytes back to the sender.
+//
+// What the stalled bytes look like from outside, on this kernel (6.18): FIONREAD on the socket
+// counts them (and, on a socket-map socket, only them: not sk_receive_queue); sock_diag shows
+// Recv-Q 0 (they never entered TCP) with skmem r (sk_rmem_alloc) holding them. A tracing program
+// (fentry on tcp_splice_read, or a bpf_iter over the socket hash) would name the splice reader
+// itself, but BPF_PROG_TYPE_TRACING cannot be loaded under lockdown=confidentiality (EPERM), which
+// these machines run.
 
 import (
 	"bytes"
