@@ -29,8 +29,9 @@ package ebpf
 // counts them (and, on a socket-map socket, only them: not sk_receive_queue); sock_diag shows
 // Recv-Q 0 (they never entered TCP) with skmem r (sk_rmem_alloc) holding them. A tracing program
 // (fentry on tcp_splice_read, or a bpf_iter over the socket hash) would name the splice reader
-// itself, but BPF_PROG_TYPE_TRACING cannot be loaded under lockdown=confidentiality (EPERM), which
-// these machines run.
+// itself, but on these machines loading any BPF_PROG_TYPE_TRACING program, even a bare fentry or
+// iterator, fails with EPERM (they run lockdown=confidentiality and the bpf LSM): a detector for
+// the agent must not need one.
 
 import (
 	"bytes"
