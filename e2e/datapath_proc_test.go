@@ -26,6 +26,7 @@ type dpResult struct {
 	PerSec  float64 `json:"per_s"`
 	Stalled int     `json:"stalled"`
 	Stall   string  `json:"stall"`
+	EAGAINs int     `json:"eagains"`
 }
 
 // dpClient runs `pingpong client -addr to args...` in m's pod and cgroup as

@@ -313,6 +313,10 @@ type result struct {
 	// the figures; Stall tells the first one.
 	Stalled int    `json:"stalled,omitempty"`
 	Stall   string `json:"stall,omitempty"`
+	// EAGAINs counts blocking reads that ended with EAGAIN before their
+	// timeout, and were waited for with poll(2) and retried as an event
+	// loop would (see readRetry).
+	EAGAINs int `json:"eagains,omitempty"`
 }
 
 func client(args []string, stdout io.Writer) error {

@@ -102,6 +102,7 @@ func (s *stalls) record(i, warmup int, t0 time.Time, err error) error {
 
 func (s *stalls) report(res *result) error {
 	res.Stalled, res.Stall = s.n, s.first
+	res.EAGAINs = eagains
 	if len(s.took) == 0 {
 		return fmt.Errorf("every measured exchange stalled: %s", s.first)
 	}
@@ -121,7 +122,7 @@ func shortConn(to netip.AddrPort, want, buf []byte, timeout time.Duration) error
 	if err := writeAll(fd, want[len(want)-1:]); err != nil {
 		return err
 	}
-	n, err := readToEOF(fd, buf)
+	n, err := readToEOF(fd, buf, timeout)
 	if err != nil {
 		sa, _ := unix.Getsockname(fd)
 		return fmt.Errorf("local %s: after %q: %w", sockaddr(sa), buf[:n], err)
@@ -200,7 +201,7 @@ func udpQuery(to netip.AddrPort, query, want, buf []byte, timeout time.Duration)
 	if err := writeAll(fd, query); err != nil {
 		return err
 	}
-	n, err := readRetry(fd, buf)
+	n, err := readRetry(fd, buf, timeout)
 	if err != nil {
 		return err
 	}
@@ -220,7 +221,7 @@ func tcpQuery(to netip.AddrPort, query, want, buf []byte, timeout time.Duration)
 		return err
 	}
 	for n := 0; n < len(want); {
-		k, err := readRetry(fd, buf[n:len(want)])
+		k, err := readRetry(fd, buf[n:len(want)], timeout)
 		if err == nil && k == 0 {
 			err = io.ErrUnexpectedEOF
 		}
@@ -256,9 +257,9 @@ func probePath(res *result, to netip.AddrPort, typ int, probe string, timeout ti
 	buf := make([]byte, 4096)
 	var n int
 	if typ == unix.SOCK_DGRAM {
-		n, err = readRetry(fd, buf)
+		n, err = readRetry(fd, buf, timeout)
 	} else {
-		n, err = readToEOF(fd, buf)
+		n, err = readToEOF(fd, buf, timeout)
 	}
 	res.Path = strings.TrimSuffix(string(buf[:n]), "\n")
 	if err != nil {
@@ -345,14 +346,30 @@ func writeAll(fd int, b []byte) error {
 	return nil
 }
 
-// readRetry is one read(2), retried on EINTR; a timeout is errTimedOut.
-func readRetry(fd int, b []byte) (int, error) {
+// eagains counts the reads readRetry retried after an early EAGAIN.
+var eagains int
+
+// readRetry is one read(2), retried on EINTR; a timeout is errTimedOut. A
+// blocking read of a socket in a socket map can end with EAGAIN before its
+// timeout: the kernel's tcp_bpf_recvmsg waits once, and a wakeup that
+// brought no redirected bytes (a signal, a write-space wakeup, bytes that
+// came through TCP) ends it. Programs built on poll or epoll never see this;
+// readRetry does what they do: poll for the rest of the timeout, read again.
+func readRetry(fd int, b []byte, timeout time.Duration) (int, error) {
+	deadline := time.Now().Add(timeout)
 	for {
 		n, err := unix.Read(fd, b)
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
+			if left := time.Until(deadline); left > 0 {
+				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+				if k, perr := unix.Poll(fds, int(left.Milliseconds())+1); k > 0 || errors.Is(perr, unix.EINTR) {
+					eagains++
+					continue
+				}
+			}
 			// Tell a lost wakeup (bytes or the end of the stream were
 			// there) from lost bytes.
 			k, _, err := unix.Recvfrom(fd, b, unix.MSG_DONTWAIT)
@@ -372,13 +389,13 @@ func readRetry(fd int, b []byte) (int, error) {
 
 // readToEOF reads from fd into buf until the end of the stream; more than
 // len(buf) bytes is an error.
-func readToEOF(fd int, buf []byte) (int, error) {
+func readToEOF(fd int, buf []byte, timeout time.Duration) (int, error) {
 	n := 0
 	for {
 		if n == len(buf) {
 			return n, fmt.Errorf("more than %d bytes", len(buf))
 		}
-		k, err := readRetry(fd, buf[n:])
+		k, err := readRetry(fd, buf[n:], timeout)
 		if err != nil || k == 0 {
 			return n, err
 		}
