@@ -432,12 +432,31 @@ func (m *meshPod) ownerOutcome(t *testing.T, f family, c ownerCase, to netip.Add
 // its uid 1337 is 101337 outside, as a pod with hostUsers: false gets them.
 const usernsHostID = 100000
 
+// usernsIDs maps ids 0-65535 to usernsHostID on, in one extent, as the
+// kubelet maps a pod with hostUsers: false.
+var usernsIDs = []syscall.SysProcIDMap{{ContainerID: 0, HostID: usernsHostID, Size: 65536}}
+
+// usernsManyIDs maps ids 0-65535 in seven extents, more than a uid_gid_map
+// holds inline (5): the kernel then keeps them in arrays sorted by either
+// side, which the connect hook searches. The proxy's 1337 is an extent of
+// its own whose node id sorts before the app's, so that the order of the
+// two sides differs.
+var usernsManyIDs = []syscall.SysProcIDMap{
+	{ContainerID: 0, HostID: 300000, Size: 1000},
+	{ContainerID: 1000, HostID: 400000, Size: 337},
+	{ContainerID: 1337, HostID: 250000, Size: 1},
+	{ContainerID: 1338, HostID: 500000, Size: 662},
+	{ContainerID: 2000, HostID: 600000, Size: 1000},
+	{ContainerID: 3000, HostID: 700000, Size: 1000},
+	{ContainerID: 4000, HostID: 800000, Size: 61536},
+}
+
 // usernsSeq numbers the names usernsPod binds its namespace to, apart from
 // testutil.NewNetNS's (and in the pattern RemoveStaleNetNS cleans up).
 var usernsSeq atomic.Int64
 
 // usernsPod is a meshPod whose network namespace is owned by a user
-// namespace of its own that maps ids 0-65535 to usernsHostID on: a pod
+// namespace of its own that maps ids 0-65535 to node ids (usernsIDs): a pod
 // with hostUsers: false, whose network namespace the runtime creates inside
 // the pod's user namespace (containerd 2.x, containerd/containerd#10607).
 // The pod's processes run in both namespaces (inPod); m.ns is the network
@@ -448,13 +467,13 @@ type usernsPod struct {
 	holder int // pid of the process holding the namespaces
 }
 
-// newUsernsPod builds a usernsPod with the topology and pingpong servers of
-// newMeshPod; everything goes when t ends.
-func newUsernsPod(t *testing.T) *usernsPod {
+// newUsernsPod builds a usernsPod whose user namespace maps uids and gids
+// with ids, with the topology and pingpong servers of newMeshPod;
+// everything goes when t ends.
+func newUsernsPod(t *testing.T, ids []syscall.SysProcIDMap) *usernsPod {
 	t.Helper()
 	remote := testutil.NewNetNS(t) // first: /run/netns exists for the bind mount below
 	holder := exec.Command("sleep", "infinity")
-	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: usernsHostID, Size: 65536}}
 	holder.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUSER | unix.CLONE_NEWNET,
 		UidMappings: ids, GidMappings: ids, GidMappingsEnableSetgroups: true}
 	if err := holder.Start(); err != nil {
@@ -543,7 +562,8 @@ func (u *usernsPod) pingpongIn(t *testing.T, cred testutil.Cred, to netip.AddrPo
 }
 
 // testEBPFUserNS runs F1, F2 and F6 in a user-namespaced pod, first on the
-// iptables rules alone, then with the eBPF data path. The rules, written
+// iptables rules alone, then with the eBPF data path: with the ids mapped as
+// the kubelet maps them, then in seven extents (extents). The rules, written
 // from inside the pod's user namespace as its init container writes them,
 // match the proxy's uid 1337 as the pod sees it: xt_owner maps the rule's
 // uid through the network namespace's user namespace (make_kuid(net->user_ns,
@@ -552,7 +572,13 @@ func (u *usernsPod) pingpongIn(t *testing.T, cred testutil.Cred, to netip.AddrPo
 // way (101337 on the node is 1337 in the pod), so the app's connection is
 // captured once and the proxy's own is left alone, as with the rules.
 func testEBPFUserNS(t *testing.T) {
-	u := newUsernsPod(t)
+	testEBPFUserNSWith(t, usernsIDs)
+	t.Run("extents", func(t *testing.T) { testEBPFUserNSWith(t, usernsManyIDs) })
+}
+
+// testEBPFUserNSWith is testEBPFUserNS in a pod whose ids map with ids.
+func testEBPFUserNSWith(t *testing.T, ids []syscall.SysProcIDMap) {
+	u := newUsernsPod(t, ids)
 	rules, join := coverCapture("REDIRECT", true)
 	argv := append(append([]string{bins.Path(t, pkgShunt), "iptables"}, u.variant.args()...), rules...)
 	if out, err := output(u.inPod(nil, argv...)); err != nil {
