@@ -356,9 +356,11 @@ static __always_inline int is_local(const struct pod *pod, __u64 cookie, const s
  * whose namespaces are user-namespaced (hostUsers: false, where the proxy's kernel uid is 101337).
  *
  * The kernel's structures are read through bpf_rdonly_cast (an untrusted, read-only BTF pointer:
- * a faulting load reads 0), their field offsets resolved against the running kernel's BTF at
- * load (CO-RE), so this needs /sys/kernel/btf/vmlinux and the privilege to walk kernel pointers
- * (CAP_PERFMON or CAP_SYS_ADMIN). It works the same for TCP and UDP sockets.
+ * a faulting load reads 0; a map of more than 5 extents with bpf_probe_read_kernel), their field
+ * offsets resolved against the running kernel's BTF at load (CO-RE), so this needs
+ * /sys/kernel/btf/vmlinux, the kfunc in cgroup sock_addr programs (Linux 6.7) and the privilege
+ * to read kernel memory (CAP_PERFMON or CAP_SYS_ADMIN). It works the same for TCP and UDP
+ * sockets, and costs no map lookup.
  * ============================================================================================ */
 
 /* An id that no process has: what an id outside the namespace's map becomes, never a proxy's. */
@@ -425,7 +427,8 @@ struct sock {
 };
 #pragma clang attribute pop
 
-/* extent_up maps id through one extent e, or returns NO_ID when e does not hold it. */
+/* extent_up maps id through the extent {first, lower_first, count}, or returns NO_ID when the
+ * extent does not hold it. */
 static __always_inline __u32 extent_up(__u32 first, __u32 lower_first, __u32 count, __u32 id)
 {
 	if (id - lower_first < count)
@@ -433,8 +436,8 @@ static __always_inline __u32 extent_up(__u32 first, __u32 lower_first, __u32 cou
 	return NO_ID;
 }
 
-/* map_id_up returns the id that the kernel id id is in the namespace of map m, NO_ID when m does
- * not map it: the kernel's map_id_up. */
+/* map_id_up returns what the kernel's id is in the namespace of map m, NO_ID when m does not map
+ * it: the kernel's map_id_up. */
 static __always_inline __u32 map_id_up(const struct uid_gid_map *m, __u32 id)
 {
 	__u32 n = m->nr_extents;
