@@ -23,8 +23,8 @@ import (
 )
 
 // TestEBPFCoverage proves the eBPF fast path over every kind of rules that
-// can sit underneath it, and pins down the one place where its decision
-// differs from theirs: whose identity a connection is judged by.
+// can sit underneath it, and that it judges a connection by the identity
+// the rules' owner match does.
 //
 // rules: the same eBPF pod (load, join, the reference sidecar in the pod's
 // cgroup) over iptables-nft, iptables-legacy and native nftables, each in
@@ -33,8 +33,11 @@ import (
 // connect hook, F4 through the proxy and back in, F5, F6 and F7 left alone.
 // ipv6_off: F2 with IPv6 off in the rules and in join.
 //
-// owner: processes whose real and effective uid or gid differ, in a pod with
-// the iptables rules only and in an eBPF pod (see testEBPFOwner).
+// owner: processes whose real and effective uid or gid differ, and sockets
+// opened by one identity and connected by another, in a pod with the
+// iptables rules only and in an eBPF pod (see testEBPFOwner).
+// userns: a pod whose network namespace is owned by a user namespace
+// (hostUsers: false), on the rules alone and with eBPF (testEBPFUserNS).
 func TestEBPFCoverage(t *testing.T) {
 	testutil.RequireRoot(t)
 	t.Run("rules", func(t *testing.T) {
@@ -241,16 +244,15 @@ const (
 )
 
 // ownerCase is a connecting process and what becomes of its connections to
-// the remote and to its own pod IP, in a pod with the iptables rules only
-// and in an eBPF pod over the same rules. The process has the real and
-// effective ids of id (setpriv), or, when opener is set, opens its socket as
-// opener and connects it as connector (sockopener).
+// the remote and to its own pod IP in a pod with the iptables rules only.
+// The process has the real and effective ids of id (setpriv), or, when
+// opener is set, opens its socket as opener and connects it as connector
+// (sockopener). An eBPF pod over the same rules decides alike (ebpfOutcome).
 type ownerCase struct {
-	name                       string
-	id                         ids
-	opener, connector          *testutil.Cred
-	iptablesRemote, ebpfRemote string
-	iptablesOwn, ebpfOwn       string
+	name              string
+	id                ids
+	opener, connector *testutil.Cred
+	remote, own       string
 }
 
 func (c ownerCase) String() string {
@@ -263,49 +265,45 @@ func (c ownerCase) String() string {
 // ownerCases: the iptables owner match (xt_owner, and nftables' meta
 // skuid/skgid) reads the fsuid/fsgid of the credentials of the file that
 // opened the socket (sk->sk_socket->file->f_cred), which follow the
-// effective ids; the connect hook reads bpf_get_current_uid_gid(), the real
-// uid and gid of the task calling connect(2) (current_cred()->uid/gid). So,
-// to the remote (F2/F6) and to the pod's own IP (F4):
+// effective ids, and so does the connect hook (sock_owner in redirect.c).
+// So, to the remote (F2/F6) and to the pod's own IP (F4), in a pod with the
+// rules only:
 //
-//	process                                iptables only    eBPF pod
-//	(uid real/eff, gid real/eff)           remote  own IP   remote  own IP
-//	app      1000/1000 1000/1000           nat     -        ebpf    -
-//	proxy    1337/1337 1337/1337           -       hairpin  -       hairpin
-//	ruid app, euid proxy  1000/1337 1000   -       hairpin  ebpf    hairpin
-//	ruid proxy, euid app  1337/1000 1000   nat     -        nat     -
-//	rgid app, egid proxy  1000 1000/1337   -       -        ebpf    -
-//	rgid proxy, egid app  1000 1337/1000   nat     -        nat     -
-//	socket opened as proxy, connected as app  -  hairpin    ebpf    hairpin
-//	socket opened as app, connected as proxy  nat  -        nat     -
+//	process                                   remote  own IP
+//	(uid real/eff, gid real/eff)
+//	app      1000/1000 1000/1000              nat     -
+//	proxy    1337/1337 1337/1337              -       hairpin
+//	ruid app, euid proxy  1000/1337 1000      -       hairpin
+//	ruid proxy, euid app  1337/1000 1000      nat     -
+//	rgid app, egid proxy  1000 1000/1337      -       -
+//	rgid proxy, egid app  1000 1337/1000      nat     -
+//	socket opened as proxy, connected as app  -       hairpin
+//	socket opened as app, connected as proxy  nat     -
 //
-// The two disagree where the connecting task's real ids and the socket
-// opener's effective ids straddle the proxy's: a process that is the proxy
-// only by its effective id, or connects a socket the proxy opened, is
-// captured by the hook (ebpf) where the rules let it out; one that is the
-// proxy only by its real id, or connects a socket an app opened, is passed
-// by the hook and captured by the nat rules underneath (nat), as the rules
-// alone would. To the own pod IP the hook passes every app connection (it
-// leaves loopback to the rules), so the rules decide there and both pods
-// agree; only a uid of 1337 is hairpinned, as "-o lo -m owner ! --uid-owner
-// 1337 -j RETURN" returns every other uid on lo before the gid rules are
-// reached.
+// The eBPF pod decides the same in every row: what the rules capture to
+// the remote the hook captures (ebpf), what they let out it lets out; to
+// the own pod IP the hook passes every connection (it leaves loopback to
+// the rules), so the rules decide there. Only a uid of 1337 is hairpinned,
+// as "-o lo -m owner ! --uid-owner 1337 -j RETURN" returns every other uid
+// on lo before the gid rules are reached.
 var ownerCases = []ownerCase{
-	{name: "app", id: ids{1000, 1000, 1000, 1000},
-		iptablesRemote: ownerNAT, ebpfRemote: ownerEBPF, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
-	{name: "proxy", id: ids{1337, 1337, 1337, 1337},
-		iptablesRemote: ownerNone, ebpfRemote: ownerNone, iptablesOwn: ownerHairpin, ebpfOwn: ownerHairpin},
-	{name: "ruid_app_euid_proxy", id: ids{1000, 1337, 1000, 1000},
-		iptablesRemote: ownerNone, ebpfRemote: ownerEBPF, iptablesOwn: ownerHairpin, ebpfOwn: ownerHairpin},
-	{name: "ruid_proxy_euid_app", id: ids{1337, 1000, 1000, 1000},
-		iptablesRemote: ownerNAT, ebpfRemote: ownerNAT, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
-	{name: "rgid_app_egid_proxy", id: ids{1000, 1000, 1000, 1337},
-		iptablesRemote: ownerNone, ebpfRemote: ownerEBPF, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
-	{name: "rgid_proxy_egid_app", id: ids{1000, 1000, 1337, 1000},
-		iptablesRemote: ownerNAT, ebpfRemote: ownerNAT, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
-	{name: "opened_by_proxy_connected_by_app", opener: &proxyUser, connector: &appUser,
-		iptablesRemote: ownerNone, ebpfRemote: ownerEBPF, iptablesOwn: ownerHairpin, ebpfOwn: ownerHairpin},
-	{name: "opened_by_app_connected_by_proxy", opener: &appUser, connector: &proxyUser,
-		iptablesRemote: ownerNAT, ebpfRemote: ownerNAT, iptablesOwn: ownerNone, ebpfOwn: ownerNone},
+	{name: "app", id: ids{1000, 1000, 1000, 1000}, remote: ownerNAT, own: ownerNone},
+	{name: "proxy", id: ids{1337, 1337, 1337, 1337}, remote: ownerNone, own: ownerHairpin},
+	{name: "ruid_app_euid_proxy", id: ids{1000, 1337, 1000, 1000}, remote: ownerNone, own: ownerHairpin},
+	{name: "ruid_proxy_euid_app", id: ids{1337, 1000, 1000, 1000}, remote: ownerNAT, own: ownerNone},
+	{name: "rgid_app_egid_proxy", id: ids{1000, 1000, 1000, 1337}, remote: ownerNone, own: ownerNone},
+	{name: "rgid_proxy_egid_app", id: ids{1000, 1000, 1337, 1000}, remote: ownerNAT, own: ownerNone},
+	{name: "opened_by_proxy_connected_by_app", opener: &proxyUser, connector: &appUser, remote: ownerNone, own: ownerHairpin},
+	{name: "opened_by_app_connected_by_proxy", opener: &appUser, connector: &proxyUser, remote: ownerNAT, own: ownerNone},
+}
+
+// ebpfOutcome is what becomes in an eBPF pod of a connection that has
+// outcome in a pod with the rules only: the hook captures what nat would.
+func ebpfOutcome(outcome string) string {
+	if outcome == ownerNAT {
+		return ownerEBPF
+	}
+	return outcome
 }
 
 const pkgSockopener = "github.com/shuntmesh/shunt/e2e/sockopener"
@@ -334,10 +332,10 @@ func testEBPFOwner(t *testing.T) {
 					to   netip.AddrPort
 					want string
 				}{
-					{"iptables", plain, remote, c.iptablesRemote},
-					{"iptables", plain, own, c.iptablesOwn},
-					{"ebpf", fast, remote, c.ebpfRemote},
-					{"ebpf", fast, own, c.ebpfOwn},
+					{"iptables", plain, remote, c.remote},
+					{"iptables", plain, own, c.own},
+					{"ebpf", fast, remote, ebpfOutcome(c.remote)},
+					{"ebpf", fast, own, ebpfOutcome(c.own)},
 				} {
 					got, err := o.m.ownerOutcome(t, f, c, o.to, o.m == fast)
 					if err != nil {
@@ -434,12 +432,31 @@ func (m *meshPod) ownerOutcome(t *testing.T, f family, c ownerCase, to netip.Add
 // its uid 1337 is 101337 outside, as a pod with hostUsers: false gets them.
 const usernsHostID = 100000
 
+// usernsIDs maps ids 0-65535 to usernsHostID on, in one extent, as the
+// kubelet maps a pod with hostUsers: false.
+var usernsIDs = []syscall.SysProcIDMap{{ContainerID: 0, HostID: usernsHostID, Size: 65536}}
+
+// usernsManyIDs maps ids 0-65535 in seven extents, more than a uid_gid_map
+// holds inline (5): the kernel then keeps them in arrays sorted by either
+// side, which the connect hook searches. The proxy's 1337 is an extent of
+// its own whose node id sorts before the app's, so that the order of the
+// two sides differs.
+var usernsManyIDs = []syscall.SysProcIDMap{
+	{ContainerID: 0, HostID: 300000, Size: 1000},
+	{ContainerID: 1000, HostID: 400000, Size: 337},
+	{ContainerID: 1337, HostID: 250000, Size: 1},
+	{ContainerID: 1338, HostID: 500000, Size: 662},
+	{ContainerID: 2000, HostID: 600000, Size: 1000},
+	{ContainerID: 3000, HostID: 700000, Size: 1000},
+	{ContainerID: 4000, HostID: 800000, Size: 61536},
+}
+
 // usernsSeq numbers the names usernsPod binds its namespace to, apart from
 // testutil.NewNetNS's (and in the pattern RemoveStaleNetNS cleans up).
 var usernsSeq atomic.Int64
 
 // usernsPod is a meshPod whose network namespace is owned by a user
-// namespace of its own that maps ids 0-65535 to usernsHostID on: a pod
+// namespace of its own that maps ids 0-65535 to node ids (usernsIDs): a pod
 // with hostUsers: false, whose network namespace the runtime creates inside
 // the pod's user namespace (containerd 2.x, containerd/containerd#10607).
 // The pod's processes run in both namespaces (inPod); m.ns is the network
@@ -450,13 +467,13 @@ type usernsPod struct {
 	holder int // pid of the process holding the namespaces
 }
 
-// newUsernsPod builds a usernsPod with the topology and pingpong servers of
-// newMeshPod; everything goes when t ends.
-func newUsernsPod(t *testing.T) *usernsPod {
+// newUsernsPod builds a usernsPod whose user namespace maps uids and gids
+// with ids, with the topology and pingpong servers of newMeshPod;
+// everything goes when t ends.
+func newUsernsPod(t *testing.T, ids []syscall.SysProcIDMap) *usernsPod {
 	t.Helper()
 	remote := testutil.NewNetNS(t) // first: /run/netns exists for the bind mount below
 	holder := exec.Command("sleep", "infinity")
-	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: usernsHostID, Size: 65536}}
 	holder.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUSER | unix.CLONE_NEWNET,
 		UidMappings: ids, GidMappings: ids, GidMappingsEnableSetgroups: true}
 	if err := holder.Start(); err != nil {
@@ -545,16 +562,23 @@ func (u *usernsPod) pingpongIn(t *testing.T, cred testutil.Cred, to netip.AddrPo
 }
 
 // testEBPFUserNS runs F1, F2 and F6 in a user-namespaced pod, first on the
-// iptables rules alone, then with the eBPF data path. The rules, written
+// iptables rules alone, then with the eBPF data path: with the ids mapped as
+// the kubelet maps them, then in seven extents (extents). The rules, written
 // from inside the pod's user namespace as its init container writes them,
 // match the proxy's uid 1337 as the pod sees it: xt_owner maps the rule's
 // uid through the network namespace's user namespace (make_kuid(net->user_ns,
 // ...)), nftables' meta skuid the socket's (from_kuid_munged(sock_net(sk)->
-// user_ns, ...)). The connect hook compares bpf_get_current_uid_gid(), the
-// ids as the node's initial user namespace sees them (101337), with the
-// configured 1337.
+// user_ns, ...)). The connect hook maps the socket opener's ids the same
+// way (101337 on the node is 1337 in the pod), so the app's connection is
+// captured once and the proxy's own is left alone, as with the rules.
 func testEBPFUserNS(t *testing.T) {
-	u := newUsernsPod(t)
+	testEBPFUserNSWith(t, usernsIDs)
+	t.Run("extents", func(t *testing.T) { testEBPFUserNSWith(t, usernsManyIDs) })
+}
+
+// testEBPFUserNSWith is testEBPFUserNS in a pod whose ids map with ids.
+func testEBPFUserNSWith(t *testing.T, ids []syscall.SysProcIDMap) {
+	u := newUsernsPod(t, ids)
 	rules, join := coverCapture("REDIRECT", true)
 	argv := append(append([]string{bins.Path(t, pkgShunt), "iptables"}, u.variant.args()...), rules...)
 	if out, err := output(u.inPod(nil, argv...)); err != nil {
@@ -611,43 +635,29 @@ func testEBPFUserNS(t *testing.T) {
 
 	u.load(t)
 	u.join(t, join...)
-	// What the hook does today: the proxy's connections are not its own to
-	// it, so they are sent back to the proxy, which answers a connection
-	// from its own upstream socket with "proxy=outbound-loop".
-	loop := func(f family) string {
-		remote := addr(f.remote, ppPort)
-		return viaOutbound(remote) + fmt.Sprintf("proxy=outbound-loop orig=%s", remote)
+	// dial probes as cred and checks that the connect hook redirected
+	// want connections meanwhile (origdst answered as many).
+	dial := func(t *testing.T, f family, cred testutil.Cred, wantPath string, want uint64) {
+		t.Helper()
+		before := u.status(t).Counters
+		if got := probe(t, f, cred, wantPath, f.pod); got != wantPath {
+			t.Errorf("path: got %q, want %q", got, wantPath)
+		}
+		d := u.status(t).Counters.minus(before)
+		if d.ConnectsRedirected != want || d.OrigdstAnswered != want {
+			t.Errorf("connects_redirected grew by %d, origdst_answered by %d: want %d", d.ConnectsRedirected, d.OrigdstAnswered, want)
+		}
 	}
-	const skip = "the connect hook compares the node's view of the caller's uid/gid (bpf_get_current_uid_gid: " +
-		"101337 for the pod's 1337) with the pod's proxy uid/gid 1337, so in a user-namespaced pod the proxy's own " +
-		"connections are captured and loop back to it; the agent must register the ids mapped through the " +
-		"network namespace's user namespace (or the hook map them)"
 	for _, f := range families {
 		remote := addr(f.remote, ppPort)
 		viaProxy := viaOutbound(remote) + ppReply("remote", f.pod, remote)
 		direct := ppReply("remote", f.pod, remote)
-		// F2 is skipped (not failed) on the loop, F6 too: today's
-		// behaviour, a finding for the product to fix.
 		t.Run("ebpf/"+f.name, func(t *testing.T) {
 			t.Run("F2/app_to_remote", func(t *testing.T) {
-				got := probe(t, f, appUser, viaProxy, f.pod)
-				switch got {
-				case viaProxy:
-				case loop(f):
-					t.Skipf("got %q: %s", got, skip)
-				default:
-					t.Errorf("path: got %q, want %q", got, viaProxy)
-				}
+				dial(t, f, appUser, viaProxy, 1)
 			})
 			t.Run("F6/proxy_to_remote", func(t *testing.T) {
-				got := probe(t, f, proxyUser, direct, f.pod)
-				switch got {
-				case direct:
-				case loop(f):
-					t.Skipf("got %q: %s", got, skip)
-				default:
-					t.Errorf("path: got %q, want %q", got, direct)
-				}
+				dial(t, f, proxyUser, direct, 0)
 			})
 		})
 	}

@@ -44,9 +44,17 @@ type Connect struct {
 	Dst netip.AddrPort
 	// Src is the address the socket is bound to; zero when it is not bound.
 	Src netip.Addr
-	// UID and GID are the connecting process's.
+	// UID and GID are the fsuid and fsgid of whoever opened the socket (the credentials of its
+	// file, which follow the effective ids), as the user namespace owning the pod's network
+	// namespace sees them: the ids the owner match of the rules compares (xt_owner, nftables'
+	// meta skuid/skgid), also in a user-namespaced pod. NoID stands for an id that namespace does
+	// not map, or a socket without a file: neither the proxy's nor an owner group.
 	UID, GID uint32
 }
+
+// NoID is the id Connect.UID or GID holds for an id the pod's user namespace does not map, as
+// redirect.c's sock_owner reads it ((uid_t)-1, which no process has).
+const NoID = ^uint32(0)
 
 // ConnectDecision is the connect hook's decision and why.
 type ConnectDecision struct {
@@ -87,8 +95,9 @@ func decideConnect(p *Pod, c Connect) ConnectDecision {
 	dport := c.Dst.Port()
 	src := c.Src.Unmap()
 	ids := func(list []uint32, id uint32) bool {
-		// Unused slots of the pod entry's uids and gids hold ^0 (see Pod.kernel).
-		return slices.Contains(list, id) || (len(list) < MaxProxyIDs && id == ^uint32(0))
+		// Unused slots of the pod entry's uids and gids hold NoID too (see Pod.kernel), which
+		// decide() never takes for the proxy's.
+		return id != NoID && slices.Contains(list, id)
 	}
 	dns := p.DNSPort != 0 && dport == 53
 	pass := func(format string, args ...any) ConnectDecision {

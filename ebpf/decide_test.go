@@ -120,7 +120,8 @@ func TestDecideConnect(t *testing.T) {
 		{"dns", dns, conn("10.96.0.10:53", 0, 0), ConnectDNS, 15053, "DNS"},
 		{"dns other server", dns, conn("8.8.8.8:53", 0, 0), ConnectPass, 0, "no captured range"},
 		{"included range", dns, conn("172.20.0.1:80", 0, 0), ConnectProxy, 15001, "captured range"},
-		{"unused id slot", def, conn("1.2.3.4:443", ^uint32(0), 0), ConnectPass, 0, "proxy's"},
+		// An id the pod's user namespace does not map is no one's, though unused id slots hold it.
+		{"unmapped uid", def, conn("1.2.3.4:443", NoID, NoID), ConnectProxy, 15001, "every destination"},
 		{"udp dns", dns, udp("10.96.0.10:53", 1000, 1000), ConnectDNS, 15053, "DNS over UDP"},
 		{"udp dns mapped", dns, udp("[::ffff:10.96.0.10]:53", 1000, 1000), ConnectDNS, 15053, "DNS over UDP"},
 		{"udp dns proxy uid", dns, udp("10.96.0.10:53", 1337, 1337), ConnectPass, 0, "uid 1337"},

@@ -38,12 +38,17 @@
 //     DNSAnswered count the UDP side.
 //   - F1, F3: inbound capture stays with the nat/mangle rules; the proxy's passthrough connection
 //     from 127.0.0.6 / ::6 to the app is accelerated by sk_msg like the app↔proxy legs.
+//   - Owners: the programs judge a connection or datagram by the ids the owner match does
+//     (xt_owner, nftables' meta skuid/skgid): the fsuid and fsgid of whoever opened the socket,
+//     as the user namespace owning the pod's network namespace sees them. So setuid programs,
+//     sockets handed between processes and user-namespaced pods (hostUsers: false, whose proxy
+//     runs as 1337 in the pod and as, say, 101337 on the node) are decided as by the rules; an id
+//     the namespace does not map is no one's. The programs read them from the kernel's
+//     structures (sk->sk_socket->file->f_cred, the network namespace's uid_map and gid_map)
+//     through bpf_rdonly_cast, relocated against the kernel's BTF at load: Probe checks both.
 //
 // Where the fast path differs from the nat rules:
 //
-//   - Owners: the programs see the real uid and gid of the task calling connect(2); the owner
-//     match sees the fsuid and fsgid of whoever opened the socket. They differ only for setuid
-//     programs and sockets handed between processes.
 //   - "-o lo" is approximated as loopback, ::6 and the pod's own IPs; another address assigned in
 //     the pod's namespace counts as remote.
 //   - A UDP socket connected to a captured DNS server is bound to loopback, as a TCP one is: to

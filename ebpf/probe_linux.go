@@ -10,11 +10,14 @@ import (
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 )
 
 // Probe checks that the running kernel has what the fast path needs: the program and map types,
-// the helpers the programs call, cgroup v2 and bpffs. It returns a *MissingError naming each
+// the helpers the programs call, BTF (/sys/kernel/btf/vmlinux) and the kfunc bpf_rdonly_cast in
+// cgroup sock_addr programs (the connect and DNS hooks read the socket's owner with them), cgroup
+// v2 and bpffs. It returns a *MissingError naming each
 // missing feature (errors.Is(err, ErrNotSupported) holds for it), or another error when probing
 // itself failed (without the privilege to load programs, for one). It changes nothing.
 func Probe() error {
@@ -61,7 +64,7 @@ func Probe() error {
 		{cebpf.CGroupSockAddr, asm.FnGetNetnsCookie},
 		{cebpf.CGroupSockAddr, asm.FnSkStorageGet},
 		{cebpf.CGroupSockAddr, asm.FnSkStorageDelete},
-		{cebpf.CGroupSockAddr, asm.FnGetCurrentUidGid},
+		{cebpf.CGroupSockAddr, asm.FnProbeReadKernel},
 		{cebpf.SockOps, asm.FnGetNetnsCookie},
 		{cebpf.SockOps, asm.FnSkStorageGet},
 		{cebpf.SockOps, asm.FnSockHashUpdate},
@@ -73,6 +76,11 @@ func Probe() error {
 	}
 	for _, h := range helpers {
 		check(fmt.Sprintf("helper %s in %s", helperName(h.fn), strings.ToLower(h.t.String())), features.HaveProgramHelper(h.t, h.fn))
+	}
+	if name, err := probeOwner(); name != "" {
+		missing = append(missing, name)
+	} else if err != nil {
+		errs = append(errs, err)
 	}
 	mounts, err := os.ReadFile("/proc/mounts")
 	if err != nil {
@@ -108,4 +116,58 @@ func helperName(fn asm.BuiltinFunc) string {
 		b.WriteRune(r)
 	}
 	return "bpf_" + b.String()
+}
+
+// probeOwner checks what redirect.c's sock_owner needs beyond helpers: the kernel's BTF, against
+// which the programs' reads of kernel structures are relocated (CO-RE), and the kfunc
+// bpf_rdonly_cast callable from a cgroup sock_addr program. It returns the name of what is
+// missing, or an error when probing itself failed.
+func probeOwner() (missing string, err error) {
+	spec, err := btf.LoadKernelSpec()
+	if errors.Is(err, cebpf.ErrNotSupported) {
+		return "kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("probe kernel BTF: %w", err)
+	}
+	const kfunc = "kfunc bpf_rdonly_cast in cgroup_sock_addr programs (Linux 6.7)"
+	var fn *btf.Func
+	var sock *btf.Struct
+	if err := spec.TypeByName("bpf_rdonly_cast", &fn); errors.Is(err, btf.ErrNotFound) {
+		return kfunc, nil
+	} else if err != nil {
+		return "", fmt.Errorf("probe %s: %w", kfunc, err)
+	}
+	if err := spec.TypeByName("sock", &sock); err != nil {
+		return "", fmt.Errorf("probe struct sock in kernel BTF: %w", err)
+	}
+	fnID, err := spec.TypeID(fn)
+	if err != nil {
+		return "", fmt.Errorf("probe %s: %w", kfunc, err)
+	}
+	sockID, err := spec.TypeID(sock)
+	if err != nil {
+		return "", fmt.Errorf("probe struct sock in kernel BTF: %w", err)
+	}
+	// bpf_rdonly_cast(ctx, struct sock); return 1: the kernel BTF's ids, as the loader's
+	// relocations resolve the programs' own.
+	prog, err := cebpf.NewProgram(&cebpf.ProgramSpec{
+		Type:       cebpf.CGroupSockAddr,
+		AttachType: cebpf.AttachCGroupInet4Connect,
+		License:    "Dual BSD/GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R2, int32(sockID)),
+			{OpCode: asm.OpCode(asm.JumpClass).SetJumpOp(asm.Call), Src: asm.PseudoKfuncCall, Constant: int64(fnID)},
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+		},
+	})
+	var verr *cebpf.VerifierError
+	switch {
+	case errors.As(err, &verr):
+		return kfunc, nil
+	case err != nil:
+		return "", fmt.Errorf("probe %s: %w", kfunc, err)
+	}
+	return "", prog.Close()
 }

@@ -26,6 +26,7 @@
 #include "uapi.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -344,6 +345,164 @@ static __always_inline int is_local(const struct pod *pod, __u64 cookie, const s
 	return is_loopback(dst) || is_passthrough(dst) || cidr_has(cookie, pod->gen, CIDR_SELF, dst);
 }
 
+/* ============================================================================================
+ * The socket's owner, as the owner match sees it.
+ *
+ * xt_owner (--uid-owner, --gid-owner) and nft's meta skuid/skgid compare the fsuid and fsgid of
+ * the credentials that opened the socket (sk->sk_socket->file->f_cred) with the rule's id mapped
+ * into the user namespace that owns the socket's network namespace. sock_owner reads the same
+ * credentials and maps them the other way, from the kernel's ids into that user namespace
+ * (from_kuid, from_kgid), so that the pod's proxy ids (1337) compare as they are also in a pod
+ * whose namespaces are user-namespaced (hostUsers: false, where the proxy's kernel uid is 101337).
+ *
+ * The kernel's structures are read through bpf_rdonly_cast (an untrusted, read-only BTF pointer:
+ * a faulting load reads 0; a map of more than 5 extents with bpf_probe_read_kernel), their field
+ * offsets resolved against the running kernel's BTF at load (CO-RE), so this needs
+ * /sys/kernel/btf/vmlinux, the kfunc in cgroup sock_addr programs (Linux 6.7) and the privilege
+ * to read kernel memory (CAP_PERFMON or CAP_SYS_ADMIN). It works the same for TCP and UDP
+ * sockets, and costs no map lookup.
+ * ============================================================================================ */
+
+/* An id that no process has: what an id outside the namespace's map becomes, never a proxy's. */
+#define NO_ID ((__u32)-1)
+
+/* The most extents a uid_gid_map holds inline (UID_GID_MAP_MAX_BASE_EXTENTS); beyond that it
+ * points to sorted arrays of at most UID_GID_MAP_MAX_EXTENTS (340): MAP_SEARCH_STEPS halvings
+ * find an extent in up to 4095. */
+#define MAP_BASE_EXTENTS 5
+#define MAP_SEARCH_STEPS 12
+
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+/* The kernel's types, only the fields read (include/linux/uidgid_types.h, user_namespace.h,
+ * cred.h, fs.h, net.h, net/sock.h, net/net_namespace.h). */
+typedef struct {
+	__u32 val;
+} kuid_t;
+typedef struct {
+	__u32 val;
+} kgid_t;
+struct uid_gid_extent {
+	__u32 first;
+	__u32 lower_first;
+	__u32 count;
+};
+struct uid_gid_map {
+	__u32 nr_extents;
+	union {
+		struct uid_gid_extent extent[MAP_BASE_EXTENTS];
+		struct {
+			struct uid_gid_extent *forward;
+			struct uid_gid_extent *reverse; /* sorted by lower_first */
+		};
+	};
+};
+struct user_namespace {
+	struct uid_gid_map uid_map;
+	struct uid_gid_map gid_map;
+};
+struct net {
+	struct user_namespace *user_ns;
+};
+typedef struct {
+	struct net *net;
+} possible_net_t;
+struct sock_common {
+	possible_net_t skc_net;
+};
+struct cred {
+	kuid_t fsuid;
+	kgid_t fsgid;
+};
+struct file {
+	const struct cred *f_cred;
+};
+struct socket {
+	struct file *file;
+};
+struct sock {
+	struct sock_common __sk_common;
+	struct socket *sk_socket;
+};
+#pragma clang attribute pop
+
+/* extent_up maps id through the extent {first, lower_first, count}, or returns NO_ID when the
+ * extent does not hold it. */
+static __always_inline __u32 extent_up(__u32 first, __u32 lower_first, __u32 count, __u32 id)
+{
+	if (id - lower_first < count)
+		return id - lower_first + first;
+	return NO_ID;
+}
+
+/* map_id_up returns what the kernel's id is in the namespace of map m, NO_ID when m does not map
+ * it: the kernel's map_id_up. */
+static __always_inline __u32 map_id_up(const struct uid_gid_map *m, __u32 id)
+{
+	__u32 n = m->nr_extents;
+	if (n <= MAP_BASE_EXTENTS) {
+		/* Unrolled by hand: the verifier allows only constant offsets into kernel memory. */
+#define EXTENT(i)                                                                                     \
+	if (n > i) {                                                                                  \
+		__u32 up = extent_up(m->extent[i].first, m->extent[i].lower_first, m->extent[i].count, id); \
+		if (up != NO_ID)                                                                      \
+			return up;                                                                    \
+	}
+		EXTENT(0)
+		EXTENT(1)
+		EXTENT(2)
+		EXTENT(3)
+		EXTENT(4)
+#undef EXTENT
+		return NO_ID;
+	}
+	/* Binary search of the reverse array. Read with bpf_probe_read_kernel: the verifier cannot
+	 * type a load from the union's other member, nor a variable offset into the array. */
+	__u64 rev;
+	if (bpf_core_read(&rev, sizeof(rev), &m->reverse))
+		return NO_ID;
+	__u32 lo = 0, hi = n;
+	for (int i = 0; i < MAP_SEARCH_STEPS && lo < hi; i++) {
+		__u32 mid = lo + (hi - lo) / 2;
+		struct uid_gid_extent e;
+		if (bpf_probe_read_kernel(&e, sizeof(e), (const void *)(rev + (__u64)mid * sizeof(e))))
+			return NO_ID;
+		if (id < e.lower_first)
+			hi = mid;
+		else if (id - e.lower_first >= e.count)
+			lo = mid + 1;
+		else
+			return id - e.lower_first + e.first;
+	}
+	return NO_ID;
+}
+
+/* sock_owner sets *uid and *gid to the fsuid and fsgid of whoever opened sk, in the user namespace
+ * that owns sk's network namespace, NO_ID for an id it does not map or a socket without a file
+ * (the owner match then matches neither). */
+static __always_inline void sock_owner(struct bpf_sock *sk, __u32 *uid, __u32 *gid)
+{
+	*uid = NO_ID;
+	*gid = NO_ID;
+	struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
+	struct socket *so = s->sk_socket;
+	if (!so)
+		return;
+	struct file *f = so->file;
+	if (!f)
+		return;
+	const struct cred *c = f->f_cred;
+	if (!c)
+		return;
+	__u32 kuid = c->fsuid.val, kgid = c->fsgid.val;
+	struct user_namespace *ns = s->__sk_common.skc_net.net->user_ns;
+	if (!ns)
+		return;
+	*uid = map_id_up(&ns->uid_map, kuid);
+	*gid = map_id_up(&ns->gid_map, kgid);
+}
+
 enum verdict {
 	VERDICT_PASS = 0,
 	VERDICT_PROXY = 1,
@@ -351,8 +510,8 @@ enum verdict {
 };
 
 /*
- * decide mirrors nat ISTIO_OUTPUT of redirect.Build for one TCP connect(2) of the current process
- * to dst:dport from a socket bound to src (zero when unbound), in the rules' order:
+ * decide mirrors nat ISTIO_OUTPUT of redirect.Build for one TCP connect(2) of socket sk to dst:dport
+ * from a socket bound to src (zero when unbound), in the rules' order:
  *
  *   -p tcp --dport <OutboundPortsExclude> RETURN
  *   -o lo -s 127.0.0.6 RETURN
@@ -365,14 +524,15 @@ enum verdict {
  *   -d <OutboundIPRanges> (or everything) REDIRECT
  *
  * The proxy's own connections are never touched: its hairpin to its own pod IP stays with the
- * nat rules.
+ * nat rules. The owner is the owner match's (sock_owner): the socket opener's fsuid and fsgid in
+ * the pod's user namespace, NO_ID when there is none, which is neither a proxy id nor an owner
+ * group (the unused slots of pod->uids and gids hold it too, hence the test).
  */
-static __always_inline enum verdict decide(const struct pod *pod, __u64 cookie, const struct addr *dst,
-					   __u16 dport, const struct addr *src)
+static __always_inline enum verdict decide(const struct pod *pod, __u64 cookie, struct bpf_sock *sk,
+					   const struct addr *dst, __u16 dport, const struct addr *src)
 {
-	__u64 ugid = bpf_get_current_uid_gid();
-	__u32 uid = (__u32)ugid;
-	__u32 gid = (__u32)(ugid >> 32);
+	__u32 uid, gid;
+	sock_owner(sk, &uid, &gid);
 	__u16 gen = pod->gen;
 	int dns = (pod->flags & POD_DNS) && dport == 53;
 
@@ -380,7 +540,7 @@ static __always_inline enum verdict decide(const struct pod *pod, __u64 cookie, 
 		return VERDICT_PASS;
 	/* Every rule before the DNS one returns, so their order is free: the proxy's own connections,
 	 * one per app connection, are let go first, without a map lookup. */
-	if (ids_contain(pod->uids, uid) || ids_contain(pod->gids, gid))
+	if ((uid != NO_ID && ids_contain(pod->uids, uid)) || (gid != NO_ID && ids_contain(pod->gids, gid)))
 		return VERDICT_PASS;
 	if (set_has(cookie, gen, SET_PORT_EXCLUDE, dport))
 		return VERDICT_PASS;
@@ -430,7 +590,7 @@ static __always_inline __u16 capture(struct bpf_sock_addr *ctx, const struct add
 	if (!sk)
 		return 0;
 	__u16 port = 0;
-	switch (decide(pod, cookie, dst, dport, src)) {
+	switch (decide(pod, cookie, sk, dst, dport, src)) {
 	case VERDICT_PROXY:
 		port = pod->proxy_port;
 		break;
@@ -897,7 +1057,7 @@ static __always_inline struct dnsdst *dns_capture(struct bpf_sock_addr *ctx, str
 	struct pod *pod = bpf_map_lookup_elem(&shunt_pods, &cookie);
 	if (!pod || !(pod->flags & POD_DNS) || pod->dns_port == 0)
 		return 0;
-	if (decide(pod, cookie, dst, dport, src) != VERDICT_DNS)
+	if (decide(pod, cookie, sk, dst, dport, src) != VERDICT_DNS)
 		return 0;
 	struct dnsdst *d = bpf_sk_storage_get(&shunt_dnsdst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!d)
