@@ -38,6 +38,9 @@ func (l ebpfLayer) Register(pod EBPFPod) error {
 		return err
 	}
 	entry.NoSockMsg = !pod.SockMsg
+	if entry.UserNamespaced, err = shuntebpf.NetNSUserNamespaced(pod.NetNS); err != nil {
+		return err
+	}
 	return node.AddPod(entry)
 }
 

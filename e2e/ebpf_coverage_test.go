@@ -60,6 +60,38 @@ func TestEBPFCoverage(t *testing.T) {
 	})
 	t.Run("owner", testEBPFOwner)
 	t.Run("userns", testEBPFUserNS)
+	t.Run("task_ids", testEBPFTaskIDs)
+}
+
+// taskIDsEnv makes `shunt ebpf` load and register with the object of
+// kernels before 6.7 (ebpf.OwnerIDs "task"), which judges owners by the
+// calling task's real ids.
+var taskIDsEnv = []string{"SHUNT_EBPF_OWNER_IDS=task"}
+
+// testEBPFTaskIDs runs the flows through the object of kernels before 6.7
+// in both modes, and checks that it refuses a user-namespaced pod, whose
+// proxy it would see under the node's uid: that pod stays on its rules.
+func testEBPFTaskIDs(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			testEBPFOverRulesEnv(t, variant("nft"), mode, taskIDsEnv)
+		})
+	}
+	t.Run("userns_refused", func(t *testing.T) {
+		t.Parallel()
+		u := newUsernsPod(t, usernsIDs)
+		u.env = taskIDsEnv
+		_, join := coverCapture("REDIRECT", true)
+		u.load(t)
+		out, err := u.ebpfCmd(t, append([]string{"join", "--netns", u.ns.Path(), "--pin-dir", u.pins}, join...)...)
+		if err == nil || !strings.Contains(err.Error(), "user namespace of its own") {
+			t.Fatalf("join of a user-namespaced pod with the task-ids object: %v\n%s; want it refused", err, out)
+		}
+		if s := u.status(t); len(s.Pods) != 0 {
+			t.Errorf("after the refused join: pods %+v, want none", s.Pods)
+		}
+	})
 }
 
 // coverCapture returns the rules' flags, the injector's for mode plus an
@@ -78,10 +110,11 @@ func coverCapture(mode string, ipv6 bool) (rules, join []string) {
 
 // newCoverPod is a meshPod whose rules are variant v's in mode, loaded and
 // joined, with the reference sidecar running as Istio runs it in mode.
-func newCoverPod(t *testing.T, v variant, mode string, ipv6 bool) *meshPod {
+func newCoverPod(t *testing.T, v variant, mode string, ipv6 bool, env ...string) *meshPod {
 	t.Helper()
 	m := newMeshPod(t)
 	m.variant = v
+	m.env = env
 	rules, join := coverCapture(mode, ipv6)
 	m.iptables(t, rules...)
 	m.load(t)
@@ -106,8 +139,19 @@ func startModeProxy(t *testing.T, m *meshPod, mode string) {
 // ("! -d 127.0.0.1/32 ... -j TPROXY") leave out, and ISTIO_INBOUND returns
 // unmarked packets on lo; the proxy's hairpin to its own pod IP (F4, as gid
 // 1337) is marked and handed to 15006 by TPROXY.
-func testEBPFOverRules(t *testing.T, v variant, mode string) {
-	m := newCoverPod(t, v, mode, true)
+func testEBPFOverRules(t *testing.T, v variant, mode string) { testEBPFOverRulesEnv(t, v, mode, nil) }
+
+// testEBPFOverRulesEnv is testEBPFOverRules with env added to the
+// environment of the pod's shunt ebpf commands.
+func testEBPFOverRulesEnv(t *testing.T, v variant, mode string, env []string) {
+	m := newCoverPod(t, v, mode, true, env...)
+	wantOwner := "socket"
+	if len(env) > 0 {
+		wantOwner = "task"
+	}
+	if s := m.status(t); s.OwnerIDs != wantOwner {
+		t.Fatalf("shunt ebpf status: owner ids %q, want %q", s.OwnerIDs, wantOwner)
+	}
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
 			remote, own := addr(f.remote, ppPort), addr(f.pod, ppPort)

@@ -38,6 +38,7 @@ type meshPod struct {
 	*pod
 	cg   *testutil.Cgroup
 	pins string
+	env  []string // added to the environment of the pod's shunt ebpf commands
 }
 
 // newMeshPod builds a meshPod; everything it made goes when tb ends. Unlike
@@ -100,6 +101,9 @@ func newMeshPod(tb testing.TB) *meshPod {
 func (m *meshPod) ebpfCmd(tb testing.TB, args ...string) (string, error) {
 	tb.Helper()
 	cmd := exec.Command(bins.Path(tb, pkgShunt), append([]string{"ebpf"}, args...)...)
+	if len(m.env) > 0 {
+		cmd.Env = append(os.Environ(), m.env...)
+	}
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -201,8 +205,9 @@ func (m *meshPod) pingpong(tb testing.TB, cred testutil.Cred, to netip.AddrPort,
 
 // ebpfStatus is `shunt ebpf status --json`.
 type ebpfStatus struct {
-	Loaded bool `json:"loaded"`
-	Pods   []struct {
+	Loaded   bool   `json:"loaded"`
+	OwnerIDs string `json:"owner_ids"`
+	Pods     []struct {
 		NetnsCookie uint64 `json:"netns_cookie"`
 	} `json:"pods"`
 	Counters ebpfCounters `json:"counters"`

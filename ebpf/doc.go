@@ -45,7 +45,12 @@
 //     runs as 1337 in the pod and as, say, 101337 on the node) are decided as by the rules; an id
 //     the namespace does not map is no one's. The programs read them from the kernel's
 //     structures (sk->sk_socket->file->f_cred, the network namespace's uid_map and gid_map)
-//     through bpf_rdonly_cast, relocated against the kernel's BTF at load: Probe checks both.
+//     through bpf_rdonly_cast, relocated against the kernel's BTF at load (Linux 6.7). A kernel
+//     without them runs a second object built from the same source (redirectTask, see gen.go),
+//     which judges by the real ids of the task calling connect(2) or sendmsg(2): the same for a
+//     proxy started as its own user, not for setuid programs or sockets handed between processes,
+//     and wrong for user-namespaced pods, which AddPod then refuses (they stay on their rules).
+//     OwnerIDs says which one the kernel runs.
 //
 // Where the fast path differs from the nat rules:
 //

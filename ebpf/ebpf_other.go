@@ -20,6 +20,12 @@ func Unload(string) error { return ErrNotSupported }
 // NetNSCookie returns ErrNotSupported outside Linux on a little-endian machine.
 func NetNSCookie(string) (uint64, error) { return 0, ErrNotSupported }
 
+// NetNSUserNamespaced returns ErrNotSupported outside Linux on a little-endian machine.
+func NetNSUserNamespaced(string) (bool, error) { return false, ErrNotSupported }
+
+// OwnerIDs returns ErrNotSupported outside Linux on a little-endian machine.
+func OwnerIDs() (string, error) { return "", ErrNotSupported }
+
 // AddPod returns ErrNotSupported outside Linux on a little-endian machine.
 func (*Node) AddPod(Pod) error { return ErrNotSupported }
 

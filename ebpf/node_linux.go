@@ -81,12 +81,13 @@ func Load(opts Options) (*Node, error) {
 	if err != nil {
 		return nil, errors.Join(err, unload(pinDir, log))
 	}
-	log.Info("eBPF fast path loaded", "pin_dir", pinDir, "cgroup", cgroup)
+	owner, _ := OwnerIDs()
+	log.Info("eBPF fast path loaded", "pin_dir", pinDir, "cgroup", cgroup, "owner_ids", owner)
 	return n, nil
 }
 
 func load(pinDir, cgroup string, log *slog.Logger) (*Node, error) {
-	spec, err := loadRedirect()
+	spec, err := redirectSpec()
 	if err != nil {
 		return nil, err
 	}

@@ -50,6 +50,11 @@ type Pod struct {
 	DNSPort    uint16
 	DNSAll     bool
 	DNSServers []netip.Addr
+	// UserNamespaced says the pod's network namespace belongs to a user namespace of its own
+	// (hostUsers: false; NetNSUserNamespaced): on a kernel whose programs judge owners by the
+	// calling task's ids (OwnerIDs "task"), AddPod refuses such a pod, whose proxy the node sees
+	// under another uid.
+	UserNamespaced bool
 	// NoSockMsg keeps the pod's sockets out of sk_msg acceleration (a receiver that reads with
 	// splice(2) stalls on redirected bytes); connect, SO_ORIGINAL_DST and getpeername still work.
 	NoSockMsg bool

@@ -15,9 +15,9 @@ import (
 )
 
 // Probe checks that the running kernel has what the fast path needs: the program and map types,
-// the helpers the programs call, BTF (/sys/kernel/btf/vmlinux) and the kfunc bpf_rdonly_cast in
-// cgroup sock_addr programs (the connect and DNS hooks read the socket's owner with them), cgroup
-// v2 and bpffs. It returns a *MissingError naming each
+// the helpers the programs call, cgroup v2 and bpffs. BTF (/sys/kernel/btf/vmlinux) and the kfunc
+// bpf_rdonly_cast in cgroup sock_addr programs, with which the connect and DNS hooks read the
+// socket's owner, choose the object (OwnerIDs) rather than being required. It returns a *MissingError naming each
 // missing feature (errors.Is(err, ErrNotSupported) holds for it), or another error when probing
 // itself failed (without the privilege to load programs, for one). It changes nothing.
 func Probe() error {
@@ -77,9 +77,9 @@ func Probe() error {
 	for _, h := range helpers {
 		check(fmt.Sprintf("helper %s in %s", helperName(h.fn), strings.ToLower(h.t.String())), features.HaveProgramHelper(h.t, h.fn))
 	}
-	if name, err := probeOwner(); name != "" {
-		missing = append(missing, name)
-	} else if err != nil {
+	// Without BTF or bpf_rdonly_cast in cgroup sock_addr programs the kernel runs the redirectTask
+	// object (taskIDs): nothing is missing.
+	if _, err := taskIDs(); err != nil {
 		errs = append(errs, err)
 	}
 	mounts, err := os.ReadFile("/proc/mounts")

@@ -438,7 +438,7 @@ static __always_inline __u32 extent_up(__u32 first, __u32 lower_first, __u32 cou
 
 /* map_id_up returns what the kernel's id is in the namespace of map m, NO_ID when m does not map
  * it: the kernel's map_id_up. */
-static __always_inline __u32 map_id_up(const struct uid_gid_map *m, __u32 id)
+static __always_inline __attribute__((unused)) __u32 map_id_up(const struct uid_gid_map *m, __u32 id)
 {
 	__u32 n = m->nr_extents;
 	if (n <= MAP_BASE_EXTENTS) {
@@ -483,6 +483,16 @@ static __always_inline __u32 map_id_up(const struct uid_gid_map *m, __u32 id)
  * (the owner match then matches neither). */
 static __always_inline void sock_owner(struct bpf_sock *sk, __u32 *uid, __u32 *gid)
 {
+#ifdef SHUNT_TASK_IDS
+	/* The object for kernels before 6.7 (redirecttask_bpfel.o, see gen.go): the real ids of the
+	 * task calling connect(2) or sendmsg(2), as the initial user namespace sees them. They are
+	 * the owner match's for a proxy started as its own user, not for setuid programs and sockets
+	 * handed between processes; user-namespaced pods are refused (Node.AddPod). */
+	__u64 ugid = bpf_get_current_uid_gid();
+	*uid = (__u32)ugid;
+	*gid = (__u32)(ugid >> 32);
+	return;
+#else
 	*uid = NO_ID;
 	*gid = NO_ID;
 	struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
@@ -501,6 +511,7 @@ static __always_inline void sock_owner(struct bpf_sock *sk, __u32 *uid, __u32 *g
 		return;
 	*uid = map_id_up(&ns->uid_map, kuid);
 	*gid = map_id_up(&ns->gid_map, kgid);
+#endif
 }
 
 enum verdict {

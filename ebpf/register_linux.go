@@ -18,6 +18,18 @@ func (n *Node) AddPod(p Pod) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("%v: %w", p, err)
 	}
+	if p.UserNamespaced {
+		task, err := taskIDs()
+		if err != nil {
+			return fmt.Errorf("%v: %w", p, err)
+		}
+		if task {
+			return fmt.Errorf("%v: the pod's network namespace belongs to a user namespace of its own (hostUsers: false), "+
+				"and this kernel's programs see the node's ids of its processes, not the pod's (judging by the socket's "+
+				"owner needs kernel BTF and bpf_rdonly_cast in cgroup sock_addr programs, Linux 6.7): the proxy's own "+
+				"connections would be captured", p)
+		}
+	}
 	var gen uint16 = 1
 	var old redirectPod
 	if err := n.maps.ShuntPods.Lookup(p.Cookie, &old); err == nil {

@@ -120,8 +120,11 @@ func newEBPFRunCmd(env capture.Env, pinDir *string) *cobra.Command {
 
 // ebpfStatus is `shunt ebpf status --json`.
 type ebpfStatus struct {
-	Loaded   bool              `json:"loaded"`
-	PinDir   string            `json:"pin_dir"`
+	Loaded bool   `json:"loaded"`
+	PinDir string `json:"pin_dir"`
+	// OwnerIDs are the ids this kernel's programs judge a connection's owner by (ebpf.OwnerIDs):
+	// "socket" as the owner match, or "task" before Linux 6.7.
+	OwnerIDs string            `json:"owner_ids"`
 	Pods     []ebpfStatusPod   `json:"pods"`
 	Counters map[string]uint64 `json:"counters"`
 }
@@ -151,7 +154,11 @@ func newEBPFStatusCmd(env capture.Env, pinDir *string) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		out := ebpfStatus{Loaded: true, PinDir: *pinDir, Pods: []ebpfStatusPod{}, Counters: agent.Counters(st)}
+		owner, err := shuntebpf.OwnerIDs()
+		if err != nil {
+			return err
+		}
+		out := ebpfStatus{Loaded: true, PinDir: *pinDir, OwnerIDs: owner, Pods: []ebpfStatusPod{}, Counters: agent.Counters(st)}
 		for _, c := range cookies {
 			out.Pods = append(out.Pods, ebpfStatusPod{NetNSCookie: c})
 		}
@@ -162,6 +169,7 @@ func newEBPFStatusCmd(env capture.Env, pinDir *string) *cobra.Command {
 		}
 		w := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(w, "pinned under\t%s\n", *pinDir)
+		fmt.Fprintf(w, "owner ids\t%s\n", owner)
 		fmt.Fprintf(w, "pods registered\t%d\n", len(cookies))
 		for _, name := range agent.CounterNames {
 			fmt.Fprintf(w, "%s\t%d\n", name, out.Counters[name])
@@ -247,6 +255,9 @@ func newEBPFJoinCmd(env capture.Env, pinDir *string) *cobra.Command {
 			return err
 		}
 		pod.NoSockMsg = *noSkMsg
+		if pod.UserNamespaced, err = shuntebpf.NetNSUserNamespaced(f.NetNS()); err != nil {
+			return err
+		}
 		node, err := openNode(*pinDir)
 		if err != nil {
 			return err
