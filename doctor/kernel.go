@@ -121,7 +121,7 @@ func (r *Report) features(f *facts) {
 		cg.State, cg.Detail = Missing, "no cgroup2 file system mounted"
 	}
 	r.Features = append(r.Features, cg)
-	bpf := Feature{Name: FeatureBPF, State: Available, Detail: "ebpf.Probe found the program and map types, helpers, BTF, bpf_rdonly_cast, cgroup v2 and bpffs"}
+	bpf := Feature{Name: FeatureBPF, State: Available, Detail: "ebpf.Probe found the program and map types, helpers, cgroup v2 and bpffs"}
 	var me *shuntebpf.MissingError
 	switch {
 	case f.bpfErr == nil:

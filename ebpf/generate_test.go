@@ -25,36 +25,44 @@ func TestGeneratedUpToDate(t *testing.T) {
 	if _, err := exec.LookPath(clang); err != nil {
 		t.Skipf("%s not on PATH: cannot check the generated eBPF files", clang)
 	}
-	args := generateArgs(t)
-	out := t.TempDir()
-	cmd := exec.Command(args[0], slices.Concat(args[1:3], []string{"-output-dir", out}, args[3:])...)
-	cmd.Env = append(os.Environ(), "GOPACKAGE=ebpf", "BPF2GO_CC="+clang)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, b)
-	}
-	for _, name := range []string{"redirect_bpfel.go", "redirect_bpfel.o"} {
-		want, err := os.ReadFile(filepath.Join(out, name))
-		if err != nil {
-			t.Fatal(err)
+	for _, args := range generateArgs(t) {
+		src := slices.Index(args, "redirect.c")
+		if src < 1 {
+			t.Fatalf("gen.go: no redirect.c in %q", args)
 		}
-		got, err := os.ReadFile(name)
-		if err != nil {
-			t.Fatal(err)
+		ident := strings.ToLower(args[src-1])
+		out := t.TempDir()
+		cmd := exec.Command(args[0], slices.Concat(args[1:3], []string{"-output-dir", out}, args[3:])...)
+		cmd.Env = append(os.Environ(), "GOPACKAGE=ebpf", "BPF2GO_CC="+clang)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, b)
 		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s is not what %s makes of redirect.c: run 'make generate' and commit ebpf/", name, clang)
+		for _, name := range []string{ident + "_bpfel.go", ident + "_bpfel.o"} {
+			want, err := os.ReadFile(filepath.Join(out, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s is not what %s makes of redirect.c: run 'make generate' and commit ebpf/", name, clang)
+			}
 		}
 	}
 }
 
-// generateArgs returns the arguments of gen.go's go:generate directive ("go", "tool", "bpf2go", ...).
-func generateArgs(t *testing.T) []string {
+// generateArgs returns the arguments of each of gen.go's go:generate directives ("go", "tool",
+// "bpf2go", ...).
+func generateArgs(t *testing.T) [][]string {
 	t.Helper()
 	f, err := os.Open("gen.go")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	var all [][]string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "//go:generate "); ok {
@@ -62,9 +70,11 @@ func generateArgs(t *testing.T) []string {
 			if len(args) < 4 || !slices.Equal(args[:3], []string{"go", "tool", "bpf2go"}) {
 				t.Fatalf("gen.go: unexpected directive %q", rest)
 			}
-			return args
+			all = append(all, args)
 		}
 	}
-	t.Fatal("gen.go: no go:generate directive")
-	return nil
+	if len(all) == 0 {
+		t.Fatal("gen.go: no go:generate directive")
+	}
+	return all
 }
