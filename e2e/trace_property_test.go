@@ -682,7 +682,16 @@ func exchangeAs(tc *traceCase) (string, error) {
 	if dst.Addr().Is4() {
 		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
 	}
-	if err := unix.Connect(fd, sa); err != nil {
+	// A connect with SO_SNDTIMEO is not restarted after a signal handler ran (signal(7)): the
+	// test binary gets SIGCHLD from the other tests' processes. The connection goes on; wait for
+	// its outcome for what is left of the timeout, as a timed-out connect reports (EINPROGRESS).
+	started := time.Now()
+	if err := unix.Connect(fd, sa); errors.Is(err, unix.EINTR) {
+		err = waitConnect(fd, 1500*time.Millisecond-time.Since(started))
+		if err != nil {
+			return "", fmt.Errorf("connect %s: %w", dst, err)
+		}
+	} else if err != nil {
 		return "", fmt.Errorf("connect %s: %w", dst, err)
 	}
 	if _, err := unix.Write(fd, []byte("hello\n")); err != nil {
@@ -699,6 +708,9 @@ func exchangeAs(tc *traceCase) (string, error) {
 	buf := make([]byte, 4096)
 	for !strings.ContainsAny(string(reply), ";\n") {
 		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue // a signal, as for connect: read on (the timeout starts again: only longer)
+		}
 		if err != nil {
 			return string(reply), fmt.Errorf("read: %w", err)
 		}
@@ -711,6 +723,36 @@ func exchangeAs(tc *traceCase) (string, error) {
 		}
 	}
 	return string(reply), nil
+}
+
+// waitConnect waits up to left for the outcome of a connect in progress on fd: nil when connected,
+// the connection's error, or EINPROGRESS when it is still in progress, as a timed-out connect(2).
+func waitConnect(fd int, left time.Duration) error {
+	deadline := time.Now().Add(left)
+	for {
+		ms := int(time.Until(deadline).Milliseconds())
+		if ms <= 0 {
+			return unix.EINPROGRESS
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, ms)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return unix.EINPROGRESS
+		}
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soErr != 0 {
+			return unix.Errno(soErr)
+		}
+		return nil
+	}
 }
 
 // expectation is what the verdict of `shunt trace` allows the kernel to do with the real connection.
