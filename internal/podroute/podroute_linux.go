@@ -126,7 +126,7 @@ func CleanupAt(path string) ([]string, error) {
 	return removed, err
 }
 
-// addrAdd adds a to lo marked as ours. When lo has it already (Istio leaves ::6 behind; another
+// addrAdd adds a to lo marked as ours, an IPv6 one without duplicate address detection. When lo has it already (Istio leaves ::6 behind; another
 // program may have added it) the kernel refuses with EEXIST and the address stays someone else's.
 func addrAdd(lo netlink.Link, a netip.Prefix) error {
 	family := unix.AF_INET
@@ -137,6 +137,12 @@ func addrAdd(lo netlink.Link, a netip.Prefix) error {
 	msg := nl.NewIfAddrmsg(family)
 	msg.Index = uint32(lo.Attrs().Index)
 	msg.Prefixlen = uint8(a.Bits())
+	if a.Addr().Is6() {
+		// Usable at once: without NODAD the address is tentative until the kernel's DAD work
+		// runs (it skips the probing on lo, not the state), and the proxy's bind to ::6 fails
+		// with EADDRNOTAVAIL meanwhile.
+		msg.Flags = unix.IFA_F_NODAD
+	}
 	req.AddData(msg)
 	ip := a.Addr().AsSlice()
 	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, ip))

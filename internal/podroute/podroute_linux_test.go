@@ -90,6 +90,10 @@ func TestSyncMarksOursAndCleanupRemovesThem(t *testing.T) {
 	if got := marked(t, n); !slices.Equal(got, []string{"::6/128"}) {
 		t.Errorf("addresses of ours after Sync: %q, want ::6/128", got)
 	}
+	// Usable at once: never tentative.
+	if a := n.Run(t, "ip", "-6", "addr", "show", "dev", "lo"); !strings.Contains(a, "inet6 ::6/128 scope global nodad") || strings.Contains(a, "tentative") {
+		t.Errorf("::6 on lo is not nodad, or tentative:\n%s", a)
+	}
 	sync(t, n, plan)
 	if again := ipState(t, n); again != applied {
 		t.Errorf("a second Sync changed the namespace:\n%s", cmp.Diff(applied, again))
