@@ -23,6 +23,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/shuntmesh/shunt/internal/sockwait"
 	"github.com/shuntmesh/shunt/internal/testutil"
 	"github.com/shuntmesh/shunt/internal/testutil/randconfig"
 )
@@ -687,7 +688,7 @@ func exchangeAs(tc *traceCase) (string, error) {
 	// its outcome for what is left of the timeout, as a timed-out connect reports (EINPROGRESS).
 	started := time.Now()
 	if err := unix.Connect(fd, sa); errors.Is(err, unix.EINTR) {
-		err = waitConnect(fd, 1500*time.Millisecond-time.Since(started))
+		err = sockwait.Connected(fd, 1500*time.Millisecond-time.Since(started))
 		if err != nil {
 			return "", fmt.Errorf("connect %s: %w", dst, err)
 		}
@@ -723,36 +724,6 @@ func exchangeAs(tc *traceCase) (string, error) {
 		}
 	}
 	return string(reply), nil
-}
-
-// waitConnect waits up to left for the outcome of a connect in progress on fd: nil when connected,
-// the connection's error, or EINPROGRESS when it is still in progress, as a timed-out connect(2).
-func waitConnect(fd int, left time.Duration) error {
-	deadline := time.Now().Add(left)
-	for {
-		ms := int(time.Until(deadline).Milliseconds())
-		if ms <= 0 {
-			return unix.EINPROGRESS
-		}
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, ms)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return unix.EINPROGRESS
-		}
-		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return err
-		}
-		if soErr != 0 {
-			return unix.Errno(soErr)
-		}
-		return nil
-	}
 }
 
 // expectation is what the verdict of `shunt trace` allows the kernel to do with the real connection.

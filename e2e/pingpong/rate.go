@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shuntmesh/shunt/internal/sockwait"
 )
 
 // The rate modes (conn, dns) make one short exchange after another with
@@ -299,37 +301,13 @@ func dialRaw(to netip.AddrPort, typ int, timeout time.Duration) (int, error) {
 	err = unix.Connect(fd, sa)
 	if errors.Is(err, unix.EINTR) {
 		// The connection goes on: wait for its outcome.
-		err = waitConnected(fd, timeout)
+		err = sockwait.Connected(fd, timeout)
 	}
 	if err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("connect %s: %w", to, err)
 	}
 	return fd, nil
-}
-
-func waitConnected(fd int, timeout time.Duration) error {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-	for {
-		n, err := unix.Poll(fds, int(timeout.Milliseconds()))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return unix.ETIMEDOUT
-		}
-		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return err
-		}
-		if soErr != 0 {
-			return unix.Errno(soErr)
-		}
-		return nil
-	}
 }
 
 func writeAll(fd int, b []byte) error {
